@@ -1,0 +1,139 @@
+"""Orbax checkpoints: params, optimizer state, step, vocab and config, written atomically.
+
+Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint intact.
+A checkpoint directory holds numbered steps; three items per step:
+
+* ``params``  - the model parameters (all ``load`` needs),
+* ``train``   - optimizer state and step (what ``--resume`` needs besides),
+* ``meta``    - JSON: format version, config, vocabulary, a default prompt, epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from charlm_jax.config import TrainConfig
+from charlm_jax.data import Vocab
+from charlm_jax.errors import CharLMError
+
+FORMAT_VERSION = 1
+ITEM_NAMES = ("params", "train", "meta")
+
+# Orbax logs every save at INFO level through absl; keep the user's terminal for our progress bar.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: it costs ~1 s, and `generate --help` needs none of it
+
+    return ocp
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    config: TrainConfig
+    vocab: Vocab
+    step: int
+    epoch: int
+    default_prompt: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "vocab": self.vocab.chars, "step": self.step, "epoch": self.epoch,
+                "default_prompt": self.default_prompt}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> "CheckpointMeta":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CharLMError(f"checkpoint {where} has format version {version}, this charlm-jax reads "
+                              f"version {FORMAT_VERSION}: use the charlm-jax version that wrote it")
+        try:
+            return cls(config=TrainConfig.from_dict(data["config"]), vocab=Vocab(data["vocab"]),
+                       step=int(data["step"]), epoch=int(data["epoch"]),
+                       default_prompt=str(data["default_prompt"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CharLMError(f"checkpoint {where} has a broken meta record ({error!r}): "
+                              "retrain, or point --checkpoint at an intact run") from None
+
+
+class CheckpointStore:
+    """The numbered checkpoints of one run directory (a thin wrapper over orbax's manager)."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, create: bool = True):
+        ocp = _ocp()
+        self.directory = Path(directory).absolute()
+        if not create and not self.directory.is_dir():
+            raise CharLMError(f"no checkpoint directory at {str(directory)!r}: pass the --out "
+                              "directory of a finished or interrupted training run")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                               enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, params, train_state: dict[str, Any], meta: CheckpointMeta) -> None:
+        ocp = _ocp()
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  train=ocp.args.StandardSave(train_state),
+                                  meta=ocp.args.JsonSave(meta.to_json()))
+        self._manager.save(meta.step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def _step_or_latest(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+        if step is None:
+            raise CharLMError(f"no checkpoint in {str(self.directory)!r}: train first "
+                              "(charlm-jax train --out DIR) and pass that DIR")
+        if step not in self._manager.all_steps():
+            raise CharLMError(f"no checkpoint for step {step} in {str(self.directory)!r}; "
+                              f"available: {sorted(self._manager.all_steps())}")
+        return step
+
+    def restore_meta(self, step: int | None = None) -> CheckpointMeta:
+        ocp = _ocp()
+        step = self._step_or_latest(step)
+        where = f"{self.directory}/{step}"
+        try:
+            data = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except CharLMError:
+            raise
+        except Exception as error:  # orbax raises many types for a damaged directory
+            raise CharLMError(f"checkpoint {where} is unreadable ({type(error).__name__}): "
+                              "it is corrupt or not a charlm-jax checkpoint; retrain or use another") from None
+        if not isinstance(data, dict):
+            raise CharLMError(f"checkpoint {where} has no meta record: it is not a charlm-jax checkpoint")
+        return CheckpointMeta.from_json(data, where)
+
+    def restore(self, abstract_params, abstract_train_state=None, step: int | None = None):
+        """Arrays shaped like the given abstract trees (``jax.ShapeDtypeStruct`` leaves)."""
+        ocp = _ocp()
+        step = self._step_or_latest(step)
+        items = {"params": ocp.args.StandardRestore(abstract_params)}
+        if abstract_train_state is not None:
+            items["train"] = ocp.args.StandardRestore(abstract_train_state)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:
+            raise CharLMError(f"checkpoint {self.directory}/{step} does not match this model "
+                              f"({type(error).__name__}): it is corrupt or was written by an "
+                              "incompatible version; retrain or use another") from None
+        return restored["params"], restored.get("train") if abstract_train_state is not None else None
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def abstract_tree(tree):
+    """Shapes, dtypes and shardings of a pytree, for restoring into the same layout."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)

@@ -1,0 +1,119 @@
+"""Pure training pieces: the optimizer, the state, the loss, one train step, one eval step.
+
+Nothing here reads files or prints; ``loop.py`` drives these functions. The
+train step is jit-compiled once per run with the state donated, so the
+optimizer update happens in place on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from charlm_jax.config import TrainConfig
+from charlm_jax.data import gather_dense_targets, gather_next_chars, gather_windows
+from charlm_jax.model import CharLSTM, build_model, init_params
+
+TrainState = train_state.TrainState
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """RMSprop with Keras 3's constants, optionally behind global-norm clipping.
+
+    Keras 3: ``v = rho * v + (1 - rho) * g**2``; ``w -= lr * g / sqrt(v + epsilon)`` with
+    rho = 0.9, epsilon = 1e-7 inside the square root. optax.rmsprop's default eps is 1e-8,
+    so the Keras value is passed explicitly; ``eps_in_sqrt=True`` matches Keras' placement.
+    """
+    transforms = []
+    if config.clip_norm is not None:
+        transforms.append(optax.clip_by_global_norm(config.clip_norm))
+    transforms.append(optax.rmsprop(config.learning_rate, decay=config.rmsprop_decay,
+                                    eps=config.rmsprop_eps, eps_in_sqrt=True))
+    return optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
+
+
+def model_from_config(config: TrainConfig, vocab_size: int) -> CharLSTM:
+    return build_model(vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                       dropout=config.dropout, unroll=config.unroll)
+
+
+def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int) -> TrainState:
+    model = model_from_config(config, vocab_size)
+    params = init_params(key, model, config.maxlen)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+    # TrainState.create stores step as the Python int 0; an int32 array keeps the jitted
+    # step's input types identical from the first call on (no second compilation).
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def loss_fn(params, corpus_ids: jax.Array, starts: jax.Array, dropout_key: jax.Array, *,
+            model: CharLSTM, maxlen: int, objective: str, deterministic: bool = False) -> jax.Array:
+    """Mean cross-entropy (nats) of a batch of windows given by their start offsets."""
+    windows = gather_windows(corpus_ids, starts, maxlen)  # (batch, maxlen)
+    last_only = objective == "next_char"
+    _, logits = model.apply({"params": params}, windows, last_only=last_only,
+                            deterministic=deterministic, rngs={"dropout": dropout_key})
+    if last_only:
+        targets = gather_next_chars(corpus_ids, starts, maxlen)  # (batch,)
+    else:
+        targets = gather_dense_targets(corpus_ids, starts, maxlen)  # (batch, maxlen)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, dropout_key: jax.Array, *,
+               model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on the windows starting at ``starts`` (batch,)."""
+    step_key = jax.random.fold_in(dropout_key, state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, corpus_ids, starts, step_key,
+                                              model=model, maxlen=maxlen, objective=objective)
+    new_state = state.apply_gradients(grads=grads)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Array, *,
+              model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
+    """Summed next-character NLL (nats) and count over weighted windows.
+
+    Always the book's objective (each character predicted from the ``maxlen``
+    before it, from a zero state), whatever the training objective, so every
+    run's validation bits per character compare directly.
+    """
+    windows = gather_windows(corpus_ids, starts, maxlen)
+    _, logits = model.apply({"params": params}, windows, last_only=True)  # (batch, vocab)
+    targets = gather_next_chars(corpus_ids, starts, maxlen)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (batch,)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None):
+    """jit the train and eval steps once, with the state donated and the batch sharded over ``mesh``.
+
+    Returns ``(train_step_fn, eval_step_fn)``; with a mesh, params and optimizer
+    state are replicated and the batch axis is split along the mesh's ``data`` axis.
+    """
+    train_fn = partial(train_step, model=model, maxlen=config.maxlen, objective=config.objective)
+    eval_fn = partial(eval_step, model=model, maxlen=config.maxlen)
+    if mesh is None:
+        return jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
+    from charlm_jax.distributed import batch_sharding, replicated
+
+    repl, data = replicated(mesh), batch_sharding(mesh)
+    train_jit = jax.jit(train_fn, in_shardings=(repl, repl, data, repl), out_shardings=(repl, repl),
+                        donate_argnums=0)
+    eval_jit = jax.jit(eval_fn, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl))
+    return train_jit, eval_jit
+
+
+def nats_to_bits(nats: float) -> float:
+    return nats / math.log(2.0)
+
+
+def train_state_items(state: TrainState) -> dict[str, Any]:
+    """The parts of the state a checkpoint needs besides params."""
+    return {"step": state.step, "opt_state": state.opt_state}

@@ -1,0 +1,107 @@
+"""Checkpoints: round trip, resume equality, and clear errors for damaged or foreign ones."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from rich.console import Console
+
+import charlm_jax
+from charlm_jax.checkpoint import CheckpointStore
+from charlm_jax.errors import CharLMError
+from charlm_jax.loop import fit
+
+from conftest import tiny_config
+
+QUIET = Console(quiet=True)
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_load_returns_the_trained_params_vocab_and_config(trained_run):
+    out, result = trained_run
+    lm = charlm_jax.load(out)
+    assert_trees_equal(lm.params, result.state.params)
+    assert lm.vocab == result.vocab
+    assert lm.config == result.config
+    assert lm.step == int(result.state.step)
+    assert len(lm.default_prompt) == lm.config.maxlen
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["val_bits_per_char"]) for r in records)
+    assert set(records[0]["samples"]) == {"0.2", "0.5", "1", "1.2"}
+
+
+def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_text):
+    config = tiny_config(epochs=2, dropout=0.1, sample_length=0)
+    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
+    first = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, stop_after_steps=7)
+    assert first.interrupted and int(first.state.step) == 7
+    resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, resume=True)
+    assert int(resumed.state.step) == int(whole.state.step)
+    assert_trees_equal(resumed.state.params, whole.state.params)
+    assert_trees_equal(resumed.state.opt_state, whole.state.opt_state)
+
+
+def test_an_existing_run_is_never_overwritten_without_resume(trained_run, tiny_text):
+    out, _ = trained_run
+    with pytest.raises(CharLMError, match="already holds a run"):
+        fit(tiny_config(), tiny_text, out, console=QUIET, show_progress=False)
+
+
+def test_resume_with_other_settings_or_text_is_refused(tmp_path, trained_run, tiny_text):
+    out, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with pytest.raises(CharLMError, match="differ from the checkpoint's: \\['hidden_size'\\]"):
+        fit(tiny_config(epochs=3, hidden_size=32), tiny_text, copy, resume=True, console=QUIET)
+    with pytest.raises(CharLMError, match="different text"):
+        fit(tiny_config(epochs=3), tiny_text + "~#", copy, resume=True, console=QUIET)
+
+
+def test_missing_checkpoint_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CharLMError, match="no checkpoint directory"):
+        charlm_jax.load(tmp_path / "nothing-here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CharLMError, match="no checkpoint in"):
+        charlm_jax.load(tmp_path / "empty")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, trained_run):
+    out, result = trained_run
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    step_dir = broken / str(int(result.state.step))
+    for path in (step_dir / "params").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"garbage")
+    with pytest.raises(CharLMError, match="corrupt"):
+        charlm_jax.load(broken)
+    shutil.rmtree(step_dir / "meta")
+    with pytest.raises(CharLMError):
+        charlm_jax.load(broken)
+
+
+def test_incompatible_checkpoint_version_is_a_clear_error(tmp_path, trained_run):
+    out, result = trained_run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    meta_file = other / str(int(result.state.step)) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"] = 99
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CharLMError, match="format version 99"):
+        charlm_jax.load(other)
+
+
+def test_store_lists_steps_and_keeps_the_latest(trained_run):
+    out, result = trained_run
+    store = CheckpointStore(out, create=False)
+    try:
+        assert store.latest_step() == int(result.state.step)
+    finally:
+        store.close()

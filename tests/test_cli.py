@@ -1,0 +1,193 @@
+"""The CLI end to end on a tiny corpus, and every bad input as one line on stderr with exit 2."""
+
+import functools
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from charlm_jax.cli import main
+from charlm_jax.corpus import load_text
+
+TINY_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16",
+              "--sample-length", "20", "--no-progress"]
+
+
+@pytest.fixture()
+def text_file(tmp_path, tiny_text):
+    path = tmp_path / "tiny.txt"
+    path.write_text(tiny_text, encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main(list(map(str, argv)))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, fragment):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charlm-jax: error: "), err
+    assert fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_train_then_generate_end_to_end(capsys, tmp_path, text_file):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "--text", text_file, "--epochs", "2", "--out", out, *TINY_FLAGS)
+    assert code == 0
+    assert stdout.count("------ temperature:") == 8  # four temperatures, two epochs
+    assert "bits/char" in stdout
+    code, stdout, _ = run_cli(capsys, "generate", "--checkpoint", out, "--prompt", "the quick",
+                              "--length", "30", "--temperature", "0", "1.0", "--mode", "window")
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0] == '--- Generating with seed: "the quick"'
+    assert lines[1] == "------ temperature: 0" and len(lines[2]) == len("the quick") + 30
+    # Resume extends the same run to a third epoch.
+    code, stdout, _ = run_cli(capsys, "train", "--text", text_file, "--epochs", "3", "--out", out,
+                              "--resume", "--no-progress")
+    assert code == 0 and "resuming at step" in stdout and "epoch 3/3" in stdout
+
+
+def test_generate_is_reproducible_and_seed_dependent(capsys, trained_run):
+    out, _ = trained_run
+    args = ["generate", "--checkpoint", out, "--length", "40", "--temperature", "1.0"]
+    first = run_cli(capsys, *args, "--seed", "1")[1]
+    again = run_cli(capsys, *args, "--seed", "1")[1]
+    other = run_cli(capsys, *args, "--seed", "2")[1]
+    assert first == again and first != other
+
+
+def test_help_shows_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--maxlen", "60"), ("--step", "3"), ("--hidden-size", "128"),
+                          ("--batch-size", "128"), ("--learning-rate", "0.01"), ("--epochs", "60"),
+                          ("--temperatures", "0.2 0.5 1 1.2"), ("--sample-length", "400")]:
+        assert flag in text
+        assert f"(default: {default})" in text.split(flag, 2)[-1], flag
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    ("", "is empty"),
+    ("short text", "too short for one training window"),
+    (b"caf\xe9 au lait " * 50, "is not UTF-8"),
+])
+def test_bad_text_inputs(capsys, tmp_path, content, fragment):
+    path = tmp_path / "input.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    code, _, err = run_cli(capsys, "train", "--text", path, "--out", tmp_path / "run", *TINY_FLAGS)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_directory_as_text_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--text", tmp_path, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "is a directory")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--prompt", "Ωthe"], "prompt has 1 character(s) not in the model's vocabulary: 'ω'"),
+    (["--temperature", "-0.5"], "temperature must be >= 0"),
+    (["--length", "0"], "length must be a positive integer"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--top-k", "0"], "top_k must be a positive integer"),
+    (["--prompt", ""], "prompt is empty"),
+])
+def test_bad_generation_inputs(capsys, trained_run, args, fragment):
+    out, _ = trained_run
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", out, *args)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", tmp_path / "nope")
+    assert_one_line_error(code, err, "no checkpoint directory")
+
+
+def test_bad_config_value(capsys, tmp_path, text_file):
+    code, _, err = run_cli(capsys, "train", "--text", text_file, "--out", tmp_path / "r", "--maxlen", "0")
+    assert_one_line_error(code, err, "maxlen must be >= 1")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_url(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARLM_JAX_CACHE", str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{_free_port()}/corpus.txt"
+    code, _, err = run_cli(capsys, "train", "--text", url, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "cannot download")
+
+
+def test_url_is_downloaded_once_into_the_cache_and_checked(tmp_path, tiny_text):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "corpus.txt").write_text(tiny_text)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/corpus.txt"
+        cache = tmp_path / "cache"
+        import hashlib
+
+        digest = hashlib.sha256(tiny_text.encode()).hexdigest()
+        assert load_text(url, cache_dir=cache, sha256=digest) == tiny_text
+        server.shutdown()  # the second read must come from the cache
+        assert load_text(url, cache_dir=cache) == tiny_text
+        from charlm_jax.errors import CharLMError
+
+        with pytest.raises(CharLMError, match="sha256"):
+            load_text(url, cache_dir=cache, sha256="0" * 64)
+    finally:
+        server.server_close()
+
+
+def test_builtin_default_corpus_needs_no_network():
+    text = load_text(None)
+    assert len(text) > 400_000 and "python" in text.lower()
+
+
+def test_subprocess_error_has_no_traceback_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "charlm_jax.cli", "train", "--text",
+                             str(tmp_path / "missing.txt")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("charlm-jax: error:") and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, text_file):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_file), "--out", str(out),
+               "--epochs", "1000", "--maxlen", "12", "--hidden-size", "16", "--batch-size", "16",
+               "--sample-length", "0", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "checkpoint saved at step" in stdout and "Traceback" not in stderr
+    from charlm_jax.lm import load
+
+    assert load(out).step > 0

@@ -1,0 +1,113 @@
+"""Text -> ids -> windows: equal to the book's loops, O(corpus) memory, a clean split."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charlm_jax.data import (Vocab, batches_per_epoch, epoch_batches, gather_dense_targets,
+                             gather_next_chars, gather_windows, one_hot_nbytes, padded_eval_batches,
+                             split_windows, window_starts)
+from charlm_jax.errors import CharLMError
+
+
+def book_vectorize(text, maxlen, step):
+    """The book's loops (section 8.1), verbatim in spirit: one-hot x and y."""
+    sentences, next_chars = [], []
+    for i in range(0, len(text) - maxlen, step):
+        sentences.append(text[i: i + maxlen])
+        next_chars.append(text[i + maxlen])
+    chars = sorted(list(set(text)))
+    char_indices = dict((char, chars.index(char)) for char in chars)
+    x = np.zeros((len(sentences), maxlen, len(chars)), dtype=bool)
+    y = np.zeros((len(sentences), len(chars)), dtype=bool)
+    for i, sentence in enumerate(sentences):
+        for t, char in enumerate(sentence):
+            x[i, t, char_indices[char]] = 1
+        y[i, char_indices[next_chars[i]]] = 1
+    return x, y, chars
+
+
+@pytest.mark.parametrize("maxlen,step", [(60, 3), (7, 1), (5, 4)])
+def test_windows_and_targets_equal_the_books_one_hot_arrays(tiny_text, maxlen, step):
+    x, y, chars = book_vectorize(tiny_text, maxlen, step)
+    vocab = Vocab.from_text(tiny_text)
+    assert vocab.chars == "".join(chars)
+    ids = jnp.asarray(vocab.encode(tiny_text))
+    starts = jnp.asarray(window_starts(len(tiny_text), maxlen, step))
+    windows = gather_windows(ids, starts, maxlen)
+    targets = gather_next_chars(ids, starts, maxlen)
+    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows, vocab.size)) > 0, x)
+    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(targets, vocab.size)) > 0, y)
+
+
+def test_dense_targets_are_the_window_shifted_by_one(tiny_text):
+    vocab = Vocab.from_text(tiny_text)
+    ids = jnp.asarray(vocab.encode(tiny_text))
+    starts = jnp.asarray(window_starts(len(tiny_text), 10, 3))
+    dense = np.asarray(gather_dense_targets(ids, starts, 10))
+    for row, s in zip(dense, np.asarray(starts)):
+        assert vocab.decode(row) == tiny_text[s + 1: s + 11]
+    np.testing.assert_array_equal(dense[:, -1], np.asarray(gather_next_chars(ids, starts, 10)))
+
+
+def test_vocab_round_trips_text_and_json():
+    text = "Hello, wörld!\n\tÆ 🙂"
+    vocab = Vocab.from_text(text)
+    assert vocab.decode(vocab.encode(text)) == text
+    assert Vocab.from_json(vocab.to_json()) == vocab
+    assert list(vocab.chars) == sorted(set(text))
+
+
+def test_encode_names_characters_outside_the_vocabulary():
+    with pytest.raises(CharLMError, match="not in the model's vocabulary: 'xz'"):
+        Vocab("abc").encode("abxcz")
+
+
+def test_split_never_trains_on_the_validation_tail():
+    n, maxlen, step = 1000, 20, 3
+    split = split_windows(n, maxlen, step, 0.1)
+    val_start = 900
+    # Every training target, in both objectives, lies before the tail.
+    assert int(split.train_starts.max()) + maxlen < val_start
+    assert int(split.val_starts.min()) == val_start
+    # Every tail character from val_start + maxlen on is predicted exactly once.
+    targets = split.val_starts + maxlen
+    np.testing.assert_array_equal(targets, np.arange(val_start + maxlen, n))
+
+
+def test_text_shorter_than_a_window_is_refused():
+    with pytest.raises(CharLMError, match="too short for one training window"):
+        split_windows(50, 60, 3, 0.1)
+    with pytest.raises(CharLMError, match="validation tail"):
+        split_windows(200, 60, 3, 0.1)
+
+
+def test_epoch_batches_are_a_permutation_fixed_by_the_key():
+    starts = np.arange(0, 300, 3, dtype=np.int32)  # 100 windows
+    key = jax.random.key(3)
+    first = np.concatenate(list(epoch_batches(key, starts, 16)))
+    again = np.concatenate(list(epoch_batches(key, starts, 16)))
+    other = np.concatenate(list(epoch_batches(jax.random.key(4), starts, 16)))
+    assert batches_per_epoch(100, 16) == 6 and len(first) == 96  # last partial batch dropped
+    assert len(set(first.tolist())) == 96 and set(first.tolist()) <= set(starts.tolist())
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    resumed = np.concatenate(list(epoch_batches(key, starts, 16, first_batch=2)))
+    np.testing.assert_array_equal(resumed, first[32:])
+
+
+def test_padded_eval_batches_cover_every_window_once():
+    starts = np.arange(10, 47, dtype=np.int32)  # 37 windows
+    seen = []
+    for chunk, weights in padded_eval_batches(starts, 16):
+        assert chunk.shape == (16,) and weights.shape == (16,)
+        seen.extend(chunk[weights > 0].tolist())
+    assert seen == starts.tolist()
+
+
+def test_pipeline_memory_is_linear_in_the_corpus_not_windows_times_vocab():
+    # The whole pipeline state is the int32 id array plus int32 window starts.
+    n, maxlen, step, vocab = 600_000, 60, 3, 60
+    ours = n * 4 + len(window_starts(n, maxlen, step)) * 4
+    assert ours < 0.01 * one_hot_nbytes(len(window_starts(n, maxlen, step)), maxlen, vocab)
