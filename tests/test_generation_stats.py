@@ -1,0 +1,67 @@
+"""The real generation scan draws from the model's distribution at every temperature.
+
+A fixed bigram table stands in for the LSTM (same interface): the transition
+frequencies of long generated samples must match softmax(table[prev] / T) at
+each requested temperature, in both generation modes.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charlm_jax.generate import generate_ids
+
+from stats import ALPHA, chi_square_p_value, softmax64
+
+TABLE = np.array([
+    [2.0, 0.5, -1.0, 0.0, 1.0],
+    [-1.0, 1.5, 1.0, 0.0, -np.inf],  # 1 -> 4 is impossible
+    [0.0, 0.0, 0.0, 0.0, 0.0],
+    [3.0, -2.0, 1.0, 0.5, 0.0],
+    [0.5, 1.0, 1.5, 2.0, -0.5],
+], np.float32)
+
+
+class BigramTable(nn.Module):
+    """Logits of the next id depend only on the last id: a model with known transitions."""
+
+    vocab_size: int = 5
+
+    def zero_carries(self, batch: int):
+        return (jnp.zeros((batch,), jnp.float32),)
+
+    @nn.compact
+    def __call__(self, ids, carries=None, *, seq_lengths=None, last_only=True, deterministic=True):
+        table = self.param("table", lambda key: jnp.asarray(TABLE))
+        if seq_lengths is None:
+            last = ids[:, -1]
+        else:
+            last = jnp.take_along_axis(ids, (seq_lengths - 1)[:, None], axis=1)[:, 0]
+        return carries, table[last]  # (batch, vocab)
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+def test_transition_frequencies_match_the_table_at_each_temperature(mode):
+    model = BigramTable()
+    params = {"table": jnp.asarray(TABLE)}
+    temps = [0.2, 0.5, 1.0, 1.2]
+    streams = 16  # per temperature
+    batch_temps = np.repeat(temps, streams).astype(np.float32)
+    prompts = jnp.asarray(np.arange(len(batch_temps)) % 5, jnp.int32)[:, None]
+    ids = np.asarray(generate_ids(params, jax.random.key(0), prompts, jnp.asarray(batch_temps), model=model,
+                                  length=1500, mode=mode, maxlen=6))
+    text = np.concatenate([np.asarray(prompts), ids], axis=1)  # (batch, 1 + length)
+    for t_index, temperature in enumerate(temps):
+        rows = text[t_index * streams:(t_index + 1) * streams]
+        counts = np.zeros((5, 5))
+        np.add.at(counts, (rows[:, :-1].ravel(), rows[:, 1:].ravel()), 1)
+        for prev in range(5):
+            expected = softmax64(TABLE[prev], temperature)
+            p_value = chi_square_p_value(counts[prev], expected)
+            assert p_value > ALPHA, (mode, temperature, prev, counts[prev], expected)
+        assert counts[1, 4] == 0  # the masked transition never happens
+        if temperature != 1.0:  # power: the same counts reject the untempered table
+            untempered = [chi_square_p_value(counts[prev], softmax64(TABLE[prev], 1.0)) for prev in range(5)]
+            assert min(untempered) < 1e-6, (mode, temperature)
