@@ -96,3 +96,14 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         raise CharLMError(f"could not join the distributed run ({error}): check the coordinator "
                           "address, process count and id") from None
     return True
+
+
+def shard_rows(mesh: Mesh, *arrays: np.ndarray):
+    """Place arrays whose first axis is the batch on the mesh: split along ``data`` when the
+    rows divide over the devices, else replicated (a batch of 1 on 8 devices still runs)."""
+    placed = []
+    for array in arrays:
+        array = np.asarray(array)
+        divides = array.shape[0] % mesh.devices.size == 0
+        placed.append(put_global(array, batch_sharding(mesh) if divides else replicated(mesh)))
+    return placed

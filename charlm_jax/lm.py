@@ -65,11 +65,13 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
 def generate(lm: LanguageModel, prompt: str | None = None, length: int = 400,
              temperatures: Sequence[float] | float = BOOK_TEMPERATURES, seed: int | jax.Array = 0,
              mode: str = "stateful", *, top_k: int | None = None, top_p: float | None = None,
-             min_p: float | None = None, include_prompt: bool = False) -> list[str]:
+             min_p: float | None = None, include_prompt: bool = False, mesh=None) -> list[str]:
     """One generated string per temperature, all drawn in one jitted call.
 
     ``prompt`` defaults to the excerpt of training text saved in the checkpoint.
-    ``seed`` is an int or a ``jax.random`` key. The prompt goes through the
+    ``seed`` is an int or a ``jax.random`` key. With a ``mesh`` (see
+    ``charlm_jax.distributed.make_mesh``) the temperature rows are split over its
+    devices; the text is the same as unsharded for the same seed. The prompt goes through the
     training preprocessing (lower-casing by default); characters outside the
     vocabulary are refused with an error naming them.
     """
@@ -78,7 +80,13 @@ def generate(lm: LanguageModel, prompt: str | None = None, length: int = 400,
     prompt_ids = lm.encode_prompt(prompt)
     key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
     batch_prompts = np.broadcast_to(prompt_ids, (len(temps), len(prompt_ids)))  # (temps, prompt)
-    ids = generate_ids(lm.params, key, jnp.asarray(batch_prompts), jnp.asarray(temps),
+    params, prompt_rows, temp_rows = lm.params, jnp.asarray(batch_prompts), jnp.asarray(temps)
+    if mesh is not None:
+        from charlm_jax.distributed import put_global, replicated, shard_rows
+
+        params = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), lm.params)
+        prompt_rows, temp_rows = shard_rows(mesh, batch_prompts, temps)
+    ids = generate_ids(params, key, prompt_rows, temp_rows,
                        model=lm.model, length=int(length), mode=mode, maxlen=lm.config.maxlen,
                        top_k=top_k, top_p=top_p, min_p=min_p)
     ids = np.asarray(ids)

@@ -34,7 +34,7 @@ from charlm_jax.config import TrainConfig
 from charlm_jax.data import (Vocab, batches_per_epoch, epoch_batches, padded_eval_batches,
                              prepare_text, split_windows)
 from charlm_jax.distributed import (batch_sharding, check_batch_divides, is_main_process, make_mesh,
-                                    put_global, replicated)
+                                    put_global, replicated, shard_rows)
 from charlm_jax.errors import CharLMError
 from charlm_jax.generate import generate_ids
 from charlm_jax.train import (TrainState, compile_steps, create_train_state, model_from_config,
@@ -85,13 +85,15 @@ def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> s
     return text[start:start + maxlen]
 
 
-def epoch_samples(params, model, vocab: Vocab, prompt: str, config: TrainConfig, key: jax.Array) -> dict[str, str]:
-    """The book's per-epoch samples, all temperatures in one call."""
+def epoch_samples(params, model, vocab: Vocab, prompt: str, config: TrainConfig, key: jax.Array,
+                  mesh) -> dict[str, str]:
+    """The book's per-epoch samples, all temperatures in one call, rows split over the mesh."""
     if config.sample_length == 0 or not config.temperatures:
         return {}
     temps = np.asarray(config.temperatures, np.float32)
     prompt_ids = np.broadcast_to(vocab.encode(prompt), (len(temps), len(prompt)))
-    ids = generate_ids(params, key, jnp.asarray(prompt_ids), jnp.asarray(temps), model=model,
+    prompt_rows, temp_rows = shard_rows(mesh, prompt_ids, temps)
+    ids = generate_ids(params, key, prompt_rows, temp_rows, model=model,
                        length=config.sample_length, mode=config.sample_mode, maxlen=config.maxlen)
     return {f"{t:g}": vocab.decode(row) for t, row in zip(config.temperatures, np.asarray(ids))}
 
@@ -279,7 +281,7 @@ def _end_of_epoch(epoch, step, losses, seconds, state, eval_fn, corpus, split, m
                   + f" ({seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
     prompt_key, generation_key = jax.random.split(jax.random.fold_in(keys.sample, epoch))
     prompt = sample_prompt(prompt_key, text, train_chars, config.maxlen)
-    samples = epoch_samples(state.params, model, vocab, prompt, config, generation_key)
+    samples = epoch_samples(state.params, model, vocab, prompt, config, generation_key, mesh)
     if samples:
         console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
         for temperature, sample in samples.items():

@@ -1,0 +1,83 @@
+"""Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4 (see test_distributed.py).
+
+Prints one JSON line of comparisons between 1 and 4 devices.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+
+from charlm_jax.config import TrainConfig
+from charlm_jax.data import Vocab, split_windows
+from charlm_jax.distributed import batch_sharding, make_mesh, put_global, replicated, shard_rows
+from charlm_jax.errors import CharLMError
+from charlm_jax.generate import generate_ids
+from charlm_jax.loop import fit
+from charlm_jax.train import compile_steps, create_train_state, model_from_config
+
+text = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine. " * 12)
+out_dir = sys.argv[1]
+assert jax.device_count() == 4, jax.devices()
+config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=0, dropout=0.1)
+vocab = Vocab.from_text(text)
+split = split_windows(len(text), config.maxlen, config.step, 0.1)
+model = model_from_config(config, vocab.size)
+
+
+def loss_trajectory(mesh, steps=12):
+    state = jax.device_put(create_train_state(jax.random.key(0), config, vocab.size), replicated(mesh))
+    corpus = put_global(vocab.encode(text), replicated(mesh))
+    train_fn, _ = compile_steps(model, config, mesh)
+    losses = []
+    for i in range(steps):
+        starts = split.train_starts[(np.arange(16) * 7 + i * 16) % len(split.train_starts)]
+        state, metrics = train_fn(state, corpus, put_global(starts, batch_sharding(mesh)), jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
+    return losses, state.params, shardings
+
+
+one, params_one, _ = loss_trajectory(make_mesh(jax.devices()[:1]))
+four, params_four, shardings = loss_trajectory(make_mesh())
+param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                 zip(jax.tree.leaves(params_one), jax.tree.leaves(params_four)))
+
+# Sharded generation: 8 rows over 4 devices equals the same call on one device.
+temps = np.array([0.0, 0.2, 0.5, 1.0, 1.2, 1.0, 0.7, 2.0], np.float32)
+prompts = np.tile(vocab.encode("the quick")[None], (8, 1))
+kwargs = dict(model=model, length=40, mode="stateful", maxlen=config.maxlen)
+params_one = jax.device_get(params_one)
+plain = generate_ids(params_one, jax.random.key(3), jnp.asarray(prompts), jnp.asarray(temps), **kwargs)
+mesh = make_mesh()
+sharded_prompts, sharded_temps = shard_rows(mesh, prompts, temps)
+sharded_params = jax.device_put(params_one, replicated(mesh))
+sharded = generate_ids(sharded_params, jax.random.key(3), sharded_prompts, sharded_temps, **kwargs)
+window_kwargs = dict(kwargs, mode="window")
+plain_w = generate_ids(params_one, jax.random.key(4), jnp.asarray(prompts), jnp.asarray(temps), **window_kwargs)
+sharded_w = generate_ids(sharded_params, jax.random.key(4), sharded_prompts, sharded_temps, **window_kwargs)
+
+# A global batch that does not divide over 4 devices is refused with a clear error.
+try:
+    fit(TrainConfig(maxlen=12, hidden_size=16, batch_size=18, epochs=1, sample_length=0), text,
+        out_dir + "/bad", console=Console(quiet=True), show_progress=False)
+    bad_batch_error = None
+except CharLMError as error:
+    bad_batch_error = str(error)
+
+# The whole loop on 4 devices (with per-epoch samples split over them) runs end to end.
+result = fit(TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=10),
+             text, out_dir + "/run4", console=Console(quiet=True), show_progress=False)
+
+print(json.dumps({
+    "losses_one": one, "losses_four": four, "param_max_abs_diff": param_diff,
+    "param_shardings": sorted(shardings),
+    "sharded_output_spec": str(sharded.sharding.spec),
+    "generation_equal": bool(np.array_equal(np.asarray(plain), np.asarray(sharded))),
+    "window_generation_equal": bool(np.array_equal(np.asarray(plain_w), np.asarray(sharded_w))),
+    "bad_batch_error": bad_batch_error,
+    "fit_devices": len(jax.devices()), "fit_val_bpc": result.history[-1]["val_bits_per_char"],
+}))
