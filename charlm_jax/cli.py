@@ -29,6 +29,7 @@ CONFIG_HELP: dict[str, str] = {
     "epochs": "epochs to train (book: 60); with --resume, the new total",
     "objective": f"training objective: {' | '.join(OBJECTIVES)} (book: next_char)",
     "clip_norm": "clip gradients to this global norm (book: no clipping)",
+    "max_nonfinite_in_row": "skip updates with NaN/inf gradients; stop after this many in a row (0: no guard)",
     "sample_length": "characters sampled after each epoch (book: 400; 0 turns samples off)",
     "temperatures": "sampling temperatures after each epoch (book: 0.2 0.5 1.0 1.2)",
     "sample_mode": f"generation mode of the per-epoch samples: {' | '.join(GENERATION_MODES)} (book: window)",

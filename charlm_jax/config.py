@@ -43,6 +43,9 @@ class TrainConfig:
     # "dense": predict the next character at every position of the window.
     objective: str = "next_char"
     clip_norm: float | None = None
+    # Skip any update whose gradients are not finite (optax.apply_if_finite) and stop the run
+    # after this many skipped steps in a row; 0 turns the guard off. Finite runs are unchanged.
+    max_nonfinite_in_row: int = 25
     # --- per-epoch samples (book: 400 characters at 0.2, 0.5, 1.0, 1.2) ---
     sample_length: int = 400
     temperatures: tuple[float, ...] = BOOK_TEMPERATURES
@@ -102,3 +105,5 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.sample_mode in GENERATION_MODES,
              f"sample_mode must be one of {GENERATION_MODES}, got {config.sample_mode!r}")
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
+    _require(config.max_nonfinite_in_row >= 0,
+             f"max_nonfinite_in_row must be >= 0 (0: no guard), got {config.max_nonfinite_in_row}")

@@ -208,15 +208,17 @@ def _fit(config, text, out_dir, store, resume, console, mesh, stop_after_steps, 
 
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
+                        TextColumn("skipped {task.fields[skipped]}"),
                         TimeRemainingColumn(), console=console, disable=not show_progress,
                         transient=True)
     epoch = step // steps_per_epoch
+    skipped_total = skipped_in_row = 0
     try:
         with progress:
             while epoch < config.epochs:
                 first_batch = step - epoch * steps_per_epoch
                 task = progress.add_task("train", total=steps_per_epoch, completed=first_batch,
-                                         epoch=epoch + 1, loss=float("nan"), speed="-")
+                                         epoch=epoch + 1, loss=float("nan"), speed="-", skipped=skipped_total)
                 epoch_start = time.perf_counter()
                 losses = []
                 pending = []
@@ -225,16 +227,31 @@ def _fit(config, text, out_dir, store, resume, console, mesh, stop_after_steps, 
                                             config.batch_size, first_batch):
                     state, metrics = train_fn(state, corpus, put_global(starts, data_sharding), keys.dropout)
                     step += 1
-                    pending.append(metrics["loss"])
-                    if len(pending) == 20 or step % steps_per_epoch == 0:
-                        values = [float(v) for v in pending]  # one sync per 20 steps keeps dispatch async
-                        losses.extend(values)
+                    pending.append((metrics["loss"], metrics["skipped"]))
+                    if len(pending) == 20 or step % steps_per_epoch == 0 or config.max_nonfinite_in_row < 20:
+                        # One sync per 20 steps keeps dispatch asynchronous.
+                        values = []
+                        for loss, was_skipped in pending:
+                            if bool(was_skipped):
+                                skipped_total += 1
+                                skipped_in_row += 1
+                            else:
+                                skipped_in_row = 0
+                                values.append(float(loss))
                         pending = []
+                        losses.extend(values)
+                        if config.max_nonfinite_in_row and skipped_in_row >= config.max_nonfinite_in_row:
+                            raise CharLMError(
+                                f"{skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
+                                f"parameters untouched) at step {step}; stopped. The last good checkpoint "
+                                f"in {out_dir} is step {store.latest_step()}: lower --learning-rate or set "
+                                "--clip-norm, then --resume")
                         now = time.perf_counter()
                         speed = (step - mark_step) * config.batch_size / max(now - mark_time, 1e-9)
                         mark_time, mark_step = now, step
                         progress.update(task, completed=step - epoch * steps_per_epoch,
-                                        loss=float(np.mean(values)), speed=f"{speed:,.0f}")
+                                        loss=float(np.mean(values)) if values else float("nan"),
+                                        speed=f"{speed:,.0f}", skipped=skipped_total)
                     if stop.requested or (stop_after_steps is not None and step >= stop_after_steps):
                         raise _StopRequested()
                 progress.remove_task(task)
@@ -242,6 +259,7 @@ def _fit(config, text, out_dir, store, resume, console, mesh, stop_after_steps, 
                 seconds = time.perf_counter() - epoch_start
                 record = _end_of_epoch(epoch, step, losses, seconds, state, eval_fn, corpus, split, mesh,
                                        eval_batch, model, vocab, config, keys, text, train_chars, console)
+                record["skipped_steps_total"] = skipped_total
                 result.history.append(record)
                 if is_main_process():
                     with metrics_path.open("a") as handle:

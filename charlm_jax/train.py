@@ -35,7 +35,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
     transforms.append(optax.rmsprop(config.learning_rate, decay=config.rmsprop_decay,
                                     eps=config.rmsprop_eps, eps_in_sqrt=True))
-    return optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
+    optimizer = optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
+    if config.max_nonfinite_in_row > 0:
+        # Never let a NaN/inf gradient reach the parameters or RMSprop's statistics. optax gives
+        # up and applies the update after max_consecutive_errors; the loop stops long before that.
+        optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=NEVER_GIVE_UP)
+    return optimizer
+
+
+NEVER_GIVE_UP = 2**30
 
 
 def model_from_config(config: TrainConfig, vocab_size: int) -> CharLSTM:
@@ -73,7 +81,12 @@ def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, drop
     loss, grads = jax.value_and_grad(loss_fn)(state.params, corpus_ids, starts, step_key,
                                               model=model, maxlen=maxlen, objective=objective)
     new_state = state.apply_gradients(grads=grads)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    if isinstance(new_state.opt_state, optax.ApplyIfFiniteState):
+        skipped = ~new_state.opt_state.last_finite  # the guard refused this update
+    else:
+        skipped = ~(jnp.isfinite(grad_norm) & jnp.isfinite(loss))  # reported only: no guard
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
 def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Array, *,

@@ -1,0 +1,44 @@
+"""The non-finite guard: a NaN gradient never reaches the parameters, and a diverging run stops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rich.console import Console
+
+from charlm_jax.config import TrainConfig
+from charlm_jax.errors import CharLMError
+from charlm_jax.loop import fit
+from charlm_jax.train import create_train_state
+
+from conftest import tiny_config
+
+
+def test_nan_gradient_leaves_params_and_optimizer_statistics_untouched():
+    state = create_train_state(jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7)
+    nan_grads = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), state.params)
+    after = state.apply_gradients(grads=nan_grads)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), after.params, state.params)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(after.params))
+    assert int(after.opt_state.notfinite_count) == 1 and int(after.opt_state.total_notfinite) == 1
+    # A finite gradient afterwards is applied normally and resets the count in a row.
+    ones = jax.tree.map(jnp.ones_like, state.params)
+    later = after.apply_gradients(grads=ones)
+    assert not np.array_equal(later.params["logits"]["bias"], state.params["logits"]["bias"])
+    assert int(later.opt_state.notfinite_count) == 0 and int(later.opt_state.total_notfinite) == 1
+
+
+def test_guard_changes_nothing_for_finite_gradients():
+    guarded = create_train_state(jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7)
+    plain = create_train_state(jax.random.key(0), TrainConfig(hidden_size=8, max_nonfinite_in_row=0), vocab_size=7)
+    grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), plain.params)
+    for _ in range(3):
+        guarded, plain = guarded.apply_gradients(grads=grads), plain.apply_gradients(grads=grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), guarded.params, plain.params)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, tiny_text):
+    # A learning rate beyond float32's range makes every update non-finite (inf * g, 0 * inf).
+    config = tiny_config(learning_rate=1e39, max_nonfinite_in_row=5, epochs=3)
+    with pytest.raises(CharLMError, match="5 steps in a row had non-finite"):
+        fit(config, tiny_text, tmp_path / "run", console=Console(quiet=True), show_progress=False)
