@@ -119,13 +119,20 @@ def bench_charlm_generation(quick: bool) -> dict:
     return results
 
 
+def keras_model():
+    """The book's model: LSTM(128) on one-hot windows, Dense softmax."""
+    import keras
+
+    return keras.Sequential([keras.Input((MAXLEN, VOCAB)), keras.layers.LSTM(HIDDEN),
+                             keras.layers.Dense(VOCAB, activation="softmax")])
+
+
 def bench_keras_book_loop(quick: bool) -> dict:
     try:
         import keras
     except ImportError as error:
         return {"skipped": f"keras not installed ({error}); pip install -e '.[peers]'"}
-    model = keras.Sequential([keras.Input((MAXLEN, VOCAB)), keras.layers.LSTM(HIDDEN),
-                              keras.layers.Dense(VOCAB, activation="softmax")])
+    model = keras_model()
     rng = np.random.default_rng(0)
 
     def sample(preds, temperature=1.0):  # the book's function
@@ -194,6 +201,13 @@ def bench_torch_generation(quick: bool) -> dict:
 
 # ---------------------------------------------------------------- training
 
+def time_training_step(step: Callable[[], object], quick: bool, **extra) -> dict:
+    """First call (compile) apart, then the median step and windows/s of the book's batch."""
+    compile_s = first_call_seconds(step)
+    stats = timed(step, repeats=10 if quick else 40, warmup=2)
+    return {**extra, "compile_s": compile_s, **stats, "windows_per_s": BATCH / stats["median_s"]}
+
+
 def bench_charlm_training(quick: bool) -> dict:
     config = TrainConfig()
     model = model_from_config(config, VOCAB)
@@ -210,9 +224,7 @@ def bench_charlm_training(quick: bool) -> dict:
         holder["i"] += 1
         metrics["loss"].block_until_ready()
 
-    compile_s = first_call_seconds(step)
-    stats = timed(step, repeats=10 if quick else 40, warmup=2)
-    return {"compile_s": compile_s, **stats, "windows_per_s": BATCH / stats["median_s"]}
+    return time_training_step(step, quick)
 
 
 def bench_keras_training(quick: bool) -> dict:
@@ -220,16 +232,13 @@ def bench_keras_training(quick: bool) -> dict:
         import keras
     except ImportError as error:
         return {"skipped": f"keras not installed ({error})"}
-    model = keras.Sequential([keras.Input((MAXLEN, VOCAB)), keras.layers.LSTM(HIDDEN),
-                              keras.layers.Dense(VOCAB, activation="softmax")])
+    model = keras_model()
     model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(learning_rate=0.01))
     rng = np.random.default_rng(0)
     x = np.eye(VOCAB, dtype=np.float32)[rng.integers(0, VOCAB, (BATCH, MAXLEN))]
     y = np.eye(VOCAB, dtype=np.float32)[rng.integers(0, VOCAB, BATCH)]
     step = lambda: model.train_on_batch(x, y)  # noqa: E731  (returns a Python float: synchronised)
-    compile_s = first_call_seconds(step)
-    stats = timed(step, repeats=10 if quick else 40, warmup=2)
-    return {"compile_s": compile_s, **stats, "windows_per_s": BATCH / stats["median_s"]}
+    return time_training_step(step, quick)
 
 
 def bench_torch_training(quick: bool) -> dict:
@@ -252,10 +261,7 @@ def bench_torch_training(quick: bool) -> dict:
         optimizer.step()
         return loss.item()
 
-    compile_s = first_call_seconds(step)
-    stats = timed(step, repeats=10 if quick else 40, warmup=2)
-    return {"threads": torch.get_num_threads(), "compile_s": compile_s, **stats,
-            "windows_per_s": BATCH / stats["median_s"]}
+    return time_training_step(step, quick, threads=torch.get_num_threads())
 
 
 # ---------------------------------------------------------------- memory

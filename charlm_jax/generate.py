@@ -91,7 +91,7 @@ def check_generation_args(length, temperatures, mode, *, top_k=None, top_p=None,
     temps = np.atleast_1d(np.asarray(temperatures, np.float64))
     if temps.ndim != 1 or temps.size == 0:
         raise CharLMError(f"temperatures must be a non-empty list of numbers, got {temperatures!r}")
-    validate_sampling_args(np.zeros((1, 2), np.float32), temps, top_k=top_k, top_p=top_p, min_p=min_p)
+    validate_sampling_args(None, temps, top_k=top_k, top_p=top_p, min_p=min_p)
     if not np.all(np.isfinite(temps)):
         raise CharLMError(f"temperatures must be finite, got {temps.tolist()}")
     return temps.astype(np.float32)

@@ -85,6 +85,12 @@ def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> s
     return text[start:start + maxlen]
 
 
+def epoch_sample_keys(keys: RunKeys, epoch: int) -> tuple[jax.Array, jax.Array]:
+    """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
+    prompt_key, generation_key = jax.random.split(jax.random.fold_in(keys.sample, epoch))
+    return prompt_key, generation_key
+
+
 def epoch_samples(params, model, vocab: Vocab, prompt: str, config: TrainConfig, key: jax.Array,
                   mesh) -> dict[str, str]:
     """The book's per-epoch samples, all temperatures in one call, rows split over the mesh."""
@@ -192,7 +198,7 @@ def _fit(config, text, out_dir, store, resume, console, mesh, stop_after_steps, 
     result = FitResult(state=state, vocab=vocab, config=config)
     metrics_path = out_dir / "metrics.jsonl"
     default_prompt = meta.default_prompt if meta is not None else sample_prompt(
-        jax.random.split(jax.random.fold_in(keys.sample, 1))[0], text, train_chars, config.maxlen)
+        epoch_sample_keys(keys, 1)[0], text, train_chars, config.maxlen)
     console.print(f"[bold]charlm-jax[/] {len(text):,} characters, vocabulary {vocab.size}, "
                   f"{len(split.train_starts):,} training windows, {len(split.val_starts):,} validation "
                   f"windows; {mesh.devices.size} device(s) ({jax.devices()[0].platform}), "
@@ -297,7 +303,7 @@ def _end_of_epoch(epoch, step, losses, seconds, state, eval_fn, corpus, split, m
                   + (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
                      if "val_loss" in record else "")
                   + f" ({seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
-    prompt_key, generation_key = jax.random.split(jax.random.fold_in(keys.sample, epoch))
+    prompt_key, generation_key = epoch_sample_keys(keys, epoch)
     prompt = sample_prompt(prompt_key, text, train_chars, config.maxlen)
     samples = epoch_samples(state.params, model, vocab, prompt, config, generation_key, mesh)
     if samples:

@@ -88,7 +88,11 @@ def _is_concrete(value) -> bool:
 
 
 def validate_sampling_args(logits, temperature, *, top_k=None, top_p=None, min_p=None) -> None:
-    """Refuse inputs the sampler cannot honour, while they are still concrete values."""
+    """Refuse inputs the sampler cannot honour, while they are still concrete values.
+
+    ``logits=None`` checks only the temperature and filters (for callers validating
+    generation arguments before any logits exist).
+    """
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise CharLMError(f"top_k must be a positive integer, got {top_k!r}: pass e.g. --top-k 40")
     for name, value in (("top_p", top_p), ("min_p", min_p)):
@@ -102,7 +106,7 @@ def validate_sampling_args(logits, temperature, *, top_k=None, top_p=None, min_p
             raise CharLMError(
                 f"temperature must be >= 0 (0 means greedy), got {t.tolist()}: pass e.g. --temperature 0.5"
             )
-    if _is_concrete(logits):
+    if logits is not None and _is_concrete(logits):
         values = np.asarray(logits)
         if np.isnan(values).any() or np.isposinf(values).any():
             raise CharLMError("logits contain NaN or +inf: the model's output is broken; "
