@@ -43,11 +43,14 @@ class CheckpointMeta:
     step: int
     epoch: int
     default_prompt: str
+    # Validation bits per character of these parameters, when measured (the best checkpoint's
+    # record of why it is the best); optional, so older checkpoints read unchanged.
+    val_bits_per_char: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "vocab": self.vocab.chars, "step": self.step, "epoch": self.epoch,
-                "default_prompt": self.default_prompt}
+                "default_prompt": self.default_prompt, "val_bits_per_char": self.val_bits_per_char}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> "CheckpointMeta":
@@ -58,10 +61,15 @@ class CheckpointMeta:
         try:
             return cls(config=TrainConfig.from_dict(data["config"]), vocab=Vocab(data["vocab"]),
                        step=int(data["step"]), epoch=int(data["epoch"]),
-                       default_prompt=str(data["default_prompt"]))
+                       default_prompt=str(data["default_prompt"]),
+                       val_bits_per_char=_optional_float(data.get("val_bits_per_char")))
         except (KeyError, TypeError, ValueError) as error:
             raise CharLMError(f"checkpoint {where} has a broken meta record ({error!r}): "
                               "retrain, or point --checkpoint at an intact run") from None
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 class CheckpointStore:

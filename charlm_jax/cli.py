@@ -10,8 +10,9 @@ import dataclasses
 import sys
 from typing import Any, Sequence
 
-from charlm_jax.config import BOOK_TEMPERATURES, GENERATION_MODES, OBJECTIVES, TrainConfig
+from charlm_jax.config import BOOK_TEMPERATURES, GENERATION_MODES, LR_SCHEDULES, OBJECTIVES, TrainConfig
 from charlm_jax.errors import CharLMError
+from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES, recipe_config
 
 # Help for each TrainConfig field; the flag is the field name with dashes.
 CONFIG_HELP: dict[str, str] = {
@@ -26,8 +27,14 @@ CONFIG_HELP: dict[str, str] = {
     "learning_rate": "RMSprop learning rate (book: 0.01)",
     "rmsprop_decay": "RMSprop decay rho (Keras: 0.9)",
     "rmsprop_eps": "RMSprop epsilon, inside the square root (Keras: 1e-7; optax default 1e-8)",
+    "rmsprop_eps_in_sqrt": "epsilon inside the square root (Keras 3) or, with --no-rmsprop-eps-in-sqrt, "
+                           "added after it (Keras 2, as the seeds ran)",
     "epochs": "epochs to train (book: 60); with --resume, the new total",
     "objective": f"training objective: {' | '.join(OBJECTIVES)} (book: next_char)",
+    "lr_schedule": f"learning-rate schedule: {' | '.join(LR_SCHEDULES)} (cosine spans --epochs; book: constant)",
+    "warmup_steps": "linear learning-rate warm-up from 0 over this many steps (book: 0)",
+    "lr_final_fraction": "cosine schedule's final rate, as a fraction of --learning-rate",
+    "early_stopping_patience": "stop after this many epochs without a better validation (0: never, the book)",
     "clip_norm": "clip gradients to this global norm (book: no clipping)",
     "max_nonfinite_in_row": "skip updates with NaN/inf gradients; stop after this many in a row (0: no guard)",
     "sample_length": "characters sampled after each epoch (book: 400; 0 turns samples off)",
@@ -38,22 +45,27 @@ CONFIG_HELP: dict[str, str] = {
 }
 
 
+CHOICES = {"objective": OBJECTIVES, "sample_mode": GENERATION_MODES, "lr_schedule": LR_SCHEDULES}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, default None so that flags the user passed can be told apart."""
     defaults = TrainConfig()
-    group = parser.add_argument_group("model and training (TrainConfig)")
+    group = parser.add_argument_group("model and training (TrainConfig; defaults are the book recipe)")
+    group.add_argument("--recipe", choices=list(RECIPES), default=None,
+                       help=f"named set of the values below: {' | '.join(RECIPES)}; flags given with it "
+                       f"override its values (default: {DEFAULT_RECIPE}; see README, Recipes)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         shown = " ".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
         help_text = f"{CONFIG_HELP[field.name]} (default: {shown})"
-        if field.name == "lowercase":
+        if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif field.name == "temperatures":
             group.add_argument(flag, type=float, nargs="+", default=None, metavar="T", help=help_text)
-        elif field.name in ("objective", "sample_mode"):
-            choices = OBJECTIVES if field.name == "objective" else GENERATION_MODES
-            group.add_argument(flag, choices=choices, default=None, help=help_text)
+        elif field.name in CHOICES:
+            group.add_argument(flag, choices=CHOICES[field.name], default=None, help=help_text)
         else:
             kind = type(default) if default is not None else float
             group.add_argument(flag, type=kind, default=None, metavar=field.name.upper(), help=help_text)
@@ -77,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint (default: off)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    train.add_argument("--time-limit", type=float, metavar="SECONDS",
+                       help="stop after this much training time (validation excluded; counted across "
+                       "--resume), validate and checkpoint; --resume continues (default: none)")
     _add_config_flags(train)
     cluster = train.add_argument_group("multi-host (default: single process; see README)")
     cluster.add_argument("--coordinator", metavar="HOST:PORT",
@@ -123,7 +138,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     overrides = config_overrides(args)
-    config = TrainConfig(**overrides)
+    recipe_values = dict(RECIPES[args.recipe]) if args.recipe is not None else {}
+    config = recipe_config(args.recipe or DEFAULT_RECIPE, **overrides)
     if args.resume:
         from charlm_jax.checkpoint import CheckpointStore
 
@@ -133,13 +149,17 @@ def run_train(args: argparse.Namespace) -> int:
                 if store.latest_step() is not None:
                     # Resume with the run's own settings; only flags given now override them.
                     saved = store.restore_meta().config.to_dict()
+                    saved.update(recipe_values)
                     saved.update(overrides)
                     config = TrainConfig.from_dict(saved)
             finally:
                 store.close()
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    result = fit(config, text, args.out, resume=args.resume, show_progress=not args.no_progress)
-    return 130 if result.interrupted else 0
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
+    result = fit(config, text, args.out, resume=args.resume, show_progress=not args.no_progress,
+                 stop_after_seconds=args.time_limit)
+    return 130 if result.stop_reason == "interrupted" else 0
 
 
 def run_generate(args: argparse.Namespace) -> int:

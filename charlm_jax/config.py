@@ -16,6 +16,7 @@ from charlm_jax.errors import CharLMError
 BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 
 OBJECTIVES = ("next_char", "dense")
+LR_SCHEDULES = ("constant", "cosine")
 GENERATION_MODES = ("stateful", "window")
 
 
@@ -35,10 +36,21 @@ class TrainConfig:
     # --- optimisation (book: RMSprop(lr=0.01), batch_size=128, 60 epochs) ---
     batch_size: int = 128
     learning_rate: float = 0.01
-    # Keras 3 RMSprop constants: rho=0.9, epsilon=1e-7 inside the square root.
+    # Keras 3 RMSprop constants: rho=0.9, epsilon=1e-7 inside the square root. Keras 2, which the
+    # seeds ran, added epsilon outside the square root: rmsprop_eps_in_sqrt=False reproduces that.
     rmsprop_decay: float = 0.9
     rmsprop_eps: float = 1e-7
+    rmsprop_eps_in_sqrt: bool = True
     epochs: int = 60
+    # "constant": the book's fixed rate; "cosine": decay to lr_final_fraction * learning_rate
+    # over the run's planned steps (epochs x steps per epoch). Both start with a linear
+    # warm-up of warmup_steps from 0 (0: none, the book).
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_final_fraction: float = 0.1
+    # Stop when validation bits per character have not improved for this many epochs (0: never,
+    # the book). The best epoch's checkpoint is always kept in <out>/best.
+    early_stopping_patience: int = 0
     # "next_char": the book's objective (one target per window);
     # "dense": predict the next character at every position of the window.
     objective: str = "next_char"
@@ -95,6 +107,13 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
     _require(config.epochs >= 0, f"epochs must be >= 0, got {config.epochs}")
+    _require(config.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
+    _require(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    _require(0.0 <= config.lr_final_fraction <= 1.0,
+             f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}")
+    _require(config.early_stopping_patience >= 0,
+             f"early_stopping_patience must be >= 0 (0: off), got {config.early_stopping_patience}")
     _require(config.objective in OBJECTIVES,
              f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
     _require(config.clip_norm is None or config.clip_norm > 0,

@@ -18,23 +18,52 @@ from flax.training import train_state
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import gather_dense_targets, gather_next_chars, gather_windows
+from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 
 TrainState = train_state.TrainState
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """RMSprop with Keras 3's constants, optionally behind global-norm clipping.
+def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate at each optimizer step (optax schedules, so it is traced into the step).
+
+    ``total_steps`` is the run's planned length (epochs x steps per epoch); cosine decay ends
+    there at ``lr_final_fraction * learning_rate``. With ``constant`` and no warm-up this is
+    the book's fixed 0.01.
+    """
+    peak = config.learning_rate
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+            end_value=peak * config.lr_final_fraction)
+    if warmup == 0:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+                                [warmup])
+
+
+def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+    """RMSprop with Keras 3's constants, optionally behind global-norm clipping, on a schedule.
 
     Keras 3: ``v = rho * v + (1 - rho) * g**2``; ``w -= lr * g / sqrt(v + epsilon)`` with
     rho = 0.9, epsilon = 1e-7 inside the square root. optax.rmsprop's default eps is 1e-8,
-    so the Keras value is passed explicitly; ``eps_in_sqrt=True`` matches Keras' placement.
+    so the Keras value is passed explicitly; ``eps_in_sqrt=True`` matches Keras 3's placement
+    (Keras 2: ``w -= lr * g / (sqrt(v) + epsilon)``, ``rmsprop_eps_in_sqrt=False``).
+    ``total_steps`` (the run's planned optimizer steps) is needed by the cosine schedule only.
     """
+    if config.lr_schedule == "constant" and config.warmup_steps == 0:
+        learning_rate = config.learning_rate  # the book: a plain float, no schedule state
+    elif config.lr_schedule == "cosine" and total_steps is None:
+        raise CharLMError("lr_schedule='cosine' needs the run's total_steps (epochs x steps per epoch): "
+                          "pass total_steps to make_optimizer / create_train_state")
+    else:
+        learning_rate = learning_rate_schedule(config, total_steps or 1)
     transforms = []
     if config.clip_norm is not None:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
-    transforms.append(optax.rmsprop(config.learning_rate, decay=config.rmsprop_decay,
-                                    eps=config.rmsprop_eps, eps_in_sqrt=True))
+    transforms.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay,
+                                    eps=config.rmsprop_eps, eps_in_sqrt=config.rmsprop_eps_in_sqrt))
     optimizer = optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
     if config.max_nonfinite_in_row > 0:
         # Never let a NaN/inf gradient reach the parameters or RMSprop's statistics. optax gives
@@ -51,10 +80,12 @@ def model_from_config(config: TrainConfig, vocab_size: int) -> CharLSTM:
                        dropout=config.dropout, unroll=config.unroll)
 
 
-def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int) -> TrainState:
+def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
+                       total_steps: int | None = None) -> TrainState:
+    """Initial params and optimizer state; ``total_steps`` sets the cosine schedule's length."""
     model = model_from_config(config, vocab_size)
     params = init_params(key, model, config.maxlen)
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, total_steps))
     # TrainState.create stores step as the Python int 0; an int32 array keeps the jitted
     # step's input types identical from the first call on (no second compilation).
     return state.replace(step=jnp.zeros((), jnp.int32))

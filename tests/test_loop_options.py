@@ -1,0 +1,114 @@
+"""The loop's options: best checkpoint, early stopping, time limit, recipes from the CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from rich.console import Console
+
+import charlm_jax
+from charlm_jax.checkpoint import CheckpointStore
+from charlm_jax.cli import main
+from charlm_jax.loop import fit
+
+from conftest import tiny_config
+
+QUIET = Console(quiet=True)
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def records_of(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation(tmp_path, tiny_text):
+    # A rate high enough that validation gets worse after it first improves, so best != last.
+    config = tiny_config(epochs=4, learning_rate=0.05, sample_length=0)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    bits = [r["val_bits_per_char"] for r in result.history]
+    best_epoch = int(np.argmin(bits)) + 1
+    assert (result.best_epoch, result.best_val_bits_per_char) == (best_epoch, min(bits))
+    best = charlm_jax.load(tmp_path / "best")
+    store = CheckpointStore(tmp_path / "best", create=False)
+    try:
+        meta = store.restore_meta()
+    finally:
+        store.close()
+    assert (meta.epoch, meta.val_bits_per_char) == (best_epoch, min(bits))
+    # Its params are that epoch's: re-training to that epoch reproduces them exactly.
+    again = fit(tiny_config(epochs=best_epoch, learning_rate=0.05, sample_length=0), tiny_text,
+                tmp_path / "again", console=QUIET, show_progress=False)
+    assert_trees_equal(best.params, again.state.params)
+    assert [r.get("best", False) for r in result.history] == \
+        [b < min(bits[:i], default=np.inf) for i, b in enumerate(bits)]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path, tiny_text):
+    # A learning rate far below float32 resolution leaves the params bit-identical, so
+    # validation never improves after epoch 1.
+    config = tiny_config(epochs=10, learning_rate=1e-30, early_stopping_patience=2, sample_length=0)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    assert result.stop_reason == "early_stopping" and not result.interrupted
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+    assert len({r["val_bits_per_char"] for r in result.history}) == 1
+
+
+def test_early_stopping_is_off_by_default(tmp_path, tiny_text):
+    config = tiny_config(epochs=4, learning_rate=1e-30, sample_length=0)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    assert result.stop_reason == "completed" and len(result.history) == 4
+
+
+def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_path, tiny_text):
+    config = tiny_config(epochs=2, sample_length=0)
+    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=1e-9)
+    assert first.stop_reason == "time_limit" and first.interrupted
+    partial = records_of(tmp_path)[-1]
+    assert partial["partial_epoch"] and partial["epoch"] == 1 and np.isfinite(partial["val_bits_per_char"])
+    assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == 20  # one sync, 20 steps
+    done = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, resume=True)
+    assert done.stop_reason == "completed"
+    seconds = [r["train_seconds"] for r in records_of(tmp_path)]
+    assert seconds == sorted(seconds)  # the training clock continues across the resume
+    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
+    assert_trees_equal(done.state.params, whole.state.params)
+
+
+def test_records_carry_the_learning_rate_and_gradient_norms(tmp_path, tiny_text):
+    config = tiny_config(epochs=2, lr_schedule="cosine", lr_final_fraction=0.1, sample_length=0)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    first, last = result.history
+    assert last["learning_rate"] == pytest.approx(0.001, rel=1e-5)  # cosine reached its end value
+    assert first["learning_rate"] > last["learning_rate"]
+    assert 0 < first["grad_norm_mean"] <= first["grad_norm_max"]
+
+
+def test_cli_recipe_fast_trains_with_its_values_and_flags_override(capsys, tmp_path, tiny_text):
+    text_file = tmp_path / "tiny.txt"
+    text_file.write_text(tiny_text)
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "fast", "--text", str(text_file), "--out", str(out), "--epochs", "1",
+                 "--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16",
+                 "--sample-length", "0", "--warmup-steps", "3", "--no-progress"])
+    assert code == 0
+    lm = charlm_jax.load(out)
+    expected = charlm_jax.recipe_config("fast", epochs=1, maxlen=12, step=2, hidden_size=16, batch_size=16,
+                                        sample_length=0, warmup_steps=3)
+    assert lm.config == expected and lm.config.objective == "dense"
+    assert "best validation" in capsys.readouterr().out
+    # --resume keeps the run's recipe; only --epochs changes.
+    code = main(["train", "--text", str(text_file), "--out", str(out), "--epochs", "2", "--resume", "--no-progress"])
+    assert code == 0 and charlm_jax.load(out).config == charlm_jax.recipe_config(
+        "fast", epochs=2, maxlen=12, step=2, hidden_size=16, batch_size=16, sample_length=0, warmup_steps=3)
+    assert charlm_jax.load(out / "best").step > 0
+
+
+def test_cli_time_limit_must_be_positive(capsys, tmp_path):
+    code = main(["train", "--time-limit", "0", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("charlm-jax: error: --time-limit must be > 0")
