@@ -136,6 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
     from charlm_jax.distributed import maybe_initialize_distributed
     from charlm_jax.loop import fit
 
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     overrides = config_overrides(args)
     recipe_values = dict(RECIPES[args.recipe]) if args.recipe is not None else {}
@@ -155,8 +157,6 @@ def run_train(args: argparse.Namespace) -> int:
             finally:
                 store.close()
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     result = fit(config, text, args.out, resume=args.resume, show_progress=not args.no_progress,
                  stop_after_seconds=args.time_limit)
     return 130 if result.stop_reason == "interrupted" else 0

@@ -24,15 +24,18 @@ from charlm_jax.model import CharLSTM, build_model, init_params
 TrainState = train_state.TrainState
 
 
-def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) -> optax.Schedule:
     """The learning rate at each optimizer step (optax schedules, so it is traced into the step).
 
     ``total_steps`` is the run's planned length (epochs x steps per epoch); cosine decay ends
-    there at ``lr_final_fraction * learning_rate``. With ``constant`` and no warm-up this is
-    the book's fixed 0.01.
+    there at ``lr_final_fraction * learning_rate``, and a warm-up never outlasts it. With
+    ``constant`` and no warm-up this is the book's fixed 0.01.
     """
     peak = config.learning_rate
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if config.lr_schedule == "cosine" and total_steps is None:
+        raise CharLMError("lr_schedule='cosine' needs the run's total_steps (epochs x steps per epoch): "
+                          "pass total_steps to make_optimizer / create_train_state")
+    warmup = config.warmup_steps if total_steps is None else min(config.warmup_steps, max(total_steps - 1, 0))
     if config.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
@@ -53,12 +56,11 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
     ``total_steps`` (the run's planned optimizer steps) is needed by the cosine schedule only.
     """
     if config.lr_schedule == "constant" and config.warmup_steps == 0:
-        learning_rate = config.learning_rate  # the book: a plain float, no schedule state
-    elif config.lr_schedule == "cosine" and total_steps is None:
-        raise CharLMError("lr_schedule='cosine' needs the run's total_steps (epochs x steps per epoch): "
-                          "pass total_steps to make_optimizer / create_train_state")
+        # The book: a plain float, so its optimizer state has no schedule counter and
+        # checkpoints written before schedules existed still restore.
+        learning_rate = config.learning_rate
     else:
-        learning_rate = learning_rate_schedule(config, total_steps or 1)
+        learning_rate = learning_rate_schedule(config, total_steps)
     transforms = []
     if config.clip_norm is not None:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
