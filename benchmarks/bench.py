@@ -35,9 +35,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from charlm_jax.config import TrainConfig  # noqa: E402
-from charlm_jax.generate import generate_ids  # noqa: E402
-from charlm_jax.model import init_params  # noqa: E402
-from charlm_jax.train import compile_steps, create_train_state, model_from_config  # noqa: E402
+from charlm_jax.decode import generate_ids  # noqa: E402
+from charlm_jax.model import build_model, init_params  # noqa: E402
+from charlm_jax.train import compile_steps, create_train_state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAXLEN, HIDDEN, BATCH, VOCAB = 60, 128, 128, 77  # the book's configuration; 77 = built-in corpus vocab
@@ -93,7 +93,7 @@ def versions() -> dict[str, str]:
 
 def bench_charlm_generation(quick: bool) -> dict:
     config = TrainConfig()
-    model = model_from_config(config, VOCAB)
+    model = build_model(config, VOCAB)
     params = init_params(jax.random.key(0), model, MAXLEN)
     results = {}
     length = 400
@@ -210,7 +210,7 @@ def time_training_step(step: Callable[[], object], quick: bool, **extra) -> dict
 
 def bench_charlm_training(quick: bool) -> dict:
     config = TrainConfig()
-    model = model_from_config(config, VOCAB)
+    model = build_model(config, VOCAB)
     state = create_train_state(jax.random.key(0), config, VOCAB)
     train_fn, _ = compile_steps(model, config)
     rng = np.random.default_rng(0)

@@ -2,16 +2,16 @@
 
 High level: ``load`` a checkpoint and ``generate`` text, or ``fit`` a config (``TrainConfig``,
 or ``recipe_config("book" | "fast")``) on a text.
-Lower level, all pure: ``data`` (vocab, windows), ``model`` (CharLSTM),
-``train`` (optimizer, train/eval steps), ``sampling`` (sample), ``generate``
-(generate_ids, one jitted scan).
+Lower level, all pure: ``data`` (vocab, windows), ``lstm`` (the LSTM layer and its
+hand-derived backward), ``model`` (CharLSTM), ``train`` (optimizer, train/eval steps),
+``sampling`` (sample), ``decode`` (generate_ids, one jitted scan).
 """
 
 from charlm_jax.config import BOOK_TEMPERATURES, TrainConfig
 from charlm_jax.corpus import load_text
 from charlm_jax.data import Vocab
 from charlm_jax.errors import CharLMError
-from charlm_jax.generate import generate_ids
+from charlm_jax.decode import generate_ids
 from charlm_jax.lm import LanguageModel, generate, load
 from charlm_jax.loop import FitResult, fit
 from charlm_jax.recipes import RECIPES, recipe_config

@@ -11,7 +11,6 @@ A checkpoint directory holds numbered steps; three items per step:
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,6 @@ from charlm_jax.errors import CharLMError
 
 FORMAT_VERSION = 1
 ITEM_NAMES = ("params", "train", "meta")
-
-# Orbax logs every save at INFO level through absl; keep the user's terminal for our progress bar.
-logging.getLogger("absl").setLevel(logging.WARNING)
-
 
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it costs ~1 s, and `generate --help` needs none of it
@@ -44,13 +39,19 @@ class CheckpointMeta:
     epoch: int
     default_prompt: str
     # Validation bits per character of these parameters, when measured (the best checkpoint's
-    # record of why it is the best); optional, so older checkpoints read unchanged.
+    # record of why it is the best). This and the fields below are optional, so checkpoints
+    # written before they existed read unchanged.
     val_bits_per_char: float | None = None
+    # The run's training clock (validation excluded) and skipped-update count at this step,
+    # so a resumed run's time limit and records continue where it stopped.
+    train_seconds: float = 0.0
+    skipped_steps_total: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "vocab": self.vocab.chars, "step": self.step, "epoch": self.epoch,
-                "default_prompt": self.default_prompt, "val_bits_per_char": self.val_bits_per_char}
+                "default_prompt": self.default_prompt, "val_bits_per_char": self.val_bits_per_char,
+                "train_seconds": self.train_seconds, "skipped_steps_total": self.skipped_steps_total}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> "CheckpointMeta":
@@ -62,7 +63,9 @@ class CheckpointMeta:
             return cls(config=TrainConfig.from_dict(data["config"]), vocab=Vocab(data["vocab"]),
                        step=int(data["step"]), epoch=int(data["epoch"]),
                        default_prompt=str(data["default_prompt"]),
-                       val_bits_per_char=_optional_float(data.get("val_bits_per_char")))
+                       val_bits_per_char=_optional_float(data.get("val_bits_per_char")),
+                       train_seconds=float(data.get("train_seconds", 0.0)),
+                       skipped_steps_total=int(data.get("skipped_steps_total", 0)))
         except (KeyError, TypeError, ValueError) as error:
             raise CharLMError(f"checkpoint {where} has a broken meta record ({error!r}): "
                               "retrain, or point --checkpoint at an intact run") from None
@@ -78,7 +81,12 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, create: bool = True):
         ocp = _ocp()
         self.directory = Path(directory).absolute()
-        if not create and not self.directory.is_dir():
+        if create:
+            make_run_directory(directory)
+        elif self.directory.is_file():
+            raise CharLMError(f"{str(directory)!r} is a file, not a checkpoint directory: pass the --out "
+                              "directory of a training run")
+        elif not self.directory.is_dir():
             raise CharLMError(f"no checkpoint directory at {str(directory)!r}: pass the --out "
                               "directory of a finished or interrupted training run")
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
@@ -139,6 +147,29 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+    def __enter__(self) -> "CheckpointStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def make_run_directory(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` (and parents) for a run, or say in one line why it cannot be one."""
+    path = Path(directory)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise CharLMError(f"{str(part)!r} is a file, so {str(path)!r} cannot be a run directory: "
+                              "pass another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CharLMError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
+                          "pass an --out you can write to") from None
+    if not os.access(path, os.W_OK):
+        raise CharLMError(f"the run directory {str(path)!r} is not writable: pass an --out you can write to")
+    return path
 
 
 def abstract_tree(tree):

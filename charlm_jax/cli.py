@@ -1,51 +1,20 @@
-"""``charlm-jax train`` and ``charlm-jax generate``: flags map one-to-one onto TrainConfig.
+"""``charlm-jax train | generate``: flags map one-to-one onto TrainConfig and the Python API.
 
-Every user-fixable problem becomes one line on stderr and exit status 2.
+Every user-fixable problem becomes one line on stderr and exit status 2. JAX is imported
+only once a command runs, after the CPU has been split into devices (``--cpu-devices``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from typing import Any, Sequence
 
-from charlm_jax.config import BOOK_TEMPERATURES, GENERATION_MODES, LR_SCHEDULES, OBJECTIVES, TrainConfig
+from charlm_jax.config import BOOK_TEMPERATURES, GENERATION_MODES, TrainConfig
 from charlm_jax.errors import CharLMError
-from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES, recipe_config
-
-# Help for each TrainConfig field; the flag is the field name with dashes.
-CONFIG_HELP: dict[str, str] = {
-    "maxlen": "characters per training window (book: 60)",
-    "step": "stride between window starts (book: 3)",
-    "lowercase": "lower-case the text before training (book: yes)",
-    "val_fraction": "fraction of the text, at its end, held out for validation",
-    "hidden_size": "LSTM units per layer (book: 128)",
-    "num_layers": "stacked LSTM layers (book: 1)",
-    "dropout": "dropout on each LSTM layer's outputs (book: 0)",
-    "batch_size": "global batch size in windows (book: 128); must divide over the devices",
-    "learning_rate": "RMSprop learning rate (book: 0.01)",
-    "rmsprop_decay": "RMSprop decay rho (Keras: 0.9)",
-    "rmsprop_eps": "RMSprop epsilon, inside the square root (Keras: 1e-7; optax default 1e-8)",
-    "rmsprop_eps_in_sqrt": "epsilon inside the square root (Keras 3) or, with --no-rmsprop-eps-in-sqrt, "
-                           "added after it (Keras 2, as the seeds ran)",
-    "epochs": "epochs to train (book: 60); with --resume, the new total",
-    "objective": f"training objective: {' | '.join(OBJECTIVES)} (book: next_char)",
-    "lr_schedule": f"learning-rate schedule: {' | '.join(LR_SCHEDULES)} (cosine spans --epochs; book: constant)",
-    "warmup_steps": "linear learning-rate warm-up from 0 over this many steps (book: 0)",
-    "lr_final_fraction": "cosine schedule's final rate, as a fraction of --learning-rate",
-    "early_stopping_patience": "stop after this many epochs without a better validation (0: never, the book)",
-    "clip_norm": "clip gradients to this global norm (book: no clipping)",
-    "max_nonfinite_in_row": "skip updates with NaN/inf gradients; stop after this many in a row (0: no guard)",
-    "sample_length": "characters sampled after each epoch (book: 400; 0 turns samples off)",
-    "temperatures": "sampling temperatures after each epoch (book: 0.2 0.5 1.0 1.2)",
-    "sample_mode": f"generation mode of the per-epoch samples: {' | '.join(GENERATION_MODES)} (book: window)",
-    "seed": "seed of every random choice: init, shuffling, dropout, samples",
-    "unroll": "LSTM scan unroll factor (speed only; results identical)",
-}
-
-
-CHOICES = {"objective": OBJECTIVES, "sample_mode": GENERATION_MODES, "lr_schedule": LR_SCHEDULES}
+from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,19 +25,37 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"named set of the values below: {' | '.join(RECIPES)}; flags given with it "
                        f"override its values (default: {DEFAULT_RECIPE}; see README, Recipes)")
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-")]
+        if field.name == "temperatures":
+            flags.append("--temperature")  # generate's spelling, accepted here too
         default = getattr(defaults, field.name)
         shown = " ".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
-        help_text = f"{CONFIG_HELP[field.name]} (default: {shown})"
+        help_text = f"{field.metadata['help']} (default: {shown})"
+        choices = field.metadata["choices"]
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif field.name == "temperatures":
-            group.add_argument(flag, type=float, nargs="+", default=None, metavar="T", help=help_text)
-        elif field.name in CHOICES:
-            group.add_argument(flag, choices=CHOICES[field.name], default=None, help=help_text)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(*flags, dest=field.name, type=float, nargs="+", default=None, metavar="T",
+                               help=help_text)
+        elif choices is not None:
+            group.add_argument(*flags, choices=choices, default=None, help=help_text)
         else:
             kind = type(default) if default is not None else float
-            group.add_argument(flag, type=kind, default=None, metavar=field.name.upper(), help=help_text)
+            group.add_argument(*flags, type=kind, default=None, metavar=field.name.upper(), help=help_text)
+
+
+def _add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu-devices", type=int, metavar="N",
+                        help="split the CPU into N JAX devices, the batch divided among them (default: one "
+                        "per core when no GPU/TPU is present; nothing changes on a GPU or TPU)")
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set with this much "
+                        "probability mass (default: off)")
+    parser.add_argument("--min-p", type=float, help="drop characters less likely than this fraction of "
+                        "the most likely one (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-limit", type=float, metavar="SECONDS",
                        help="stop after this much training time (validation excluded; counted across "
                        "--resume), validate and checkpoint; --resume continues (default: none)")
+    _add_cpu_devices_flag(train)
     _add_config_flags(train)
     cluster = train.add_argument_group("multi-host (default: single process; see README)")
     cluster.add_argument("--coordinator", metavar="HOST:PORT",
@@ -104,24 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
     generate.add_argument("--prompt", help="text to continue (default: the excerpt saved with the checkpoint)")
     generate.add_argument("--length", type=int, default=400, help="characters to generate (default: 400)")
-    generate.add_argument("--temperature", type=float, nargs="+", default=list(BOOK_TEMPERATURES), metavar="T",
+    generate.add_argument("--temperatures", "--temperature", dest="temperatures", type=float, nargs="+",
+                          default=list(BOOK_TEMPERATURES), metavar="T",
                           help="one or more temperatures; 0 is greedy (default: 0.2 0.5 1.0 1.2)")
     generate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     generate.add_argument("--mode", choices=GENERATION_MODES, default="stateful",
                           help="stateful: carry the LSTM state, O(1) per character; window: re-read the "
                           "last maxlen characters each step, as the book (default: stateful)")
-    generate.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
-    generate.add_argument("--top-p", type=float, help="sample from the smallest set with this much "
-                          "probability mass (default: off)")
-    generate.add_argument("--min-p", type=float, help="drop characters less likely than this fraction of "
-                          "the most likely one (default: off)")
+    _add_sampling_flags(generate)
     generate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
     return parser
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields the user set explicitly on the command line."""
-    values = {}
+    """The config fields the user set: a recipe's values, then the flags given explicitly."""
+    values = dict(RECIPES[args.recipe]) if args.recipe is not None else {}
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name)
         if value is not None:
@@ -129,37 +114,32 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def start_jax(args: argparse.Namespace, batch_size: int | None = None) -> None:
+    """Split the CPU into devices (before JAX starts) and join a multi-host run if asked."""
+    from charlm_jax.distributed import (auto_cpu_devices, configure_cpu_devices, forced_cpu_device_count,
+                                        maybe_initialize_distributed)
 
+    if args.cpu_devices is not None:
+        configure_cpu_devices(args.cpu_devices)
+    elif not forced_cpu_device_count() and batch_size is not None and getattr(args, "coordinator", None) is None:
+        configure_cpu_devices(auto_cpu_devices(batch_size), strict=False)
+    if args.command == "train":
+        maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+
+def run_train(args: argparse.Namespace) -> int:
     from charlm_jax.corpus import load_text
-    from charlm_jax.distributed import maybe_initialize_distributed
-    from charlm_jax.loop import fit
+    from charlm_jax.loop import StopReason, fit
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
-    maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     overrides = config_overrides(args)
-    recipe_values = dict(RECIPES[args.recipe]) if args.recipe is not None else {}
-    config = recipe_config(args.recipe or DEFAULT_RECIPE, **overrides)
-    if args.resume:
-        from charlm_jax.checkpoint import CheckpointStore
-
-        if Path(args.out).is_dir():
-            store = CheckpointStore(args.out, create=False)
-            try:
-                if store.latest_step() is not None:
-                    # Resume with the run's own settings; only flags given now override them.
-                    saved = store.restore_meta().config.to_dict()
-                    saved.update(recipe_values)
-                    saved.update(overrides)
-                    config = TrainConfig.from_dict(saved)
-            finally:
-                store.close()
+    fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
+    start_jax(args, fresh.batch_size)
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    result = fit(config, text, args.out, resume=args.resume, show_progress=not args.no_progress,
-                 stop_after_seconds=args.time_limit)
-    return 130 if result.stop_reason == "interrupted" else 0
+    result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
+                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit)
+    return 130 if result.stop_reason is StopReason.INTERRUPTED else 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -167,19 +147,24 @@ def run_generate(args: argparse.Namespace) -> int:
 
     lm = load(args.checkpoint, step=args.step)
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
-    texts = generate(lm, prompt, length=args.length, temperatures=args.temperature, seed=args.seed,
+    texts = generate(lm, prompt, length=args.length, temperatures=args.temperatures, seed=args.seed,
                      mode=args.mode, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     print(f'--- Generating with seed: "{prompt}"')
-    for temperature, text in zip(args.temperature, texts):
+    for temperature, text in zip(args.temperatures, texts):
         print(f"------ temperature: {temperature:g}")
         print(prompt + text)
     return 0
 
 
+COMMANDS = {"train": run_train, "generate": run_generate}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Orbax logs every save at INFO level through absl; keep the terminal for our own output.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-        return run_train(args) if args.command == "train" else run_generate(args)
+        return COMMANDS[args.command](args)
     except CharLMError as error:
         print(f"charlm-jax: error: {error}", file=sys.stderr)
         return 2

@@ -1,15 +1,15 @@
 """One frozen config carrying the book's defaults (Deep Learning with Python, 8.1).
 
-Every field maps one-to-one onto a ``charlm-jax train`` flag, and the whole
-config is saved inside every checkpoint so a run can be resumed or reproduced
-from the checkpoint alone.
+Every field maps one-to-one onto a ``charlm-jax train`` flag (its help text is the field's
+metadata, so it lives here once), and the whole config is saved inside every checkpoint so
+a run can be resumed or reproduced from the checkpoint alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from charlm_jax.errors import CharLMError
 
@@ -18,6 +18,14 @@ BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 OBJECTIVES = ("next_char", "dense")
 LR_SCHEDULES = ("constant", "cosine")
 GENERATION_MODES = ("stateful", "window")
+# The LSTM gates' activation (lstm.RECURRENT_ACTIVATIONS). Keras 3 and PyTorch: sigmoid. Keras
+# 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
+# Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
+RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
+
+
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -25,47 +33,56 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the book's experiment."""
 
     # --- data (book: maxlen = 60, step = 3, text.lower()) ---
-    maxlen: int = 60
-    step: int = 3
-    lowercase: bool = True
-    val_fraction: float = 0.1
+    maxlen: int = _field(60, "characters per training window (book: 60)")
+    step: int = _field(3, "stride between window starts (book: 3)")
+    lowercase: bool = _field(True, "lower-case the text before training (book: yes)")
+    val_fraction: float = _field(0.1, "fraction of the text, at its end, held out for validation")
     # --- model (book: LSTM(128) + Dense(len(chars)) ) ---
-    hidden_size: int = 128
-    num_layers: int = 1
-    dropout: float = 0.0
+    hidden_size: int = _field(128, "LSTM units per layer (book: 128)")
+    num_layers: int = _field(1, "stacked LSTM layers (book: 1)")
+    dropout: float = _field(0.0, "dropout on each LSTM layer's outputs (book: 0)")
+    recurrent_activation: str = _field(
+        "sigmoid", "activation of the LSTM's i, f, o gates; the hard sigmoids exist for imported Keras "
+        "models (Keras 2 and 3 define them differently)", RECURRENT_ACTIVATIONS)
     # --- optimisation (book: RMSprop(lr=0.01), batch_size=128, 60 epochs) ---
-    batch_size: int = 128
-    learning_rate: float = 0.01
+    batch_size: int = _field(128, "global batch size in windows (book: 128); must divide over the devices")
+    learning_rate: float = _field(0.01, "RMSprop learning rate (book: 0.01)")
     # Keras 3 RMSprop constants: rho=0.9, epsilon=1e-7 inside the square root. Keras 2, which the
     # seeds ran, added epsilon outside the square root: rmsprop_eps_in_sqrt=False reproduces that.
-    rmsprop_decay: float = 0.9
-    rmsprop_eps: float = 1e-7
-    rmsprop_eps_in_sqrt: bool = True
-    epochs: int = 60
+    rmsprop_decay: float = _field(0.9, "RMSprop decay rho (Keras: 0.9)")
+    rmsprop_eps: float = _field(1e-7, "RMSprop epsilon, inside the square root (Keras: 1e-7; optax default 1e-8)")
+    rmsprop_eps_in_sqrt: bool = _field(True, "epsilon inside the square root (Keras 3) or, with "
+                                       "--no-rmsprop-eps-in-sqrt, added after it (Keras 2, as the seeds ran)")
+    epochs: int = _field(60, "epochs to train (book: 60); with --resume, the new total")
     # "constant": the book's fixed rate; "cosine": decay to lr_final_fraction * learning_rate
     # over the run's planned steps (epochs x steps per epoch). Both start with a linear
     # warm-up of warmup_steps from 0 (0: none, the book).
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    lr_final_fraction: float = 0.1
-    # Stop when validation bits per character have not improved for this many epochs (0: never,
-    # the book). The best epoch's checkpoint is always kept in <out>/best.
-    early_stopping_patience: int = 0
-    # "next_char": the book's objective (one target per window);
-    # "dense": predict the next character at every position of the window.
-    objective: str = "next_char"
-    clip_norm: float | None = None
+    lr_schedule: str = _field("constant", "learning-rate schedule (cosine spans --epochs; book: constant)",
+                              LR_SCHEDULES)
+    warmup_steps: int = _field(0, "linear learning-rate warm-up from 0 over this many steps (book: 0)")
+    lr_final_fraction: float = _field(0.1, "cosine schedule's final rate, as a fraction of --learning-rate")
+    early_stopping_patience: int = _field(
+        0, "stop after this many epochs without a better validation (0: never, the book); the best "
+        "epoch is always kept in <out>/best")
+    objective: str = _field("next_char", "training objective: the character after each window (book), or "
+                            "the next character at every position", OBJECTIVES)
+    clip_norm: float | None = _field(None, "clip gradients to this global norm (book: no clipping)")
     # Skip any update whose gradients are not finite (optax.apply_if_finite) and stop the run
     # after this many skipped steps in a row; 0 turns the guard off. Finite runs are unchanged.
-    max_nonfinite_in_row: int = 25
+    max_nonfinite_in_row: int = _field(25, "skip updates with NaN/inf gradients; stop after this many in a "
+                                       "row (0: no guard)")
     # --- per-epoch samples (book: 400 characters at 0.2, 0.5, 1.0, 1.2) ---
-    sample_length: int = 400
-    temperatures: tuple[float, ...] = BOOK_TEMPERATURES
-    sample_mode: str = "window"
+    sample_length: int = _field(400, "characters sampled after each epoch (book: 400; 0 turns samples off)")
+    temperatures: tuple[float, ...] = _field(BOOK_TEMPERATURES, "sampling temperatures after each epoch "
+                                             "(book: 0.2 0.5 1.0 1.2)")
+    sample_mode: str = _field("window", "generation mode of the per-epoch samples (book: window)",
+                              GENERATION_MODES)
     # --- reproducibility ---
-    seed: int = 0
-    # Loop unrolling of the LSTM scan: a speed knob, results are identical.
-    unroll: int = 1
+    seed: int = _field(0, "seed of every random choice: init, shuffling, dropout, samples")
+    # --- speed only: results are the same whatever these are ---
+    unroll: int = _field(1, "LSTM scan unroll factor (speed only)")
+    steps_per_call: int = _field(16, "optimizer steps per jitted call (speed only; Python, host syncs "
+                                 "and allocations happen once per call)")
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -76,7 +93,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -88,6 +105,31 @@ class TrainConfig:
         if "temperatures" in values:
             values["temperatures"] = tuple(float(t) for t in values["temperatures"])
         return cls(**values)
+
+
+# Fields a resumed run may change: the run's length and the speed knob that does not change results.
+RESUMABLE_FIELDS = ("epochs", "steps_per_call")
+
+
+def resume_config(saved: TrainConfig, config: TrainConfig | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The config of a resumed run: the saved one, with the resumable fields of ``config`` and
+    ``overrides`` on top; any other difference is refused, naming the fields."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise CharLMError(f"unknown settings {unknown}: see charlm-jax train --help")
+    wanted = saved.to_dict()
+    if config is not None:
+        wanted.update(config.to_dict())
+    wanted.update({k: list(v) if k == "temperatures" else v for k, v in overrides.items()})
+    stored = saved.to_dict()
+    differing = [k for k in stored if k not in RESUMABLE_FIELDS and wanted[k] != stored[k]]
+    if differing:
+        raise CharLMError(f"--resume with settings that differ from the checkpoint's: {differing}; "
+                          f"pass the same settings as the original run (only {', '.join(RESUMABLE_FIELDS)} "
+                          "may change)")
+    return TrainConfig.from_dict(wanted)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -106,23 +148,22 @@ def validate_config(config: TrainConfig) -> None:
     _require(0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1), got {config.dropout}")
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
-    _require(config.epochs >= 0, f"epochs must be >= 0, got {config.epochs}")
-    _require(config.lr_schedule in LR_SCHEDULES,
-             f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
+    _require(config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}: pass --epochs 1 or more")
     _require(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
     _require(0.0 <= config.lr_final_fraction <= 1.0,
              f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}")
     _require(config.early_stopping_patience >= 0,
              f"early_stopping_patience must be >= 0 (0: off), got {config.early_stopping_patience}")
-    _require(config.objective in OBJECTIVES,
-             f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
     _require(config.clip_norm is None or config.clip_norm > 0,
              f"clip_norm must be > 0 (or unset), got {config.clip_norm}")
     _require(config.sample_length >= 0, f"sample_length must be >= 0, got {config.sample_length}")
     _require(all(t >= 0 for t in config.temperatures),
              f"temperatures must be >= 0 (0 means greedy), got {list(config.temperatures)}")
-    _require(config.sample_mode in GENERATION_MODES,
-             f"sample_mode must be one of {GENERATION_MODES}, got {config.sample_mode!r}")
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
+    _require(config.steps_per_call >= 1, f"steps_per_call must be >= 1, got {config.steps_per_call}")
     _require(config.max_nonfinite_in_row >= 0,
              f"max_nonfinite_in_row must be >= 0 (0: no guard), got {config.max_nonfinite_in_row}")
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        value = getattr(config, field.name)
+        _require(choices is None or value in choices, f"{field.name} must be one of {choices}, got {value!r}")

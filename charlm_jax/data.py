@@ -10,8 +10,8 @@ stays O(corpus length).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import jax
@@ -23,7 +23,12 @@ from charlm_jax.errors import CharLMError
 
 @dataclass(frozen=True)
 class Vocab:
-    """Sorted unique characters of the training text, as in the book's ``chars``."""
+    """Sorted unique characters of the training text, as in the book's ``chars``.
+
+    Encoding and decoding work on arrays of Unicode code points, so a million characters
+    take milliseconds and generated ids turn into text without a Python loop. ``sorted``
+    orders characters by code point, so the vocabulary's code points are sorted too.
+    """
 
     chars: str
 
@@ -35,27 +40,33 @@ class Vocab:
     def size(self) -> int:
         return len(self.chars)
 
+    @cached_property
+    def _codes(self) -> np.ndarray:
+        return _code_points(self.chars)  # (size,) uint32, ascending
+
     def encode(self, text: str, what: str = "text") -> np.ndarray:
         """Ids of ``text`` (int32); characters outside the vocabulary are an error naming them."""
-        lookup = {c: i for i, c in enumerate(self.chars)}
-        unknown = sorted(set(text) - lookup.keys())
-        if unknown:
-            shown = "".join(unknown[:20])
+        codes = _code_points(text)
+        ids = np.searchsorted(self._codes, codes).astype(np.int32)
+        known = self._codes[np.minimum(ids, max(self.size - 1, 0))] == codes if self.size else codes != codes
+        if not known.all():
+            unknown = sorted(set(_code_points_to_text(codes[~known])))
             raise CharLMError(
-                f"{what} has {len(unknown)} character(s) not in the model's vocabulary: {shown!r}; "
+                f"{what} has {len(unknown)} character(s) not in the model's vocabulary: {''.join(unknown[:20])!r}; "
                 "remove them or train on text that contains them"
             )
-        return np.fromiter((lookup[c] for c in text), dtype=np.int32, count=len(text))
+        return ids
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+        return _code_points_to_text(self._codes[np.asarray(ids, dtype=np.intp).reshape(-1)])
 
-    def to_json(self) -> str:
-        return json.dumps({"chars": self.chars})
 
-    @classmethod
-    def from_json(cls, payload: str) -> "Vocab":
-        return cls(json.loads(payload)["chars"])
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _code_points_to_text(codes: np.ndarray) -> str:
+    return codes.astype("<u4").tobytes().decode("utf-32-le")
 
 
 @dataclass(frozen=True)
@@ -136,12 +147,22 @@ def batches_per_epoch(num_windows: int, batch_size: int) -> int:
     return num_windows // batch_size
 
 
-def epoch_batches(key: jax.Array, starts: np.ndarray, batch_size: int,
-                  first_batch: int = 0) -> Iterator[np.ndarray]:
-    """Shuffled batches of window starts for one epoch, from ``first_batch`` on (for resuming)."""
+def epoch_blocks(key: jax.Array, starts: np.ndarray, batch_size: int, block_steps: int,
+                 first_batch: int = 0) -> Iterator[np.ndarray]:
+    """The epoch's shuffled batches of window starts, grouped into blocks, (steps, batch) each.
+
+    Blocks begin at multiples of ``block_steps`` from the epoch's first batch, so a run
+    compiles at most two block sizes (full, and the epoch's remainder), and a run resumed
+    inside a block (from ``first_batch``) first finishes that block and then falls back into
+    step with an uninterrupted one.
+    """
     order = epoch_permutation(key, len(starts))
-    for b in range(first_batch, batches_per_epoch(len(starts), batch_size)):
-        yield starts[order[b * batch_size:(b + 1) * batch_size]]
+    total = batches_per_epoch(len(starts), batch_size)
+    batch = first_batch
+    while batch < total:
+        end = min((batch // block_steps + 1) * block_steps, total)
+        yield starts[order[batch * batch_size:end * batch_size]].reshape(end - batch, batch_size)
+        batch = end
 
 
 def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -153,8 +174,3 @@ def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[n
             weights[len(chunk):] = 0.0
             chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
         yield chunk, weights
-
-
-def one_hot_nbytes(num_windows: int, maxlen: int, vocab_size: int) -> int:
-    """Bytes of the book's bool arrays x (windows, maxlen, vocab) and y (windows, vocab)."""
-    return num_windows * maxlen * vocab_size + num_windows * vocab_size

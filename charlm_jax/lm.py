@@ -18,9 +18,8 @@ import numpy as np
 from charlm_jax.config import BOOK_TEMPERATURES, TrainConfig
 from charlm_jax.data import Vocab
 from charlm_jax.errors import CharLMError
-from charlm_jax.generate import check_generation_args, generate_ids
-from charlm_jax.model import CharLSTM, init_params
-from charlm_jax.train import model_from_config
+from charlm_jax.decode import check_generation_args, generate_ids
+from charlm_jax.model import CharLSTM, build_model, init_params
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class LanguageModel:
 
     @property
     def model(self) -> CharLSTM:
-        return model_from_config(self.config, self.vocab.size)
+        return build_model(self.config, self.vocab.size)
 
     def encode_prompt(self, prompt: str) -> np.ndarray:
         """Prompt ids after the training text's own preprocessing (lower-casing)."""
@@ -53,7 +52,7 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
     store = CheckpointStore(checkpoint_dir, create=False)
     try:
         meta = store.restore_meta(step)
-        model = model_from_config(meta.config, meta.vocab.size)
+        model = build_model(meta.config, meta.vocab.size)
         shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), model, meta.config.maxlen))
         params, _ = store.restore(abstract_tree(shapes), step=meta.step)
     finally:

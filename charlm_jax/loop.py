@@ -1,73 +1,66 @@
 """The training loop: the one place that prints, shows progress, logs and checkpoints.
 
-Each epoch: shuffled full batches of windows (the last partial batch is
-dropped and reshuffled next epoch, so the step keeps one shape and compiles
-once), validation bits per character on the held-out tail, the book's
-four-temperature sample, a metrics line appended to ``metrics.jsonl`` and an
-orbax checkpoint; the epoch with the lowest validation so far is also kept in
-``<out>/best``, and ``early_stopping_patience`` epochs without a new best end
-the run. Ctrl-C saves a checkpoint at the current step before
-exiting; ``resume=True`` continues from the latest checkpoint and reaches the
-same parameters as an uninterrupted run, because every random choice is a
+Read ``fit`` top to bottom: restore or start a run, then one flat loop over blocks of
+batches (each block one jitted call of several optimizer steps), and at the end of every
+epoch one call of ``finish_epoch``: validation bits per character on the held-out tail,
+the book's four-temperature sample, a line in ``metrics.jsonl``, an orbax checkpoint, and
+the best epoch so far kept in ``<out>/best``.
+
+Batches are shuffled full batches (the last partial batch of an epoch is dropped and
+reshuffled next epoch, so the step keeps one shape). Ctrl-C saves a checkpoint at the
+current step before exiting; ``resume=True`` continues from the latest checkpoint and
+reaches the same parameters as an uninterrupted run, because every random choice is a
 pure function of (seed, epoch, step).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, abstract_tree
-from charlm_jax.config import TrainConfig
-from charlm_jax.data import (Vocab, batches_per_epoch, epoch_batches, padded_eval_batches,
+from charlm_jax.config import TrainConfig, resume_config
+from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches,
                              prepare_text, split_windows)
-from charlm_jax.distributed import (batch_sharding, check_batch_divides, is_main_process, make_mesh,
-                                    put_global, replicated, shard_rows)
+from charlm_jax.decode import generate_ids
+from charlm_jax.distributed import (batch_sharding, block_sharding, check_batch_divides, is_main_process,
+                                    make_mesh, put_global, replicated, shard_rows, to_host)
 from charlm_jax.errors import CharLMError
-from charlm_jax.generate import generate_ids
-from charlm_jax.train import (TrainState, compile_steps, create_train_state, learning_rate_schedule,
-                              model_from_config, nats_to_bits, train_state_items)
+from charlm_jax.model import CharLSTM, build_model
+from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
+                              learning_rate_schedule, nats_to_bits, train_state_items)
 
+BEST_SUBDIR = "best"
 EVAL_BATCH = 1024
 
 
-STOP_REASONS = ("completed", "early_stopping", "interrupted", "step_limit", "time_limit")
+class StopReason(str, enum.Enum):
+    """Why ``fit`` returned. A ``str`` enum, so records and JSON show the plain name."""
 
-
-@dataclass
-class FitResult:
-    """What a run produced: the final state, its vocabulary and one record per finished epoch.
-
-    ``stop_reason`` is one of STOP_REASONS; ``best_epoch`` / ``best_val_bits_per_char`` describe
-    the checkpoint kept in ``<out>/best`` (None without a validation split).
-    """
-
-    state: TrainState
-    vocab: Vocab
-    config: TrainConfig
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stop_reason: str = "completed"
-    best_epoch: int | None = None
-    best_val_bits_per_char: float | None = None
+    COMPLETED = "completed"
+    EARLY_STOPPING = "early_stopping"
+    INTERRUPTED = "interrupted"  # Ctrl-C
+    STEP_LIMIT = "step_limit"
+    TIME_LIMIT = "time_limit"
 
     @property
-    def interrupted(self) -> bool:
-        """Stopped before its planned epochs by Ctrl-C or a step/time limit (resumable)."""
-        return self.stop_reason in ("interrupted", "step_limit", "time_limit")
+    def resumable(self) -> bool:
+        """Stopped before its planned epochs; ``resume=True`` continues the run."""
+        return self in (StopReason.INTERRUPTED, StopReason.STEP_LIMIT, StopReason.TIME_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -83,15 +76,335 @@ class RunKeys:
     def from_seed(cls, seed: int) -> "RunKeys":
         return cls(*jax.random.split(jax.random.key(seed), 4))
 
+    def epoch_samples(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+        """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
+        prompt_key, generation_key = jax.random.split(jax.random.fold_in(self.sample, epoch))
+        return prompt_key, generation_key
 
-def evaluate(eval_fn, params, corpus, val_starts: np.ndarray, mesh, batch: int) -> float:
+
+@dataclass(frozen=True)
+class Run:
+    """What stays fixed while a run trains: its settings, data, model, compiled steps and stores."""
+
+    config: TrainConfig
+    text: str
+    vocab: Vocab
+    split: Split
+    corpus: jax.Array  # (chars,) int32 ids, replicated on the mesh
+    keys: RunKeys
+    model: CharLSTM
+    steps: CompiledSteps
+    mesh: Any
+    store: CheckpointStore
+    best_store: CheckpointStore
+    out_dir: Path
+    console: Console
+    default_prompt: str
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def train_chars(self) -> int:
+        """Characters the training windows read (the text before the validation tail)."""
+        return int(self.split.train_starts[-1]) + self.config.maxlen + 1
+
+
+@dataclass
+class RunState:
+    """What the loop carries from block to block; a checkpoint saves and restores all of it."""
+
+    train: TrainState
+    step: int  # optimizer steps taken (host copy of train.step)
+    epoch: int  # epochs finished; the one in progress is epoch + 1
+    train_seconds: float = 0.0  # training clock, validation excluded, across resumes
+    skipped_total: int = 0  # updates the non-finite guard refused
+    skipped_in_row: int = 0
+    best_epoch: int | None = None
+    best_val_bits_per_char: float | None = None
+
+
+@dataclass
+class EpochStats:
+    """Per-step metrics of the epoch in progress (finite steps only)."""
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class FitResult:
+    """What a run produced: the final state, its vocabulary and one record per finished epoch.
+
+    ``best_epoch`` / ``best_val_bits_per_char`` describe the checkpoint kept in ``<out>/best``
+    (None without a validation split).
+    """
+
+    state: TrainState
+    vocab: Vocab
+    config: TrainConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: StopReason = StopReason.COMPLETED
+    best_epoch: int | None = None
+    best_val_bits_per_char: float | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped before its planned epochs by Ctrl-C or a step/time limit (resumable)."""
+        return self.stop_reason.resumable
+
+
+def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
+        overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
+        stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
+        show_progress: bool = True) -> FitResult:
+    """Train on ``text``, checkpointing into ``out_dir``; see the module docstring.
+
+    ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
+    (TrainConfig fields) go on top of it, or, when resuming, on top of the saved run's config,
+    where only the fields in ``config.RESUMABLE_FIELDS`` may change; a full ``config`` given
+    with ``resume=True`` must match the saved one in every other field.
+    ``stop_after_steps`` / ``stop_after_seconds`` (training time, validation excluded, counted
+    across resumes) stop the run there: the partial epoch is validated, recorded and
+    checkpointed, and ``resume=True`` continues it.
+    """
+    console = console or Console(soft_wrap=True, quiet=not is_main_process())
+    mesh = mesh or make_mesh()
+    out_dir = Path(out_dir)
+    stop = StopFlag()
+    with CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store, \
+            stop.on_sigint():
+        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console)
+        result = FitResult(state=state.train, vocab=run.vocab, config=run.config)
+        console.print(f"[bold]charlm-jax[/] {len(run.text):,} characters, vocabulary {run.vocab.size}, "
+                      f"{len(run.split.train_starts):,} training windows, {len(run.split.val_starts):,} "
+                      f"validation windows; {describe_mesh(mesh)}"
+                      + (f"; resuming at step {state.step}" if state.step else ""))
+        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
+                            TextColumn("skipped {task.fields[skipped]}"), TimeRemainingColumn(),
+                            console=console, disable=not show_progress, transient=True)
+        reason = None
+        with progress:
+            while reason is None and state.epoch < run.config.epochs:
+                epoch = state.epoch + 1
+                first_batch = state.step - state.epoch * run.steps_per_epoch
+                task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
+                                         loss=float("nan"), speed="-", skipped=state.skipped_total)
+                stats = EpochStats()
+                for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, state.epoch), run.split.train_starts,
+                                          run.config.batch_size, run.config.steps_per_call, first_batch):
+                    if stop_after_steps is not None:
+                        block = block[:max(stop_after_steps - state.step, 0)]
+                        if len(block) == 0:
+                            reason = StopReason.STEP_LIMIT
+                            break
+                    started = time.perf_counter()
+                    state.train, metrics = run.steps.train_block(state.train, run.corpus,
+                                                                 put_global(block, block_sharding(run.mesh)),
+                                                                 run.keys.dropout)
+                    metrics = to_host(metrics)  # the block's one sync: (steps,) each
+                    seconds = time.perf_counter() - started
+                    record_block(run, state, stats, metrics, seconds)
+                    progress.update(task, completed=state.step - state.epoch * run.steps_per_epoch,
+                                    loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
+                                    speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
+                                    skipped=state.skipped_total)
+                    reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds)
+                    if reason is not None:
+                        break
+                progress.remove_task(task)
+                if reason is StopReason.INTERRUPTED:
+                    save_checkpoint(run, state)
+                    console.print(f"[yellow]interrupted[/]: checkpoint saved at step {state.step} in {out_dir}; "
+                                  "continue with --resume")
+                    break
+                epoch_done = state.step == epoch * run.steps_per_epoch
+                if epoch_done:
+                    state.epoch = epoch
+                result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
+                if reason is None and stalled(run.config, state):
+                    console.print(f"early stopping: validation has not improved for "
+                                  f"{run.config.early_stopping_patience} epoch(s); best "
+                                  f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, "
+                                  f"kept in {out_dir / BEST_SUBDIR}")
+                    reason = StopReason.EARLY_STOPPING
+    if state.best_epoch is not None and reason is not StopReason.EARLY_STOPPING:
+        console.print(f"best validation {state.best_val_bits_per_char:.3f} bits/char at epoch "
+                      f"{state.best_epoch}, kept in {out_dir / BEST_SUBDIR}")
+    result.state, result.stop_reason = state.train, reason or StopReason.COMPLETED
+    result.best_epoch, result.best_val_bits_per_char = state.best_epoch, state.best_val_bits_per_char
+    return result
+
+
+def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str, store: CheckpointStore,
+                    best_store: CheckpointStore, resume: bool, mesh, console: Console) -> tuple[Run, RunState]:
+    """The run's fixed parts and its state: fresh, or restored from the latest checkpoint.
+
+    On resume the run's config is the saved one with ``overrides`` (and, given a full
+    ``config``, its resumable fields) on top, refused if anything else differs; the text must
+    have the saved vocabulary.
+    """
+    latest = store.latest_step()
+    if latest is not None and not resume:
+        raise CharLMError(f"{str(store.directory)!r} already holds a run (step {latest}): pass --resume to "
+                          "continue it, or choose another --out")
+    meta = store.restore_meta(latest) if latest is not None else None
+    if meta is None:
+        config = replace(config or TrainConfig(), **overrides)
+    else:
+        config = resume_config(meta.config, config, overrides)
+    check_batch_divides(config.batch_size, mesh)
+    text = prepare_text(text, config.lowercase)
+    vocab = Vocab.from_text(text)
+    if meta is not None and meta.vocab != vocab:
+        raise CharLMError("--resume with a different text: its characters differ from the "
+                          "checkpoint's vocabulary; pass the original run's text")
+    split = split_windows(len(text), config.maxlen, config.step, config.val_fraction)
+    steps_per_epoch = batches_per_epoch(len(split.train_starts), config.batch_size)
+    if steps_per_epoch == 0:
+        raise CharLMError(f"only {len(split.train_starts)} training windows, fewer than one batch of "
+                          f"{config.batch_size}: pass a smaller --batch-size or a longer text")
+    if meta is not None and meta.step >= config.epochs * steps_per_epoch:
+        done = meta.step // steps_per_epoch
+        raise CharLMError(f"the run in {str(store.directory)!r} already has {done} epoch(s): pass --epochs "
+                          f"greater than {done} to train it further")
+    keys = RunKeys.from_seed(config.seed)
+    total_steps = config.epochs * steps_per_epoch
+    train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
+    state = RunState(train=train_state, step=0, epoch=0)
+    if meta is not None:
+        params, items = store.restore(abstract_tree(train_state.params), abstract_tree(train_state_items(train_state)),
+                                      step=meta.step)
+        state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"]),
+                         step=meta.step, epoch=meta.step // steps_per_epoch, train_seconds=meta.train_seconds,
+                         skipped_total=meta.skipped_steps_total)
+        if best_store.latest_step() is not None:
+            best = best_store.restore_meta()
+            state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char
+    model = build_model(config, vocab.size)
+    run = Run(config=config, text=text, vocab=vocab, split=split,
+              corpus=put_global(vocab.encode(text), replicated(mesh)), keys=keys, model=model,
+              steps=compile_steps(model, config, mesh), mesh=mesh, store=store, best_store=best_store,
+              out_dir=Path(store.directory), console=console, default_prompt="", steps_per_epoch=steps_per_epoch,
+              total_steps=total_steps)
+    default_prompt = meta.default_prompt if meta is not None else sample_prompt(
+        run.keys.epoch_samples(1)[0], text, run.train_chars, config.maxlen)
+    return replace(run, default_prompt=default_prompt), state
+
+
+def record_block(run: Run, state: RunState, stats: EpochStats, metrics: dict[str, np.ndarray],
+                 seconds: float) -> None:
+    """Account one block's per-step metrics; stop the run after too many non-finite steps in a row."""
+    for loss, skipped, grad_norm in zip(metrics["loss"], metrics["skipped"], metrics["grad_norm"]):
+        state.step += 1
+        if skipped:
+            state.skipped_total += 1
+            state.skipped_in_row += 1
+            limit = run.config.max_nonfinite_in_row
+            if limit and state.skipped_in_row >= limit:
+                raise CharLMError(
+                    f"{state.skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
+                    f"parameters untouched) at step {state.step}; stopped. The last good checkpoint in "
+                    f"{run.out_dir} is step {run.store.latest_step()}: lower --learning-rate or set "
+                    "--clip-norm, then --resume")
+        else:
+            state.skipped_in_row = 0
+            stats.losses.append(float(loss))
+            stats.grad_norms.append(float(grad_norm))
+    state.train_seconds += seconds
+    stats.seconds += seconds
+
+
+def stop_reason(stop: "StopFlag", state: RunState, max_steps: int | None,
+                max_seconds: float | None) -> StopReason | None:
+    """Whether to stop at this block boundary, and why."""
+    if stop.requested:
+        return StopReason.INTERRUPTED
+    if max_steps is not None and state.step >= max_steps:
+        return StopReason.STEP_LIMIT
+    if max_seconds is not None and state.train_seconds >= max_seconds:
+        return StopReason.TIME_LIMIT
+    return None
+
+
+def stalled(config: TrainConfig, state: RunState) -> bool:
+    """Early stopping: ``early_stopping_patience`` finished epochs without a new best."""
+    patience = config.early_stopping_patience
+    return bool(patience) and state.best_epoch is not None and state.epoch - state.best_epoch >= patience
+
+
+def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, partial: bool) -> dict[str, Any]:
+    """Validate, sample, log and checkpoint the epoch (or the partial epoch a limit ended); keep the best."""
+    config, console = run.config, run.console
+    train_loss = float(np.mean(stats.losses)) if stats.losses else float("nan")
+    record: dict[str, Any] = {
+        "epoch": epoch, "step": state.step, "train_loss": train_loss, "epoch_seconds": round(stats.seconds, 3),
+        "windows_per_second": round(len(stats.losses) * config.batch_size / max(stats.seconds, 1e-9), 1),
+        "train_seconds": round(state.train_seconds, 3),
+        "learning_rate": float(learning_rate_schedule(config, run.total_steps)(state.step)),
+        "skipped_steps_total": state.skipped_total}
+    if partial:
+        record["partial_epoch"] = True
+    if stats.grad_norms:
+        record.update(grad_norm_mean=float(np.mean(stats.grad_norms)), grad_norm_max=float(np.max(stats.grad_norms)))
+    if len(run.split.val_starts):
+        started = time.perf_counter()
+        val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh)
+        record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
+                      eval_seconds=round(time.perf_counter() - started, 3))
+    console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
+                  + (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
+                     if "val_loss" in record else "")
+                  + f" ({stats.seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
+    if not math.isfinite(train_loss):
+        console.print("[red]training loss is not finite[/]")
+    prompt_key, generation_key = run.keys.epoch_samples(epoch)
+    prompt = sample_prompt(prompt_key, run.text, run.train_chars, config.maxlen)
+    samples = epoch_samples(run, state.train.params, prompt, generation_key)
+    if samples:
+        console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
+        for temperature, sample in samples.items():
+            console.print(f"------ temperature: {temperature}", markup=False, highlight=False)
+            console.print(prompt + sample, markup=False, highlight=False)
+        record.update(prompt=prompt, samples=samples)
+    bits = record.get("val_bits_per_char")
+    improved = bits is not None and math.isfinite(bits) and (
+        state.best_val_bits_per_char is None or bits < state.best_val_bits_per_char)
+    if improved:
+        record["best"] = True
+    if is_main_process():
+        with (run.out_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    save_checkpoint(run, state)  # the run's own checkpoint first: a crash between the two saves loses nothing
+    if improved:
+        state.best_epoch, state.best_val_bits_per_char = epoch, bits
+        run.best_store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state, bits))
+    return record
+
+
+def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:
+    epoch = state.epoch + (1 if state.step > state.epoch * run.steps_per_epoch else 0)  # the epoch in progress
+    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=epoch,
+                          default_prompt=run.default_prompt, val_bits_per_char=val_bits,
+                          train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total)
+
+
+def save_checkpoint(run: Run, state: RunState) -> None:
+    if run.store.latest_step() != state.step:  # a stop right after an epoch's checkpoint saves nothing new
+        run.store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state))
+
+
+def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh) -> float:
     """Mean next-character NLL (nats) over every validation window."""
+    devices = mesh.devices.size
+    batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
     data = batch_sharding(mesh)
     for starts, weights in padded_eval_batches(val_starts, batch):
         nll_sum, n = eval_fn(params, corpus, put_global(starts, data), put_global(weights, data))
-        total += float(nll_sum)
-        count += float(n)
+        total += float(to_host(nll_sum))
+        count += float(to_host(n))
     return total / max(count, 1.0)
 
 
@@ -101,75 +414,27 @@ def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> s
     return text[start:start + maxlen]
 
 
-def epoch_sample_keys(keys: RunKeys, epoch: int) -> tuple[jax.Array, jax.Array]:
-    """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
-    prompt_key, generation_key = jax.random.split(jax.random.fold_in(keys.sample, epoch))
-    return prompt_key, generation_key
-
-
-def epoch_samples(params, model, vocab: Vocab, prompt: str, config: TrainConfig, key: jax.Array,
-                  mesh) -> dict[str, str]:
+def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, str]:
     """The book's per-epoch samples, all temperatures in one call, rows split over the mesh."""
+    config = run.config
     if config.sample_length == 0 or not config.temperatures:
         return {}
     temps = np.asarray(config.temperatures, np.float32)
-    prompt_ids = np.broadcast_to(vocab.encode(prompt), (len(temps), len(prompt)))
-    prompt_rows, temp_rows = shard_rows(mesh, prompt_ids, temps)
-    ids = generate_ids(params, key, prompt_rows, temp_rows, model=model,
+    prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (len(temps), len(prompt)))
+    prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, temps)
+    ids = generate_ids(params, key, prompt_rows, temp_rows, model=run.model,
                        length=config.sample_length, mode=config.sample_mode, maxlen=config.maxlen)
-    return {f"{t:g}": vocab.decode(row) for t, row in zip(config.temperatures, np.asarray(ids))}
+    return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, to_host(ids))}
 
 
-def _config_differences(a: TrainConfig, b: TrainConfig, ignore=("epochs",)) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [k for k in da if k not in ignore and da[k] != db[k]]
-
-
-def fit(config: TrainConfig, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
-        console: Console | None = None, mesh=None, stop_after_steps: int | None = None,
-        stop_after_seconds: float | None = None, show_progress: bool = True) -> FitResult:
-    """Train ``config`` on ``text``, checkpointing into ``out_dir``; see the module docstring.
-
-    ``stop_after_steps`` / ``stop_after_seconds`` (training time, validation excluded, counted
-    across resumes) stop the run there: the partial epoch is validated, recorded and
-    checkpointed, and ``--resume`` continues it. Tests use them to interrupt at a known point;
-    benchmarks use the time limit to compare recipes at equal time.
-    """
-    console = console or Console(soft_wrap=True, quiet=not is_main_process())
-    mesh = mesh or make_mesh()
-    check_batch_divides(config.batch_size, mesh)
-    out_dir = Path(out_dir)
-    store = CheckpointStore(out_dir)
-    best_store = CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1)
-    limits = _Limits(stop_after_steps, stop_after_seconds)
-    stop = StopFlag()
-    try:
-        with stop.on_sigint():
-            return _fit(config, text, out_dir, store, best_store, resume, console, mesh, limits,
-                        show_progress, stop)
-    finally:
-        store.close()
-        best_store.close()
-
-
-BEST_SUBDIR = "best"
-
-
-@dataclass(frozen=True)
-class _Limits:
-    steps: int | None = None
-    seconds: float | None = None
-
-    def reached(self, step: int, train_seconds: float) -> str | None:
-        if self.steps is not None and step >= self.steps:
-            return "step_limit"
-        if self.seconds is not None and train_seconds >= self.seconds:
-            return "time_limit"
-        return None
+def describe_mesh(mesh) -> str:
+    devices = mesh.devices.size
+    platform = mesh.devices.flat[0].platform
+    return f"{devices} {platform} device(s), {jax.process_count()} process(es)"
 
 
 class StopFlag:
-    """Ctrl-C sets a flag the loop checks between steps, so no save is ever cut in half.
+    """Ctrl-C sets a flag the loop checks between blocks, so no save is ever cut in half.
 
     A second Ctrl-C raises KeyboardInterrupt at once, for a user who really wants out.
     """
@@ -192,225 +457,3 @@ class StopFlag:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-def _previous_train_seconds(metrics_path: Path, step: int) -> float:
-    """Training seconds already spent before ``step``, from the run's own metrics (for resumes)."""
-    if not metrics_path.exists():
-        return 0.0
-    seconds = 0.0
-    for line in metrics_path.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if record.get("step", math.inf) <= step:
-            seconds = max(seconds, float(record.get("train_seconds", 0.0)))
-    return seconds
-
-
-def _fit(config, text, out_dir, store, best_store, resume, console, mesh, limits: _Limits, show_progress,
-         stop: StopFlag) -> FitResult:
-    text = prepare_text(text, config.lowercase)
-    vocab = Vocab.from_text(text)
-    latest = store.latest_step()
-    if latest is not None and not resume:
-        raise CharLMError(f"{str(out_dir)!r} already holds a run (step {latest}): pass --resume to "
-                          "continue it, or choose another --out")
-    meta = store.restore_meta(latest) if latest is not None else None
-    if meta is not None:
-        differing = _config_differences(config, meta.config)
-        if differing:
-            raise CharLMError(f"--resume with settings that differ from the checkpoint's: {differing}; "
-                              "pass the same settings as the original run (only --epochs may change)")
-        if meta.vocab != vocab:
-            raise CharLMError("--resume with a different text: its characters differ from the "
-                              "checkpoint's vocabulary; pass the original run's text")
-
-    keys = RunKeys.from_seed(config.seed)
-    split = split_windows(len(text), config.maxlen, config.step, config.val_fraction)
-    train_chars = int(split.train_starts[-1]) + config.maxlen + 1
-    steps_per_epoch = batches_per_epoch(len(split.train_starts), config.batch_size)
-    if steps_per_epoch == 0:
-        raise CharLMError(f"only {len(split.train_starts)} training windows, fewer than one batch of "
-                          f"{config.batch_size}: pass a smaller --batch-size or a longer text")
-    total_steps = config.epochs * steps_per_epoch
-    model = model_from_config(config, vocab.size)
-    repl = replicated(mesh)
-    state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), repl)
-    if meta is not None:
-        params, train_items = store.restore(abstract_tree(state.params), abstract_tree(train_state_items(state)),
-                                            step=meta.step)
-        state = state.replace(params=params, step=train_items["step"], opt_state=train_items["opt_state"])
-    corpus = put_global(vocab.encode(text), repl)
-    train_fn, eval_fn = compile_steps(model, config, mesh)
-    data_sharding = batch_sharding(mesh)
-    eval_batch = max(EVAL_BATCH - EVAL_BATCH % mesh.devices.size, mesh.devices.size)
-    schedule = learning_rate_schedule(config, total_steps)
-
-    step = int(state.step)
-    result = FitResult(state=state, vocab=vocab, config=config)
-    metrics_path = out_dir / "metrics.jsonl"
-    train_seconds = _previous_train_seconds(metrics_path, step) if meta is not None else 0.0
-    if meta is not None and best_store.latest_step() is not None:
-        best_meta = best_store.restore_meta()
-        result.best_epoch, result.best_val_bits_per_char = best_meta.epoch, best_meta.val_bits_per_char
-    default_prompt = meta.default_prompt if meta is not None else sample_prompt(
-        epoch_sample_keys(keys, 1)[0], text, train_chars, config.maxlen)
-    console.print(f"[bold]charlm-jax[/] {len(text):,} characters, vocabulary {vocab.size}, "
-                  f"{len(split.train_starts):,} training windows, {len(split.val_starts):,} validation "
-                  f"windows; {mesh.devices.size} device(s) ({jax.devices()[0].platform}), "
-                  f"{jax.process_count()} process(es)"
-                  + (f"; resuming at step {step}" if meta is not None else ""))
-
-    def checkpoint_meta(epoch: int, val_bits: float | None = None) -> CheckpointMeta:
-        return CheckpointMeta(config=config, vocab=vocab, step=int(state.step), epoch=epoch,
-                              default_prompt=default_prompt, val_bits_per_char=val_bits)
-
-    def save(epoch: int) -> None:
-        if store.latest_step() == int(state.step):
-            return  # already saved (a stop right after an epoch's checkpoint)
-        store.save(state.params, train_state_items(state), checkpoint_meta(epoch))
-
-    def finish_epoch(epoch: int, losses, grad_norms, seconds: float, partial: bool) -> dict[str, Any]:
-        """Validate, sample, log and checkpoint; keep the best checkpoint; returns the epoch's record."""
-        record = _end_of_epoch(epoch, step, losses, seconds, state, eval_fn, corpus, split, mesh,
-                               eval_batch, model, vocab, config, keys, text, train_chars, console)
-        record.update(train_seconds=round(train_seconds, 3), learning_rate=float(schedule(step)),
-                      skipped_steps_total=skipped_total)
-        if partial:
-            record["partial_epoch"] = True
-        if grad_norms:
-            record.update(grad_norm_mean=float(np.mean(grad_norms)), grad_norm_max=float(np.max(grad_norms)))
-        bits = record.get("val_bits_per_char")
-        improved = bits is not None and math.isfinite(bits) and (
-            result.best_val_bits_per_char is None or bits < result.best_val_bits_per_char)
-        if improved:
-            record["best"] = True
-        result.history.append(record)
-        if is_main_process():
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        save(epoch)  # the run's own checkpoint first: a crash between the two saves loses nothing
-        if improved:
-            result.best_epoch, result.best_val_bits_per_char = epoch, bits
-            best_store.save(state.params, train_state_items(state), checkpoint_meta(epoch, bits))
-        return record
-
-    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
-                        TextColumn("skipped {task.fields[skipped]}"),
-                        TimeRemainingColumn(), console=console, disable=not show_progress,
-                        transient=True)
-    epoch = step // steps_per_epoch
-    skipped_total = skipped_in_row = 0
-    try:
-        with progress:
-            while epoch < config.epochs:
-                first_batch = step - epoch * steps_per_epoch
-                task = progress.add_task("train", total=steps_per_epoch, completed=first_batch,
-                                         epoch=epoch + 1, loss=float("nan"), speed="-", skipped=skipped_total)
-                epoch_start = time.perf_counter()
-                seconds_before_epoch = train_seconds
-                losses, grad_norms, pending = [], [], []
-                limit = None
-                mark_time, mark_step = time.perf_counter(), step
-                for starts in epoch_batches(jax.random.fold_in(keys.shuffle, epoch), split.train_starts,
-                                            config.batch_size, first_batch):
-                    state, metrics = train_fn(state, corpus, put_global(starts, data_sharding), keys.dropout)
-                    step += 1
-                    pending.append((metrics["loss"], metrics["skipped"], metrics["grad_norm"]))
-                    limit = None
-                    if (len(pending) == 20 or step % steps_per_epoch == 0 or config.max_nonfinite_in_row < 20
-                            or limits.steps is not None):
-                        # One sync per 20 steps keeps dispatch asynchronous.
-                        values = []
-                        for loss, was_skipped, grad_norm in pending:
-                            if bool(was_skipped):
-                                skipped_total += 1
-                                skipped_in_row += 1
-                            else:
-                                skipped_in_row = 0
-                                values.append(float(loss))
-                                grad_norms.append(float(grad_norm))
-                        pending = []
-                        losses.extend(values)
-                        if config.max_nonfinite_in_row and skipped_in_row >= config.max_nonfinite_in_row:
-                            raise CharLMError(
-                                f"{skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
-                                f"parameters untouched) at step {step}; stopped. The last good checkpoint "
-                                f"in {out_dir} is step {store.latest_step()}: lower --learning-rate or set "
-                                "--clip-norm, then --resume")
-                        now = time.perf_counter()
-                        train_seconds = seconds_before_epoch + (now - epoch_start)
-                        limit = limits.reached(step, train_seconds)
-                        speed = (step - mark_step) * config.batch_size / max(now - mark_time, 1e-9)
-                        mark_time, mark_step = now, step
-                        progress.update(task, completed=step - epoch * steps_per_epoch,
-                                        loss=float(np.mean(values)) if values else float("nan"),
-                                        speed=f"{speed:,.0f}", skipped=skipped_total)
-                    if stop.requested:
-                        raise _StopRequested("interrupted")
-                    if limit is not None and step % steps_per_epoch != 0:
-                        progress.remove_task(task)
-                        finish_epoch(epoch + 1, losses, grad_norms, time.perf_counter() - epoch_start,
-                                     partial=True)
-                        raise _StopRequested(limit)
-                progress.remove_task(task)
-                epoch += 1
-                train_seconds = seconds_before_epoch + (time.perf_counter() - epoch_start)
-                finish_epoch(epoch, losses, grad_norms, train_seconds - seconds_before_epoch, partial=False)
-                if stop.requested:
-                    raise _StopRequested("interrupted")
-                if limit is not None:
-                    raise _StopRequested(limit)
-                patience = config.early_stopping_patience
-                if patience and result.best_epoch is not None and epoch - result.best_epoch >= patience:
-                    console.print(f"early stopping: validation has not improved for {patience} epoch(s); "
-                                  f"best {result.best_val_bits_per_char:.3f} bits/char at epoch "
-                                  f"{result.best_epoch}, kept in {out_dir / BEST_SUBDIR}")
-                    result.stop_reason = "early_stopping"
-                    break
-    except _StopRequested as request:
-        progress.stop()
-        save(epoch)
-        result.stop_reason = str(request)
-        if request.args[0] == "interrupted":
-            console.print(f"[yellow]interrupted[/]: checkpoint saved at step {int(state.step)} in {out_dir}; "
-                          "continue with --resume")
-    if result.best_epoch is not None and result.stop_reason != "early_stopping":
-        console.print(f"best validation {result.best_val_bits_per_char:.3f} bits/char at epoch "
-                      f"{result.best_epoch}, kept in {out_dir / BEST_SUBDIR}")
-    result.state = state
-    return result
-
-
-class _StopRequested(Exception):
-    """Raised inside the loop to stop it; the argument is the FitResult.stop_reason."""
-
-
-def _end_of_epoch(epoch, step, losses, seconds, state, eval_fn, corpus, split, mesh, eval_batch, model,
-                  vocab, config, keys, text, train_chars, console) -> dict[str, Any]:
-    train_loss = float(np.mean(losses)) if losses else float("nan")
-    record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss,
-                              "epoch_seconds": round(seconds, 3),
-                              "windows_per_second": round(len(losses) * config.batch_size / max(seconds, 1e-9), 1)}
-    if len(split.val_starts):
-        eval_start = time.perf_counter()
-        val_loss = evaluate(eval_fn, state.params, corpus, split.val_starts, mesh, eval_batch)
-        record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
-                      eval_seconds=round(time.perf_counter() - eval_start, 3))
-    console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
-                  + (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
-                     if "val_loss" in record else "")
-                  + f" ({seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
-    prompt_key, generation_key = epoch_sample_keys(keys, epoch)
-    prompt = sample_prompt(prompt_key, text, train_chars, config.maxlen)
-    samples = epoch_samples(state.params, model, vocab, prompt, config, generation_key, mesh)
-    if samples:
-        console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
-        for temperature, sample in samples.items():
-            console.print(f"------ temperature: {temperature}", markup=False, highlight=False)
-            console.print(prompt + sample, markup=False, highlight=False)
-        record["prompt"] = prompt
-        record["samples"] = samples
-    if not math.isfinite(train_loss):
-        console.print("[red]training loss is not finite[/]")
-    return record

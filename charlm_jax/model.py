@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Carry = tuple[jax.Array, jax.Array]  # (c, h), each (batch, hidden)
+from charlm_jax.config import TrainConfig
+from charlm_jax.lstm import Carry, lstm_scan
 
 # Keras: kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal".
 # jax's orthogonal() on a (hidden, 4 * hidden) shape gives orthonormal rows, as Keras' does.
@@ -40,38 +41,30 @@ def keras_lstm_bias_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32
     return jnp.concatenate([jnp.zeros(hidden), jnp.ones(hidden), jnp.zeros(2 * hidden)]).astype(dtype)
 
 
-class FusedLSTMCell(nn.RNNCellBase):
-    """One LSTM step whose input projection was already computed (fused gates i, f, c, o).
+class LSTMLayer(nn.Module):
+    """One LSTM layer over a time-major sequence of input projections (Keras' parameters).
 
-    Written here rather than using ``nn.LSTMCell`` because that cell applies its
-    own input Dense inside every scan step, per gate; the book's one-hot input
-    makes that projection a table lookup we do once per window, and Keras'
-    initialisers are defined over the fused 4-gate matrices.
+    Holds the recurrent kernel and bias; the scan and its hand-derived backward pass are
+    ``lstm.lstm_scan``. Written as a module of our own rather than ``nn.RNN(nn.LSTMCell)``:
+    that cell applies its own input Dense inside every step, per gate (the book's one-hot input
+    makes that projection a table lookup done once per window), Keras' initialisers are defined
+    over the fused 4-gate matrices, and autodiff through ``nn.RNN`` keeps the weight gradient
+    inside the time loop (see ``lstm.py``).
     """
 
     hidden_size: int
+    unroll: int = 1
+    recurrent_activation: str = "sigmoid"
 
     @nn.compact
-    def __call__(self, carry: Carry, gate_inputs: jax.Array) -> tuple[Carry, jax.Array]:
-        c, h = carry  # (batch, hidden) each
+    def __call__(self, carry: Carry, gate_inputs: jax.Array,
+                 mask: jax.Array | None = None) -> tuple[Carry, jax.Array]:
+        """gate_inputs (time, batch, 4H), mask (time, batch) or None -> (carry, h (time, batch, H))."""
         recurrent_kernel = self.param("recurrent_kernel", keras_orthogonal,
                                       (self.hidden_size, 4 * self.hidden_size))
         bias = self.param("bias", keras_lstm_bias_init, (4 * self.hidden_size,))
-        z = gate_inputs + h @ recurrent_kernel + bias  # (batch, 4 * hidden)
-        i, f, g, o = jnp.split(z, 4, axis=-1)
-        # Keras 3 LSTM: recurrent_activation="sigmoid", activation="tanh".
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (c, h), h
-
-    def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> Carry:
-        del rng
-        zeros = jnp.zeros((*input_shape[:-1], self.hidden_size), jnp.float32)
-        return zeros, zeros
-
-    @property
-    def num_feature_axes(self) -> int:
-        return 1
+        return lstm_scan(gate_inputs, recurrent_kernel, bias, carry, mask, self.unroll,
+                         self.recurrent_activation)
 
 
 class CharLSTM(nn.Module):
@@ -80,7 +73,9 @@ class CharLSTM(nn.Module):
     ``__call__(ids, carries)`` runs the whole (batch, time) window in one scan
     per layer and returns the final carries with the logits, so the same
     function serves training (zero carries, whole window), the book's window
-    generation and stateful generation (one step, carried state).
+    generation and stateful generation (one step, carried state). Inside, the
+    sequence is time-major, the layout the scans read, so nothing is transposed
+    but the logits.
     """
 
     vocab_size: int
@@ -88,9 +83,10 @@ class CharLSTM(nn.Module):
     num_layers: int = 1
     dropout: float = 0.0
     unroll: int = 1
+    recurrent_activation: str = "sigmoid"
 
-    def zero_carries(self, batch: int) -> tuple[Carry, ...]:
-        zeros = jnp.zeros((batch, self.hidden_size), jnp.float32)
+    def zero_carries(self, batch: int, dtype=jnp.float32) -> tuple[Carry, ...]:
+        zeros = jnp.zeros((batch, self.hidden_size), dtype)
         return tuple((zeros, zeros) for _ in range(self.num_layers))
 
     @nn.compact
@@ -103,20 +99,23 @@ class CharLSTM(nn.Module):
         is the one after ``seq_lengths`` steps. ``last_only`` returns only the
         logits after the last step (the book's objective needs nothing else).
         """
-        if carries is None:
-            carries = self.zero_carries(ids.shape[0])
-        # (batch, time, 4 * hidden): Keras' input kernel rows, i.e. one_hot(ids) @ kernel.
+        batch, time = ids.shape
+        mask = None
+        if seq_lengths is not None:
+            mask = jnp.arange(time)[:, None] < seq_lengths[None, :]  # (time, batch)
+        # (time, batch, 4 * hidden): Keras' input kernel rows, i.e. one_hot(ids) @ kernel.
         x = nn.Embed(self.vocab_size, 4 * self.hidden_size,
-                     embedding_init=keras_glorot_uniform, name="input_kernel")(ids)
+                     embedding_init=keras_glorot_uniform, name="input_kernel")(ids.T)
+        if carries is None:
+            carries = self.zero_carries(batch, x.dtype)
         new_carries = []
         for layer in range(self.num_layers):
             if layer > 0:
                 # Input kernel of a deeper layer: a plain matmul on the layer below's outputs.
                 x = nn.Dense(4 * self.hidden_size, use_bias=False, kernel_init=keras_glorot_uniform,
-                             name=f"input_kernel_{layer}")(x)  # (batch, time, 4 * hidden)
-            rnn = nn.RNN(FusedLSTMCell(self.hidden_size, name=f"lstm_{layer}"), return_carry=True,
-                         unroll=self.unroll)
-            carry, x = rnn(x, initial_carry=carries[layer], seq_lengths=seq_lengths)
+                             name=f"input_kernel_{layer}")(x)  # (time, batch, 4 * hidden)
+            carry, x = LSTMLayer(self.hidden_size, self.unroll, self.recurrent_activation,
+                                 name=f"lstm_{layer}")(carries[layer], x, mask)  # x: (time, batch, hidden)
             new_carries.append(carry)
             if last_only and layer == self.num_layers - 1:
                 # The top layer's h after the last (unpadded) step, (batch, hidden).
@@ -126,13 +125,16 @@ class CharLSTM(nn.Module):
         # Keras Dense: glorot_uniform kernel, zero bias.
         logits = nn.Dense(self.vocab_size, kernel_init=keras_glorot_uniform,
                           bias_init=nn.initializers.zeros, name="logits")(x)
+        if not last_only:
+            logits = jnp.swapaxes(logits, 0, 1)  # (batch, time, vocab)
         return tuple(new_carries), logits
 
 
-def build_model(vocab_size: int, hidden_size: int = 128, num_layers: int = 1,
-                dropout: float = 0.0, unroll: int = 1) -> CharLSTM:
-    return CharLSTM(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
-                    dropout=dropout, unroll=unroll)
+def build_model(config: TrainConfig, vocab_size: int) -> CharLSTM:
+    """The model a ``TrainConfig`` describes (the one place a config becomes a module)."""
+    return CharLSTM(vocab_size=vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                    dropout=config.dropout, unroll=config.unroll,
+                    recurrent_activation=config.recurrent_activation)
 
 
 def init_params(key: jax.Array, model: CharLSTM, maxlen: int = 60):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,15 +77,10 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
 NEVER_GIVE_UP = 2**30
 
 
-def model_from_config(config: TrainConfig, vocab_size: int) -> CharLSTM:
-    return build_model(vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                       dropout=config.dropout, unroll=config.unroll)
-
-
 def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
                        total_steps: int | None = None) -> TrainState:
     """Initial params and optimizer state; ``total_steps`` sets the cosine schedule's length."""
-    model = model_from_config(config, vocab_size)
+    model = build_model(config, vocab_size)
     params = init_params(key, model, config.maxlen)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, total_steps))
     # TrainState.create stores step as the Python int 0; an int32 array keeps the jitted
@@ -122,6 +117,22 @@ def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, drop
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
+def train_block(state: TrainState, corpus_ids: jax.Array, block_starts: jax.Array, dropout_key: jax.Array, *,
+                model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``train_step`` over a block of batches, (steps, batch) window starts, in one ``lax.scan``.
+
+    One call per block instead of one per batch: Python, the host sync for the metrics and
+    the runtime's allocation of the step's temporary buffers happen once per block. Each
+    step is exactly ``train_step`` (same dropout key per step, same guard), so the block size
+    changes speed, not results. Metrics come back stacked, (steps,) each.
+    """
+
+    def one_step(state, starts):
+        return train_step(state, corpus_ids, starts, dropout_key, model=model, maxlen=maxlen, objective=objective)
+
+    return jax.lax.scan(one_step, state, block_starts)
+
+
 def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Array, *,
               model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
     """Summed next-character NLL (nats) and count over weighted windows.
@@ -137,23 +148,30 @@ def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Arr
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None):
-    """jit the train and eval steps once, with the state donated and the batch sharded over ``mesh``.
+class CompiledSteps(NamedTuple):
+    """The jitted train block and eval step of one run (see ``compile_steps``)."""
 
-    Returns ``(train_step_fn, eval_step_fn)``; with a mesh, params and optimizer
-    state are replicated and the batch axis is split along the mesh's ``data`` axis.
+    train_block: Callable
+    eval_step: Callable
+
+
+def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSteps:
+    """jit the train block and the eval step once, state donated, batches sharded over ``mesh``.
+
+    With a mesh, params and optimizer state are replicated and the batch axis (the last axis
+    of a block's window starts) is split along the mesh's ``data`` axis.
     """
-    train_fn = partial(train_step, model=model, maxlen=config.maxlen, objective=config.objective)
+    train_fn = partial(train_block, model=model, maxlen=config.maxlen, objective=config.objective)
     eval_fn = partial(eval_step, model=model, maxlen=config.maxlen)
     if mesh is None:
-        return jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
-    from charlm_jax.distributed import batch_sharding, replicated
+        return CompiledSteps(jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn))
+    from charlm_jax.distributed import batch_sharding, block_sharding, replicated
 
     repl, data = replicated(mesh), batch_sharding(mesh)
-    train_jit = jax.jit(train_fn, in_shardings=(repl, repl, data, repl), out_shardings=(repl, repl),
-                        donate_argnums=0)
+    train_jit = jax.jit(train_fn, in_shardings=(repl, repl, block_sharding(mesh), repl),
+                        out_shardings=(repl, repl), donate_argnums=0)
     eval_jit = jax.jit(eval_fn, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl))
-    return train_jit, eval_jit
+    return CompiledSteps(train_jit, eval_jit)
 
 
 def nats_to_bits(nats: float) -> float:

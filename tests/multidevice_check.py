@@ -13,11 +13,12 @@ from rich.console import Console
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, split_windows
-from charlm_jax.distributed import batch_sharding, make_mesh, put_global, replicated, shard_rows
+from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows
 from charlm_jax.errors import CharLMError
-from charlm_jax.generate import generate_ids
+from charlm_jax.decode import generate_ids
 from charlm_jax.loop import fit
-from charlm_jax.train import compile_steps, create_train_state, model_from_config
+from charlm_jax.model import build_model
+from charlm_jax.train import compile_steps, create_train_state
 
 text = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine. " * 12)
 out_dir = sys.argv[1]
@@ -25,18 +26,19 @@ assert jax.device_count() == 4, jax.devices()
 config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=0, dropout=0.1)
 vocab = Vocab.from_text(text)
 split = split_windows(len(text), config.maxlen, config.step, 0.1)
-model = model_from_config(config, vocab.size)
+model = build_model(config, vocab.size)
 
 
 def loss_trajectory(mesh, steps=12):
     state = jax.device_put(create_train_state(jax.random.key(0), config, vocab.size), replicated(mesh))
     corpus = put_global(vocab.encode(text), replicated(mesh))
-    train_fn, _ = compile_steps(model, config, mesh)
+    train_block = compile_steps(model, config, mesh).train_block
     losses = []
-    for i in range(steps):
-        starts = split.train_starts[(np.arange(16) * 7 + i * 16) % len(split.train_starts)]
-        state, metrics = train_fn(state, corpus, put_global(starts, batch_sharding(mesh)), jax.random.key(1))
-        losses.append(float(metrics["loss"]))
+    for i in range(0, steps, 3):  # blocks of 3 steps
+        starts = np.stack([split.train_starts[(np.arange(16) * 7 + j * 16) % len(split.train_starts)]
+                           for j in range(i, i + 3)])  # (3, 16)
+        state, metrics = train_block(state, corpus, put_global(starts, block_sharding(mesh)), jax.random.key(1))
+        losses.extend(float(loss) for loss in np.asarray(metrics["loss"]))
     shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
     return losses, state.params, shardings
 
@@ -68,9 +70,11 @@ try:
 except CharLMError as error:
     bad_batch_error = str(error)
 
-# The whole loop on 4 devices (with per-epoch samples split over them) runs end to end.
-result = fit(TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=10),
-             text, out_dir + "/run4", console=Console(quiet=True), show_progress=False)
+# The whole loop on 4 devices (with per-epoch samples split over them) and on 1 device.
+loop_config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=2, sample_length=10,
+                          steps_per_call=4)
+fits = {n: fit(loop_config, text, f"{out_dir}/run{n}", console=Console(quiet=True), show_progress=False,
+               mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
 
 print(json.dumps({
     "losses_one": one, "losses_four": four, "param_max_abs_diff": param_diff,
@@ -79,5 +83,7 @@ print(json.dumps({
     "generation_equal": bool(np.array_equal(np.asarray(plain), np.asarray(sharded))),
     "window_generation_equal": bool(np.array_equal(np.asarray(plain_w), np.asarray(sharded_w))),
     "bad_batch_error": bad_batch_error,
-    "fit_devices": len(jax.devices()), "fit_val_bpc": result.history[-1]["val_bits_per_char"],
+    "fit_devices": len(jax.devices()),
+    "fit_records": {n: [{k: r[k] for k in ("step", "train_loss", "val_bits_per_char", "grad_norm_max")}
+                        for r in result.history] for n, result in fits.items()},
 }))

@@ -13,7 +13,7 @@ from charlm_jax.checkpoint import CheckpointStore
 from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 QUIET = Console(quiet=True)
 

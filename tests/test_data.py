@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.data import (Vocab, batches_per_epoch, epoch_batches, gather_dense_targets,
-                             gather_next_chars, gather_windows, one_hot_nbytes, padded_eval_batches,
-                             split_windows, window_starts)
+from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_dense_targets,
+                             gather_next_chars, gather_windows, padded_eval_batches, split_windows,
+                             window_starts)
 from charlm_jax.errors import CharLMError
 
 
@@ -51,12 +51,15 @@ def test_dense_targets_are_the_window_shifted_by_one(tiny_text):
     np.testing.assert_array_equal(dense[:, -1], np.asarray(gather_next_chars(ids, starts, 10)))
 
 
-def test_vocab_round_trips_text_and_json():
-    text = "Hello, wörld!\n\tÆ 🙂"
+def test_vocab_is_the_books_sorted_set_and_round_trips_any_unicode():
+    text = "Hello, wörld!\n\tÆ 🙂 \x00\uffff\U0010ffff"
     vocab = Vocab.from_text(text)
-    assert vocab.decode(vocab.encode(text)) == text
-    assert Vocab.from_json(vocab.to_json()) == vocab
     assert list(vocab.chars) == sorted(set(text))
+    ids = vocab.encode(text)
+    assert ids.dtype == np.int32
+    assert [vocab.chars[i] for i in ids] == list(text)  # each id is the character's index
+    assert vocab.decode(ids) == text
+    assert vocab.decode(ids.reshape(2, -1)) == text and vocab.decode([]) == ""
 
 
 def test_encode_names_characters_outside_the_vocabulary():
@@ -83,18 +86,30 @@ def test_text_shorter_than_a_window_is_refused():
         split_windows(200, 60, 3, 0.1)
 
 
-def test_epoch_batches_are_a_permutation_fixed_by_the_key():
-    starts = np.arange(0, 300, 3, dtype=np.int32)  # 100 windows
+def test_epoch_blocks_are_a_permutation_fixed_by_the_key():
+    starts = np.arange(0, 300, 3, dtype=np.int32)  # 100 windows: 6 full batches of 16
     key = jax.random.key(3)
-    first = np.concatenate(list(epoch_batches(key, starts, 16)))
-    again = np.concatenate(list(epoch_batches(key, starts, 16)))
-    other = np.concatenate(list(epoch_batches(jax.random.key(4), starts, 16)))
+    blocks = list(epoch_blocks(key, starts, 16, block_steps=4))
+    assert [b.shape for b in blocks] == [(4, 16), (2, 16)]  # a full block and the epoch's remainder
+    first = np.concatenate(blocks).reshape(-1)
+    again = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=4))).reshape(-1)
+    other = np.concatenate(list(epoch_blocks(jax.random.key(4), starts, 16, block_steps=4))).reshape(-1)
     assert batches_per_epoch(100, 16) == 6 and len(first) == 96  # last partial batch dropped
     assert len(set(first.tolist())) == 96 and set(first.tolist()) <= set(starts.tolist())
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    resumed = np.concatenate(list(epoch_batches(key, starts, 16, first_batch=2)))
-    np.testing.assert_array_equal(resumed, first[32:])
+    # The block size changes the grouping, never the order of batches.
+    one_by_one = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=1))).reshape(-1)
+    np.testing.assert_array_equal(one_by_one, first)
+
+
+def test_a_resumed_epoch_finishes_its_block_then_falls_back_into_step():
+    starts = np.arange(0, 300, 3, dtype=np.int32)
+    key = jax.random.key(3)
+    whole = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=4))).reshape(-1)
+    resumed = list(epoch_blocks(key, starts, 16, block_steps=4, first_batch=1))
+    assert [b.shape[0] for b in resumed] == [3, 2]  # batches 1-3, then 4-5 as uninterrupted
+    np.testing.assert_array_equal(np.concatenate(resumed).reshape(-1), whole[16:])
 
 
 def test_padded_eval_batches_cover_every_window_once():
@@ -104,10 +119,3 @@ def test_padded_eval_batches_cover_every_window_once():
         assert chunk.shape == (16,) and weights.shape == (16,)
         seen.extend(chunk[weights > 0].tolist())
     assert seen == starts.tolist()
-
-
-def test_pipeline_memory_is_linear_in_the_corpus_not_windows_times_vocab():
-    # The whole pipeline state is the int32 id array plus int32 window starts.
-    n, maxlen, step, vocab = 600_000, 60, 3, 60
-    ours = n * 4 + len(window_starts(n, maxlen, step)) * 4
-    assert ours < 0.01 * one_hot_nbytes(len(window_starts(n, maxlen, step)), maxlen, vocab)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from charlm_jax.errors import CharLMError
-from charlm_jax.generate import generate_ids
-from charlm_jax.model import build_model, init_params
+from charlm_jax.decode import generate_ids
+from charlm_jax.model import CharLSTM, init_params
 from charlm_jax.sampling import sample
 
 VOCAB, MAXLEN = 11, 8
@@ -15,7 +15,7 @@ VOCAB, MAXLEN = 11, 8
 
 @pytest.fixture(scope="module")
 def model_and_params():
-    model = build_model(VOCAB, hidden_size=16)
+    model = CharLSTM(vocab_size=VOCAB, hidden_size=16)
     params = init_params(jax.random.key(0), model, MAXLEN)
     # Sharpen the random model so samples at different temperatures differ visibly.
     params = jax.tree.map(lambda p: p * 3.0, params)

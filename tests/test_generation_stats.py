@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.generate import generate_ids
+from charlm_jax.decode import generate_ids
 
 from stats import ALPHA, chi_square_p_value, softmax64
 

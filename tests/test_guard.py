@@ -11,7 +11,7 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
 from charlm_jax.train import create_train_state
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def test_nan_gradient_leaves_params_and_optimizer_statistics_untouched():

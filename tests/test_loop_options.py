@@ -12,7 +12,7 @@ from charlm_jax.checkpoint import CheckpointStore
 from charlm_jax.cli import main
 from charlm_jax.loop import fit
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 QUIET = Console(quiet=True)
 
@@ -70,7 +70,7 @@ def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_
     assert first.stop_reason == "time_limit" and first.interrupted
     partial = records_of(tmp_path)[-1]
     assert partial["partial_epoch"] and partial["epoch"] == 1 and np.isfinite(partial["val_bits_per_char"])
-    assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == 20  # one sync, 20 steps
+    assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == config.steps_per_call  # one block
     done = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, resume=True)
     assert done.stop_reason == "completed"
     seconds = [r["train_seconds"] for r in records_of(tmp_path)]

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.model import build_model, init_params
+from charlm_jax.model import CharLSTM, init_params
 
 
 def keras_lstm_reference(one_hot, kernel, recurrent_kernel, bias, dense_kernel, dense_bias):
@@ -23,7 +23,7 @@ def keras_lstm_reference(one_hot, kernel, recurrent_kernel, bias, dense_kernel, 
 
 
 def test_forward_equals_keras_equations_on_one_hot_inputs():
-    model = build_model(vocab_size=11, hidden_size=8)
+    model = CharLSTM(vocab_size=11, hidden_size=8)
     params = init_params(jax.random.key(0), model, maxlen=9)
     ids = jax.random.randint(jax.random.key(1), (4, 9), 0, 11)
     _, logits = model.apply({"params": params}, ids, last_only=True)
@@ -36,7 +36,7 @@ def test_forward_equals_keras_equations_on_one_hot_inputs():
 
 def test_initialisation_matches_keras():
     vocab, hidden = 57, 128
-    params = init_params(jax.random.key(0), build_model(vocab, hidden))
+    params = init_params(jax.random.key(0), CharLSTM(vocab_size=vocab, hidden_size=hidden))
     bias = np.asarray(params["lstm_0"]["bias"])
     np.testing.assert_array_equal(bias[hidden:2 * hidden], 1.0)  # unit_forget_bias
     np.testing.assert_array_equal(np.delete(bias, np.s_[hidden:2 * hidden]), 0.0)
@@ -49,7 +49,7 @@ def test_initialisation_matches_keras():
 
 
 def test_shapes_for_all_positions_last_step_and_stacked_layers():
-    model = build_model(vocab_size=13, hidden_size=16, num_layers=3, dropout=0.2)
+    model = CharLSTM(vocab_size=13, hidden_size=16, num_layers=3, dropout=0.2)
     params = init_params(jax.random.key(0), model, maxlen=7)
     ids = jnp.zeros((5, 7), jnp.int32)
     carries, logits = model.apply({"params": params}, ids)
@@ -64,7 +64,7 @@ def test_shapes_for_all_positions_last_step_and_stacked_layers():
 
 
 def test_seq_lengths_give_the_logits_of_the_shorter_window():
-    model = build_model(vocab_size=9, hidden_size=8, num_layers=2)
+    model = CharLSTM(vocab_size=9, hidden_size=8, num_layers=2)
     params = init_params(jax.random.key(0), model, maxlen=10)
     ids = jax.random.randint(jax.random.key(1), (3, 10), 0, 9)
     _, padded = model.apply({"params": params}, ids, seq_lengths=jnp.full((3,), 4), last_only=True)
@@ -73,7 +73,7 @@ def test_seq_lengths_give_the_logits_of_the_shorter_window():
 
 
 def test_carried_state_continues_the_sequence():
-    model = build_model(vocab_size=9, hidden_size=8)
+    model = CharLSTM(vocab_size=9, hidden_size=8)
     params = init_params(jax.random.key(0), model, maxlen=10)
     ids = jax.random.randint(jax.random.key(1), (2, 10), 0, 9)
     _, whole = model.apply({"params": params}, ids)

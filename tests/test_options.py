@@ -12,10 +12,10 @@ from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.recipes import RECIPES, recipe_config
-from charlm_jax.train import (create_train_state, learning_rate_schedule, loss_fn, make_optimizer,
-                              model_from_config)
+from charlm_jax.model import build_model
+from charlm_jax.train import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _log_softmax64(logits) -> np.ndarray:
@@ -29,7 +29,7 @@ def test_loss_is_the_mean_cross_entropy_of_the_objective_s_targets(tiny_text, ob
     config = tiny_config(objective=objective)
     vocab = Vocab.from_text(tiny_text)
     ids = vocab.encode(tiny_text)
-    model = model_from_config(config, vocab.size)
+    model = build_model(config, vocab.size)
     params = create_train_state(jax.random.key(0), config, vocab.size).params
     starts = np.array([0, 5, 17, 40], np.int32)
     loss = loss_fn(params, jnp.asarray(ids), jnp.asarray(starts), jax.random.key(1), model=model,
@@ -109,7 +109,7 @@ def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
     assert state.params["lstm_0"]["recurrent_kernel"].shape == (256, 4 * 256)
     assert state.params["lstm_1"]["recurrent_kernel"].shape == (256, 4 * 256)
     assert state.params["input_kernel_1"]["kernel"].shape == (256, 4 * 256)  # layer 2 reads layer 1
-    model = model_from_config(config, vocab.size)
+    model = build_model(config, vocab.size)
     split = split_windows(len(tiny_text), config.maxlen, config.step, config.val_fraction)
     starts = jnp.asarray(split.train_starts[:16])
     corpus = jnp.asarray(vocab.encode(tiny_text))

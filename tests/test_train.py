@@ -7,9 +7,10 @@ import optax
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, split_windows
-from charlm_jax.train import compile_steps, create_train_state, make_optimizer, model_from_config
+from charlm_jax.model import build_model
+from charlm_jax.train import compile_steps, create_train_state, make_optimizer
 
-from conftest import tiny_config
+from helpers import assert_trees_equal, tiny_config
 
 
 def test_rmsprop_matches_keras_formula_by_hand():
@@ -35,8 +36,14 @@ def _setup(text, **overrides):
     corpus = jnp.asarray(vocab.encode(text))
     split = split_windows(len(text), config.maxlen, config.step, config.val_fraction)
     state = create_train_state(jax.random.key(0), config, vocab.size)
-    train_fn, eval_fn = compile_steps(model_from_config(config, vocab.size), config)
-    return config, corpus, split, state, train_fn, eval_fn
+    steps = compile_steps(build_model(config, vocab.size), config)
+
+    def train_fn(state, corpus, starts, key):  # one step: a block of one batch
+        state, metrics = steps.train_block(state, corpus, starts[None], key)
+        return state, jax.tree.map(lambda m: m[0], metrics)
+
+    train_fn.block = steps.train_block
+    return config, corpus, split, state, train_fn, steps.eval_step
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_text):
@@ -63,14 +70,32 @@ def test_overfits_a_tiny_text_to_near_zero_loss():
     assert float(nll / count) < 0.02
 
 
-def test_train_step_compiles_once(tiny_text):
+def test_train_block_compiles_once_per_block_size(tiny_text):
     _, corpus, split, state, train_fn, _ = _setup(tiny_text)
-    traces = []
-    for i in range(4):
-        starts = jnp.asarray(split.train_starts[16 * i: 16 * (i + 1)])
-        state, _ = train_fn(state, corpus, starts, jax.random.key(i))
-        traces.append(train_fn._cache_size())
-    assert traces == [1, 1, 1, 1]
+    block = train_fn.block
+    sizes = []
+    for i in range(4):  # new batches and keys, same shapes: one compilation
+        starts = jnp.asarray(split.train_starts[:48]).reshape(3, 16)
+        state, _ = block(state, corpus, jnp.roll(starts, i), jax.random.key(i))
+        sizes.append(block._cache_size())
+    state, _ = block(state, corpus, starts[:2], jax.random.key(9))  # an epoch's remainder block
+    assert sizes == [1, 1, 1, 1] and block._cache_size() == 2
+
+
+def test_a_block_of_steps_equals_the_steps_one_by_one(tiny_text):
+    _, corpus, split, state, train_fn, _ = _setup(tiny_text, dropout=0.1)
+    starts = jnp.asarray(split.train_starts[:64]).reshape(4, 16)
+    single = jax.tree.map(jnp.copy, state)  # the block call donates (consumes) its state
+    blocked, block_metrics = train_fn.block(state, corpus, starts, jax.random.key(1))
+    losses = []
+    for row in starts:
+        single, metrics = train_fn(single, corpus, row, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    # Bit for bit: the block size is a speed knob, and resumed runs depend on it being exact.
+    np.testing.assert_array_equal(np.asarray(block_metrics["loss"]), np.asarray(losses, np.float32))
+    assert int(blocked.step) == int(single.step) == 4
+    assert_trees_equal(blocked.params, single.params)
+    assert_trees_equal(blocked.opt_state, single.opt_state)
 
 
 def test_eval_ignores_padding_rows(tiny_text):

@@ -1,0 +1,34 @@
+"""Helpers shared by the tests: a tiny text and config, a quiet console, tree comparison."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from rich.console import Console
+
+from charlm_jax.config import TrainConfig
+
+TINY_TEXT = (
+    "the quick brown fox jumps over the lazy dog. "
+    "a stitch in time saves nine. all that glitters is not gold. "
+) * 12
+
+QUIET = Console(quiet=True)
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=20,
+                  val_fraction=0.1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def assert_trees_equal(a, b) -> None:
+    """Bit-for-bit equality of two pytrees of arrays."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def assert_trees_close(a, b, rtol: float, atol: float) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
