@@ -83,8 +83,8 @@ class CheckpointStore:
         self.directory = Path(directory).absolute()
         if create:
             make_run_directory(directory)
-        elif self.directory.is_file():
-            raise CharLMError(f"{str(directory)!r} is a file, not a checkpoint directory: pass the --out "
+        elif (blocker := file_in_the_way(directory)) is not None:
+            raise CharLMError(f"{str(blocker)!r} is a file, not a checkpoint directory: pass the --out "
                               "directory of a training run")
         elif not self.directory.is_dir():
             raise CharLMError(f"no checkpoint directory at {str(directory)!r}: pass the --out "
@@ -95,6 +95,10 @@ class CheckpointStore:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The steps held, oldest first (at most ``max_to_keep``)."""
+        return sorted(self._manager.all_steps())
 
     def save(self, params, train_state: dict[str, Any], meta: CheckpointMeta) -> None:
         ocp = _ocp()
@@ -110,9 +114,9 @@ class CheckpointStore:
         if step is None:
             raise CharLMError(f"no checkpoint in {str(self.directory)!r}: train first "
                               "(charlm-jax train --out DIR) and pass that DIR")
-        if step not in self._manager.all_steps():
+        if step not in self.all_steps():
             raise CharLMError(f"no checkpoint for step {step} in {str(self.directory)!r}; "
-                              f"available: {sorted(self._manager.all_steps())}")
+                              f"available: {self.all_steps()}")
         return step
 
     def restore_meta(self, step: int | None = None) -> CheckpointMeta:
@@ -155,13 +159,18 @@ class CheckpointStore:
         self.close()
 
 
+def file_in_the_way(directory: str | os.PathLike) -> Path | None:
+    """The first of ``directory`` and its parents that exists but is not a directory, if any."""
+    path = Path(directory)
+    return next((part for part in (path, *path.parents) if part.exists() and not part.is_dir()), None)
+
+
 def make_run_directory(directory: str | os.PathLike) -> Path:
     """Create ``directory`` (and parents) for a run, or say in one line why it cannot be one."""
     path = Path(directory)
-    for part in (path, *path.parents):
-        if part.exists() and not part.is_dir():
-            raise CharLMError(f"{str(part)!r} is a file, so {str(path)!r} cannot be a run directory: "
-                              "pass another --out")
+    if (blocker := file_in_the_way(path)) is not None:
+        raise CharLMError(f"{str(blocker)!r} is a file, so {str(path)!r} cannot be a run directory: "
+                          "pass another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -1,4 +1,4 @@
-"""``charlm-jax train | generate``: flags map one-to-one onto TrainConfig and the Python API.
+"""``charlm-jax train | generate | eval | import-keras``: flags map onto TrainConfig and the Python API.
 
 Every user-fixable problem becomes one line on stderr and exit status 2. JAX is imported
 only once a command runs, after the CPU has been split into devices (``--cpu-devices``).
@@ -51,11 +51,26 @@ def _add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    from charlm_jax.decode import DEFAULT_REPETITION_WINDOW, MAX_NO_REPEAT_NGRAM
+    from charlm_jax.sampling import DEFAULT_SAMPLER, SAMPLERS
+
     parser.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
     parser.add_argument("--top-p", type=float, help="sample from the smallest set with this much "
                         "probability mass (default: off)")
     parser.add_argument("--min-p", type=float, help="drop characters less likely than this fraction of "
                         "the most likely one (default: off)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                        help="how a character is drawn from softmax(logits / T): inverse_cdf (one uniform "
+                        "per step) or gumbel (jax.random.categorical); the same distribution "
+                        f"(default: {DEFAULT_SAMPLER})")
+    parser.add_argument("--repetition-penalty", type=float, metavar="R",
+                        help="divide positive (multiply negative) logits of characters seen in the last "
+                        "--repetition-window characters by R; > 1 discourages loops (default: off)")
+    parser.add_argument("--repetition-window", type=int, default=DEFAULT_REPETITION_WINDOW, metavar="N",
+                        help=f"characters the penalty looks back over (default: {DEFAULT_REPETITION_WINDOW})")
+    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                        help=f"never generate a character that repeats an N-gram already in the text "
+                        f"(N <= {MAX_NO_REPEAT_NGRAM}; default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stateful: carry the LSTM state, O(1) per character; window: re-read the "
                           "last maxlen characters each step, as the book (default: stateful)")
     _add_sampling_flags(generate)
+    generate.add_argument("--stream", action="store_true",
+                          help="print each sample as it is generated, one temperature after another (default: off)")
     generate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
+    _add_cpu_devices_flag(generate)
+
+    evaluate = commands.add_parser("eval", help="bits per character of a text under a checkpoint",
+                                   description="Score a text: mean negative log2-probability per character.")
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
+    scored = evaluate.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--text", metavar="PATH_OR_URL", help="UTF-8 text file or http(s) URL to score")
+    scored.add_argument("--corpus", metavar="NAME", help="built-in corpus to score: pydoc, king-lear, shakespeare")
+    evaluate.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
+    evaluate.add_argument("--mode", choices=("window", "stateful"), default="window",
+                          help="window: each character from the maxlen before it, from a zero state (the "
+                          "training run's validation metric); stateful: state carried from the first "
+                          "character (default: window)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    evaluate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
     return parser
 
 
@@ -114,17 +146,26 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def start_jax(args: argparse.Namespace, batch_size: int | None = None) -> None:
-    """Split the CPU into devices (before JAX starts) and join a multi-host run if asked."""
+def start_jax(args: argparse.Namespace, rows: int, min_rows: int) -> None:
+    """Split the CPU into devices (before JAX starts: ``rows`` of a batch, at least ``min_rows``
+    per device) and join a multi-host run if asked."""
     from charlm_jax.distributed import (auto_cpu_devices, configure_cpu_devices, forced_cpu_device_count,
                                         maybe_initialize_distributed)
 
     if args.cpu_devices is not None:
         configure_cpu_devices(args.cpu_devices)
-    elif not forced_cpu_device_count() and batch_size is not None and getattr(args, "coordinator", None) is None:
-        configure_cpu_devices(auto_cpu_devices(batch_size), strict=False)
+    elif not forced_cpu_device_count() and getattr(args, "coordinator", None) is None:
+        configure_cpu_devices(auto_cpu_devices(rows, min_rows=min_rows), strict=False)
     if args.command == "train":
         maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+
+def _mesh_if_several_devices():
+    import jax
+
+    from charlm_jax.distributed import make_mesh
+
+    return make_mesh() if jax.device_count() > 1 else None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -135,7 +176,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
-    start_jax(args, fresh.batch_size)
+    from charlm_jax.distributed import MIN_ROWS_PER_CPU_DEVICE
+
+    start_jax(args, fresh.batch_size, MIN_ROWS_PER_CPU_DEVICE)
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
     result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
                  show_progress=not args.no_progress, stop_after_seconds=args.time_limit)
@@ -143,20 +186,50 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from charlm_jax.lm import generate, load
+    start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
+    from charlm_jax.lm import generate, load, stream
 
     lm = load(args.checkpoint, step=args.step)
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
-    texts = generate(lm, prompt, length=args.length, temperatures=args.temperatures, seed=args.seed,
-                     mode=args.mode, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+    options = dict(length=args.length, seed=args.seed, mode=args.mode, top_k=args.top_k, top_p=args.top_p,
+                   min_p=args.min_p, sampler=args.sampler, repetition_penalty=args.repetition_penalty,
+                   repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram)
+    if args.stream:
+        pieces = [stream(lm, prompt, temperature=t, **options) for t in args.temperatures]  # validated first
+    else:
+        texts = generate(lm, prompt, temperatures=args.temperatures, mesh=_mesh_if_several_devices(), **options)
     print(f'--- Generating with seed: "{prompt}"')
-    for temperature, text in zip(args.temperatures, texts):
+    for index, temperature in enumerate(args.temperatures):
         print(f"------ temperature: {temperature:g}")
-        print(prompt + text)
+        if args.stream:
+            print(prompt, end="", flush=True)
+            for piece in pieces[index]:
+                print(piece, end="", flush=True)
+            print()
+        else:
+            print(prompt + texts[index])
     return 0
 
 
-COMMANDS = {"train": run_train, "generate": run_generate}
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from charlm_jax.corpus import load_text
+    from charlm_jax.lm import load, score
+
+    lm = load(args.checkpoint, step=args.step)
+    text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
+    scores = score(lm, text, mode=args.mode)
+    bits = float(-scores.mean())
+    if args.json:
+        print(json.dumps({"bits_per_char": bits, "characters": int(len(scores)), "mode": args.mode,
+                          "checkpoint": str(args.checkpoint)}))
+    else:
+        print(f"{bits:.4f} bits/char over {len(scores):,} characters ({args.mode} mode)")
+    return 0
+
+
+COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

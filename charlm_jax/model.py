@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from charlm_jax.config import TrainConfig
-from charlm_jax.lstm import Carry, lstm_scan
+from charlm_jax.lstm import Carry, lstm_cell, lstm_scan
 
 # Keras: kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal".
 # jax's orthogonal() on a (hidden, 4 * hidden) shape gives orthonormal rows, as Keras' does.
@@ -63,6 +63,10 @@ class LSTMLayer(nn.Module):
         recurrent_kernel = self.param("recurrent_kernel", keras_orthogonal,
                                       (self.hidden_size, 4 * self.hidden_size))
         bias = self.param("bias", keras_lstm_bias_init, (4 * self.hidden_size,))
+        if gate_inputs.shape[0] == 1 and mask is None:
+            # One step (stateful generation): the cell itself, no loop of length 1 around it.
+            carry, _ = lstm_cell(carry, gate_inputs[0], recurrent_kernel, bias, self.recurrent_activation)
+            return carry, carry[1][None]
         return lstm_scan(gate_inputs, recurrent_kernel, bias, carry, mask, self.unroll,
                          self.recurrent_activation)
 

@@ -111,7 +111,14 @@ def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, drop
     new_state = state.apply_gradients(grads=grads)
     grad_norm = optax.tree.norm(grads)
     if isinstance(new_state.opt_state, optax.ApplyIfFiniteState):
-        skipped = ~new_state.opt_state.last_finite  # the guard refused this update
+        # optax.apply_if_finite refused non-finite gradients; an update that overflows the
+        # parameters from finite ones (an absurd learning rate) is refused here too.
+        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]))
+        new_state = new_state.replace(
+            params=jax.tree.map(lambda new, old: jnp.where(params_finite, new, old), new_state.params, state.params),
+            opt_state=jax.tree.map(lambda new, old: jnp.where(params_finite, new, old), new_state.opt_state,
+                                   state.opt_state))
+        skipped = ~(new_state.opt_state.last_finite & params_finite)
     else:
         skipped = ~(jnp.isfinite(grad_norm) & jnp.isfinite(loss))  # reported only: no guard
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}

@@ -6,20 +6,13 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from rich.console import Console
 
 import charlm_jax
 from charlm_jax.checkpoint import CheckpointStore
 from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
 
-from helpers import tiny_config
-
-QUIET = Console(quiet=True)
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+from helpers import QUIET, assert_trees_equal, tiny_config
 
 
 def test_load_returns_the_trained_params_vocab_and_config(trained_run):
@@ -98,10 +91,13 @@ def test_incompatible_checkpoint_version_is_a_clear_error(tmp_path, trained_run)
         charlm_jax.load(other)
 
 
-def test_store_lists_steps_and_keeps_the_latest(trained_run):
-    out, result = trained_run
-    store = CheckpointStore(out, create=False)
-    try:
+def test_store_lists_steps_and_keeps_the_latest_three(tmp_path, tiny_text):
+    config = tiny_config(epochs=5, sample_length=0, val_fraction=0.0)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    steps_per_epoch = int(result.state.step) // 5
+    with CheckpointStore(tmp_path, create=False) as store:
+        assert store.all_steps() == [3 * steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch]
         assert store.latest_step() == int(result.state.step)
-    finally:
-        store.close()
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == store.all_steps()
+    for step in store.all_steps():  # each kept step loads
+        assert charlm_jax.load(tmp_path, step=step).step == step

@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny corpus, and every bad input as one line on stderr with exit 2."""
 
 import functools
+import json
 import http.server
 import os
 import signal
@@ -191,3 +192,76 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, text_file):
     from charlm_jax.lm import load
 
     assert load(out).step > 0
+
+
+def test_generate_stream_prints_what_generate_prints_for_each_temperature(capsys, trained_run):
+    """Each streamed temperature is the text `generate --temperatures T` gives for it alone (a batch of
+    several temperatures draws other random numbers for its later rows)."""
+    out, _ = trained_run
+    args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "40"]
+    code, streamed, _ = run_cli(capsys, *args, "--temperatures", "0.5", "1", "--stream")
+    assert code == 0
+    lines = streamed.splitlines()
+    for temperature, text in (("0.5", lines[2]), ("1", lines[4])):
+        code, alone, _ = run_cli(capsys, *args, "--temperatures", temperature)
+        assert code == 0 and alone.splitlines()[2] == text
+
+
+def test_generate_with_repetition_controls_and_the_gumbel_sampler(capsys, trained_run):
+    out, _ = trained_run
+    code, stdout, _ = run_cli(capsys, "generate", "--checkpoint", out, "--prompt", "the quick", "--length", "60",
+                              "--temperature", "0", "--no-repeat-ngram", "3", "--repetition-penalty", "1.3",
+                              "--sampler", "gumbel")
+    assert code == 0
+    text = stdout.splitlines()[2]
+    generated = [text[i:i + 3] for i in range(len("the quick") - 2, len(text) - 2)]
+    assert len(generated) == len(set(generated))  # greedy, yet no 3-gram repeats after the prompt
+
+
+def test_eval_prints_bits_per_char_and_json(capsys, trained_run, text_file):
+    out, _ = trained_run
+    code, stdout, _ = run_cli(capsys, "eval", "--checkpoint", out, "--text", text_file)
+    assert code == 0 and stdout.strip().endswith("characters (window mode)") and "bits/char over" in stdout
+    code, stdout, _ = run_cli(capsys, "eval", "--checkpoint", out, "--text", text_file, "--mode", "stateful", "--json")
+    record = json.loads(stdout)
+    assert code == 0 and record["mode"] == "stateful" and record["checkpoint"] == str(out)
+    assert record["characters"] == len(text_file.read_text()) - 1 and 0 < record["bits_per_char"] < 8
+
+
+def test_eval_refuses_unknown_characters_in_one_line(capsys, trained_run, tmp_path):
+    out, _ = trained_run
+    path = tmp_path / "other.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog; zebra ~ quartz " * 3)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", out, "--text", path)
+    assert_one_line_error(code, err, "not in the model's vocabulary")
+
+
+def test_epochs_zero_is_refused(capsys, tmp_path, text_file):
+    code, _, err = run_cli(capsys, "train", "--text", text_file, "--out", tmp_path / "run", "--epochs", "0")
+    assert_one_line_error(code, err, "epochs must be >= 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_no_more_epochs_says_so(capsys, tmp_path, trained_run, text_file):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained_run[0], out)
+    code, _, err = run_cli(capsys, "train", "--text", text_file, "--out", out, "--resume", "--epochs", "2",
+                           "--no-progress")
+    assert_one_line_error(code, err, "already has 2 epoch(s): pass --epochs greater than 2")
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "eval"])
+def test_a_file_where_a_directory_belongs_is_one_line_and_left_untouched(capsys, tmp_path, text_file, command):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    nested = existing / "run"  # a directory inside a file
+    for path in (existing, nested):
+        if command == "train":
+            argv = ["train", "--text", text_file, "--out", path, *TINY_FLAGS]
+        else:
+            argv = [command, "--checkpoint", path] + (["--text", text_file] if command == "eval" else [])
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "is a file")
+    assert existing.read_text() == "keep me"

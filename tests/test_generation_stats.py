@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from charlm_jax.decode import generate_ids
+from charlm_jax.sampling import SAMPLERS
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
@@ -42,8 +43,44 @@ class BigramTable(nn.Module):
         return carries, table[last]  # (batch, vocab)
 
 
+class ConstantLogits(nn.Module):
+    """The same logits whatever the text: the draws' distribution is set by the sampler alone."""
+
+    vocab_size: int = 5
+
+    def zero_carries(self, batch: int):
+        return (jnp.zeros((batch,), jnp.float32),)
+
+    @nn.compact
+    def __call__(self, ids, carries=None, *, seq_lengths=None, last_only=True, deterministic=True):
+        logits = self.param("logits", lambda key: jnp.asarray(TABLE[0]))
+        return carries, jnp.broadcast_to(logits, (ids.shape[0], self.vocab_size))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("penalty", [1.8, 0.6])
+def test_draws_follow_softmax_of_the_penalised_logits(sampler, penalty):
+    """With a repetition penalty, the first draw after a prompt follows softmax(penalised / T)."""
+    model = ConstantLogits()
+    params = {"logits": jnp.asarray(TABLE[0])}
+    temperature, window = 0.8, 3
+    # Prompt rows whose last `window` ids are {0, 3} (and an older 1 outside the window).
+    prompt = np.array([1, 0, 3, 3], np.int32)
+    prompts = jnp.asarray(np.tile(prompt, (20_000, 1)))
+    ids = np.asarray(generate_ids(params, jax.random.key(7), prompts, jnp.full(20_000, temperature), model=model,
+                                  length=1, maxlen=6, sampler=sampler, repetition_penalty=penalty,
+                                  repetition_window=window))[:, 0]
+    counts = np.bincount(ids, minlength=5)
+    logits = TABLE[0].astype(np.float64)
+    present = np.isin(np.arange(5), [0, 3])
+    penalised = np.where(present, np.where(logits > 0, logits / penalty, logits * penalty), logits)
+    assert chi_square_p_value(counts, softmax64(penalised, temperature)) > ALPHA
+    assert chi_square_p_value(counts, softmax64(logits, temperature)) < 1e-6  # power: unpenalised rejected
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("mode", ["stateful", "window"])
-def test_transition_frequencies_match_the_table_at_each_temperature(mode):
+def test_transition_frequencies_match_the_table_at_each_temperature(mode, sampler):
     model = BigramTable()
     params = {"table": jnp.asarray(TABLE)}
     temps = [0.2, 0.5, 1.0, 1.2]
@@ -51,7 +88,7 @@ def test_transition_frequencies_match_the_table_at_each_temperature(mode):
     batch_temps = np.repeat(temps, streams).astype(np.float32)
     prompts = jnp.asarray(np.arange(len(batch_temps)) % 5, jnp.int32)[:, None]
     ids = np.asarray(generate_ids(params, jax.random.key(0), prompts, jnp.asarray(batch_temps), model=model,
-                                  length=1500, mode=mode, maxlen=6))
+                                  length=1500, mode=mode, maxlen=6, sampler=sampler))
     text = np.concatenate([np.asarray(prompts), ids], axis=1)  # (batch, 1 + length)
     for t_index, temperature in enumerate(temps):
         rows = text[t_index * streams:(t_index + 1) * streams]

@@ -1,17 +1,18 @@
 """The non-finite guard: a NaN gradient never reaches the parameters, and a diverging run stops."""
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rich.console import Console
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import fit
+from charlm_jax.loop import RunKeys, fit
 from charlm_jax.train import create_train_state
 
-from helpers import tiny_config
+from helpers import QUIET, assert_trees_equal, tiny_config
 
 
 def test_nan_gradient_leaves_params_and_optimizer_statistics_untouched():
@@ -41,4 +42,13 @@ def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, ti
     # A learning rate beyond float32's range makes every update non-finite (inf * g, 0 * inf).
     config = tiny_config(learning_rate=1e39, max_nonfinite_in_row=5, epochs=3)
     with pytest.raises(CharLMError, match="5 steps in a row had non-finite"):
-        fit(config, tiny_text, tmp_path / "run", console=Console(quiet=True), show_progress=False)
+        fit(config, tiny_text, tmp_path / "run", console=QUIET, show_progress=False)
+    # Stopped before the limit, the run still holds its initial parameters, untouched and finite...
+    guarded = fit(config, tiny_text, tmp_path / "short", console=QUIET, show_progress=False, stop_after_steps=4)
+    initial = create_train_state(RunKeys.from_seed(config.seed).init, config, guarded.vocab.size).params
+    assert_trees_equal(guarded.state.params, initial)
+    assert guarded.history[-1]["skipped_steps_total"] == 4
+    # ...while the same four steps without the guard destroy them.
+    unguarded = fit(replace(config, max_nonfinite_in_row=0), tiny_text, tmp_path / "off", console=QUIET,
+                    show_progress=False, stop_after_steps=4)
+    assert not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(unguarded.state.params))

@@ -5,20 +5,13 @@ import json
 import jax
 import numpy as np
 import pytest
-from rich.console import Console
 
 import charlm_jax
 from charlm_jax.checkpoint import CheckpointStore
 from charlm_jax.cli import main
 from charlm_jax.loop import fit
 
-from helpers import tiny_config
-
-QUIET = Console(quiet=True)
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+from helpers import QUIET, assert_trees_equal, tiny_config
 
 
 def records_of(out):

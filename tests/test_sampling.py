@@ -1,18 +1,20 @@
-"""The sampler draws exactly softmax(logits / T): statistical and exact properties.
+"""Both samplers draw exactly softmax(logits / T): statistical and exact properties.
 
 Every chi-square test below has false-alarm rate ALPHA (tests/stats.py) at its
-fixed seed; power tests show the same test rejects a wrong sampler.
+fixed seed and runs for both samplers (gumbel and inverse_cdf); power tests show
+the same test rejects a wrong sampler.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from charlm_jax.errors import CharLMError
-from charlm_jax.sampling import entropy_bits, sample, tempered_logits
+from charlm_jax.sampling import (SAMPLERS, draw_noise, entropy_bits, repetition_penalty, sample,
+                                 sample_with_noise, tempered_logits)
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
@@ -20,11 +22,14 @@ DRAWS = 40_000
 HYPOTHESIS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-def draw_counts(logits, temperature, n=DRAWS, seed=0, **filters):
+def draw_counts(logits, temperature, n=DRAWS, seed=0, sampler="gumbel", **filters):
     """Counts of n independent draws for one row of logits."""
     batch = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, len(logits)))
-    ids = np.asarray(sample(jax.random.key(seed), batch, temperature, **filters))
+    ids = np.asarray(sample(jax.random.key(seed), batch, temperature, sampler=sampler, **filters))
     return np.bincount(ids, minlength=len(logits))
+
+
+both_samplers = pytest.mark.parametrize("sampler", SAMPLERS)
 
 
 def book_sample_probs(preds, temperature):
@@ -41,48 +46,52 @@ logit_rows = st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False, w
 temperatures = st.sampled_from([0.2, 0.5, 1.0, 1.2, 2.0])
 
 
+@both_samplers
 @HYPOTHESIS
 @given(logit_rows, temperatures)
-def test_frequencies_match_float64_softmax_of_logits_over_t(logits, temperature):
-    counts = draw_counts(logits, temperature)
+def test_frequencies_match_float64_softmax_of_logits_over_t(sampler, logits, temperature):
+    counts = draw_counts(logits, temperature, sampler=sampler)
     assert chi_square_p_value(counts, softmax64(logits, temperature)) > ALPHA
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_chi_square_has_power_against_the_wrong_temperature(temperature):
+@both_samplers
+def test_chi_square_has_power_against_the_wrong_temperature(temperature, sampler):
     logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0])
-    counts = draw_counts(logits, temperature)
+    counts = draw_counts(logits, temperature, sampler=sampler)
     assert chi_square_p_value(counts, softmax64(logits, temperature)) > ALPHA
     wrong = softmax64(logits * temperature, 1.0)  # logits * T instead of logits / T
     assert chi_square_p_value(counts, wrong) < 1e-12
 
 
+@both_samplers
 @HYPOTHESIS
 @given(logit_rows)
-def test_tiny_temperature_is_argmax_and_zero_is_exactly_greedy(logits):
+def test_tiny_temperature_is_argmax_and_zero_is_exactly_greedy(sampler, logits):
     logits = np.asarray(logits, np.float32)
     top_two = np.sort(logits)[-2:]
-    if top_two[1] - top_two[0] < 1e-3:
-        return  # a near-tie: argmax is not well defined at T = 1e-6 either
+    assume(top_two[1] - top_two[0] >= 1e-3)  # a near-tie: argmax is not well defined at T = 1e-6 either
     for temperature in (1e-6, 0.0):
-        counts = draw_counts(logits, temperature, n=2000)
+        counts = draw_counts(logits, temperature, n=2000, sampler=sampler)
         assert counts[np.argmax(logits)] == 2000
 
 
-def test_huge_temperature_is_uniform_over_unmasked_ids():
+@both_samplers
+def test_huge_temperature_is_uniform_over_unmasked_ids(sampler):
     logits = np.array([5.0, -np.inf, 0.0, -3.0, -np.inf, 1.0], np.float32)
-    counts = draw_counts(logits, 1e6)
+    counts = draw_counts(logits, 1e6, sampler=sampler)
     uniform = np.where(np.isfinite(logits), 1.0, 0.0)
     assert chi_square_p_value(counts, uniform / uniform.sum()) > ALPHA
 
 
+@both_samplers
 @HYPOTHESIS
 @given(st.lists(st.integers(-64, 64), min_size=2, max_size=10), st.integers(-1000, 1000), temperatures)
-def test_adding_a_constant_to_the_logits_changes_nothing(eighths, constant, temperature):
+def test_adding_a_constant_to_the_logits_changes_nothing(sampler, eighths, constant, temperature):
     # Logits on a grid of 1/8 keep the shift exact in float32, so draws must match bit for bit.
     logits = jnp.asarray(eighths, jnp.float32)[None, :] / 8
     keys = jax.random.split(jax.random.key(1), 64)
-    draw = jax.vmap(lambda k, x: sample(k, x, temperature))
+    draw = jax.vmap(lambda k, x: sample(k, x, temperature, sampler=sampler))
     np.testing.assert_array_equal(draw(keys, jnp.repeat(logits, 64, 0)),
                                   draw(keys, jnp.repeat(logits + constant, 64, 0)))
 
@@ -95,13 +104,14 @@ def test_entropy_grows_with_temperature(logits):
     assert all(b >= a - 1e-4 for a, b in zip(entropies, entropies[1:]))
 
 
+@both_samplers
 @HYPOTHESIS
 @given(logit_rows, st.integers(1, 5), temperatures)
-def test_top_k_draws_only_from_the_k_largest_renormalised(logits, k, temperature):
+def test_top_k_draws_only_from_the_k_largest_renormalised(sampler, logits, k, temperature):
     logits = np.asarray(logits, np.float32)
     kth = np.sort(logits)[::-1][min(k, len(logits)) - 1]
     allowed = logits >= kth  # ties with the k-th are kept
-    counts = draw_counts(logits, temperature, n=20_000, top_k=k)
+    counts = draw_counts(logits, temperature, n=20_000, top_k=k, sampler=sampler)
     assert counts[~allowed].sum() == 0
     expected = np.where(allowed, softmax64(logits, temperature), 0.0)
     assert chi_square_p_value(counts, expected / expected.sum()) > ALPHA
@@ -117,22 +127,22 @@ def top_p_reference(logits, temperature, p):
     return keep, probs
 
 
+@both_samplers
 @HYPOTHESIS
 @given(logit_rows, st.sampled_from([0.3, 0.5, 0.8, 0.95]), temperatures)
-def test_top_p_keeps_the_smallest_set_reaching_p(logits, p, temperature):
+def test_top_p_keeps_the_smallest_set_reaching_p(sampler, logits, p, temperature):
     keep, probs = top_p_reference(logits, temperature, p)
     # Skip knife-edge cases where float32 vs float64 rounding could move the boundary.
     sorted_probs = np.sort(probs)[::-1]
     edges = np.abs(np.cumsum(sorted_probs) - p)
-    if edges.min() < 1e-4 or len(np.unique(np.round(probs, 5))) < len(probs):
-        return
+    assume(edges.min() >= 1e-4 and len(np.unique(np.round(probs, 5))) == len(probs))
     masked = np.asarray(tempered_logits(jnp.asarray(logits), temperature, top_p=p))
     np.testing.assert_array_equal(np.isfinite(masked), keep)
     assert probs[keep].sum() >= p - 1e-6
     # Smallest: dropping the least likely kept id falls below p.
     if keep.sum() > 1:
         assert probs[keep].sum() - probs[keep].min() < p
-    counts = draw_counts(logits, temperature, n=20_000, top_p=p)
+    counts = draw_counts(logits, temperature, n=20_000, top_p=p, sampler=sampler)
     expected = np.where(keep, probs, 0.0)
     assert chi_square_p_value(counts, expected / expected.sum()) > ALPHA
 
@@ -143,12 +153,13 @@ def test_min_p_drops_ids_below_a_fraction_of_the_most_likely():
     np.testing.assert_array_equal(np.isfinite(masked), [True, True, True, False, False])
 
 
-def test_per_row_temperatures_are_independent():
+@both_samplers
+def test_per_row_temperatures_are_independent(sampler):
     logits = np.array([1.5, 0.5, 0.0, -0.5, -2.0], np.float32)
     temps = np.array([0.2, 1.0, 2.5, 0.0], np.float32)
     n = 20_000
     batch = jnp.broadcast_to(jnp.asarray(logits), (n, 4, 5))
-    ids = np.asarray(sample(jax.random.key(5), batch, jnp.asarray(temps)))  # (n, 4)
+    ids = np.asarray(sample(jax.random.key(5), batch, jnp.asarray(temps), sampler=sampler))  # (n, 4)
     for row, temperature in enumerate(temps[:3]):
         counts = np.bincount(ids[:, row], minlength=5)
         assert chi_square_p_value(counts, softmax64(logits, temperature)) > ALPHA
@@ -162,26 +173,30 @@ def test_per_row_temperatures_are_independent():
     assert chi2_contingency(nonempty).pvalue > ALPHA
 
 
-def test_same_key_repeats_split_keys_differ():
+@both_samplers
+def test_same_key_repeats_split_keys_differ(sampler):
     logits = jnp.zeros((1000, 20))
     key = jax.random.key(9)
     first, second = jax.random.split(key)
-    np.testing.assert_array_equal(sample(key, logits), sample(key, logits))
-    assert not np.array_equal(sample(first, logits), sample(second, logits))
+    draw = lambda k: sample(k, logits, sampler=sampler)  # noqa: E731
+    np.testing.assert_array_equal(draw(key), draw(key))
+    assert not np.array_equal(draw(first), draw(second))
 
 
+@both_samplers
 @HYPOTHESIS
 @given(st.lists(st.floats(0.01, 1.0), min_size=2, max_size=10), temperatures)
-def test_distribution_equals_the_books_numpy_sample(weights, temperature):
+def test_distribution_equals_the_books_numpy_sample(sampler, weights, temperature):
     preds = np.asarray(weights) / np.sum(weights)  # a softmax output, as the book's model gives
     book = book_sample_probs(preds, temperature)
     ours = softmax64(np.log(preds), temperature)  # what sample(key, logits=log(preds), T) targets
     np.testing.assert_allclose(ours, book, rtol=1e-9, atol=1e-12)
-    counts = draw_counts(np.log(preds).astype(np.float32), temperature, n=20_000)
+    counts = draw_counts(np.log(preds).astype(np.float32), temperature, n=20_000, sampler=sampler)
     assert chi_square_p_value(counts, book) > ALPHA
 
 
-def test_where_the_book_breaks_we_do_not():
+@both_samplers
+def test_where_the_book_breaks_we_do_not(sampler):
     preds = np.array([0.7, 0.3, 0.0])  # a probability of exactly 0
     with np.errstate(divide="ignore", invalid="ignore"):
         book = book_sample_probs(preds, 0.5)
@@ -189,13 +204,14 @@ def test_where_the_book_breaks_we_do_not():
     with np.errstate(divide="ignore", invalid="ignore"):
         assert np.isnan(book_sample_probs(np.array([0.0, 0.0, 1.0]) * 0, 0.5)).all()  # ...and NaN there
     logits = jnp.asarray([[0.0, -np.inf, 3.0]] * 5000, jnp.float32)
-    counts = np.bincount(np.asarray(sample(jax.random.key(0), logits, 0.5)), minlength=3)
+    counts = np.bincount(np.asarray(sample(jax.random.key(0), logits, 0.5, sampler=sampler)), minlength=3)
     assert counts[1] == 0
 
 
-def test_masked_ids_are_never_drawn_and_huge_logits_give_no_nan():
+@both_samplers
+def test_masked_ids_are_never_drawn_and_huge_logits_give_no_nan(sampler):
     logits = jnp.asarray([[3e38, -np.inf, 3e38, -3e38]] * 4000, jnp.float32)
-    ids = np.asarray(sample(jax.random.key(2), logits, 1.0))
+    ids = np.asarray(sample(jax.random.key(2), logits, 1.0, sampler=sampler))
     assert set(np.unique(ids)) <= {0, 2} and len(np.unique(ids)) == 2
     tempered = np.asarray(tempered_logits(logits[:1], 1e-6))
     assert not np.isnan(tempered).any()
@@ -215,17 +231,56 @@ def test_bad_inputs_are_refused_at_the_boundary(logits, temperature, fragment):
 
 def test_bad_filters_are_refused():
     logits = jnp.zeros(4)
-    for kwargs, fragment in [({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"), ({"min_p": 1.5}, "min_p")]:
+    for kwargs, fragment in [({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"), ({"min_p": 1.5}, "min_p"),
+                             ({"sampler": "beam"}, "sampler must be one of")]:
         with pytest.raises(CharLMError, match=fragment):
             sample(jax.random.key(0), logits, 1.0, **kwargs)
 
 
-def test_sampler_is_jit_and_vmap_compatible():
+@both_samplers
+def test_sampler_is_jit_and_vmap_compatible(sampler):
     logits = jax.random.normal(jax.random.key(0), (8, 6))
     temps = jnp.linspace(0.0, 2.0, 8)
     keys = jax.random.split(jax.random.key(1), 8)
-    jitted = jax.jit(lambda k, x, t: sample(k, x, t, top_k=3, top_p=0.9))
-    mapped = jax.vmap(lambda k, x, t: sample(k, x, t, top_k=3, top_p=0.9))
+    jitted = jax.jit(lambda k, x, t: sample(k, x, t, top_k=3, top_p=0.9, sampler=sampler))
+    mapped = jax.vmap(lambda k, x, t: sample(k, x, t, top_k=3, top_p=0.9, sampler=sampler))
     a, b = jitted(keys[0], logits, temps), mapped(keys, logits, temps)
     assert a.shape == b.shape == (8,)
     np.testing.assert_array_equal(a[0], jnp.argmax(logits[0]))  # row 0 has T = 0
+
+
+def test_gumbel_is_exactly_jax_random_categorical_of_the_tempered_logits():
+    logits = jax.random.normal(jax.random.key(3), (64, 30)) * 3
+    temps = jnp.linspace(0.1, 2.0, 64)
+    for seed in range(5):
+        key = jax.random.key(seed)
+        ours = sample(key, logits, temps, top_k=10, sampler="gumbel")
+        theirs = jax.random.categorical(key, tempered_logits(logits, temps, top_k=10), axis=-1)
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@both_samplers
+def test_noise_drawn_apart_gives_the_same_draw(sampler):
+    """Generation draws a chunk of steps' noise at once; each step must get what sample() would draw."""
+    logits = jax.random.normal(jax.random.key(4), (16, 9))
+    keys = jax.random.split(jax.random.key(5), 8)
+    noise = jax.vmap(lambda k: draw_noise(k, logits.shape, sampler))(keys)
+    for key, step_noise in zip(keys, noise):
+        np.testing.assert_array_equal(sample(key, logits, 0.7, sampler=sampler),
+                                      sample_with_noise(step_noise, logits, 0.7, sampler=sampler))
+
+
+def test_inverse_cdf_never_draws_a_masked_id_even_at_the_edges_of_u():
+    # Uniforms at 0, just below 1 and exactly on cumulative boundaries; masked ids at both ends and inside.
+    logits = jnp.asarray([[-np.inf, 0.0, -np.inf, np.log(3.0), -np.inf]] * 6, jnp.float32)
+    uniforms = jnp.asarray([0.0, 0.25, 0.25 - 2**-24, 0.5, 1 - 2**-23, 0.9999999], jnp.float32)
+    ids = np.asarray(sample_with_noise(uniforms, logits, 1.0, sampler="inverse_cdf"))
+    np.testing.assert_array_equal(ids, [1, 3, 1, 3, 3, 3])  # weights 1 : 3, so [0, .25) -> 1, [.25, 1) -> 3
+
+
+@pytest.mark.parametrize("penalty", [1.5, 0.7])
+def test_repetition_penalty_is_ctrls_definition(penalty):
+    logits = jnp.asarray([[2.0, -1.0, 0.5, -3.0, 0.0]])
+    present = jnp.asarray([[True, True, False, False, True]])
+    expected = [2.0 / penalty, -1.0 * penalty, 0.5, -3.0, 0.0]  # positive / R, negative * R, others kept
+    np.testing.assert_allclose(np.asarray(repetition_penalty(logits, present, penalty))[0], expected, rtol=1e-6)

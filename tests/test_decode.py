@@ -1,12 +1,14 @@
-"""Generation: one jitted scan that equals the book's per-character loop, compiled once."""
+"""Generation: one jitted scan that equals the book's per-character loop, compiled once; streaming
+gives the same text; repetition controls do what they say."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import charlm_jax
+from charlm_jax.decode import _ngram_bans, generate_ids
 from charlm_jax.errors import CharLMError
-from charlm_jax.decode import generate_ids
 from charlm_jax.model import CharLSTM, init_params
 from charlm_jax.sampling import sample
 
@@ -118,3 +120,87 @@ def test_unknown_mode_is_refused(model_and_params):
     with pytest.raises(CharLMError, match="mode must be one of"):
         generate_ids(params, jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones(1), model=model,
                      length=4, mode="beam", maxlen=MAXLEN)
+
+
+def ngram_bans_reference(text: list[int], n: int, vocab: int) -> np.ndarray:
+    """Ids v such that text[-(n-1):] + [v] is an n-gram already in text (plain Python)."""
+    banned = np.zeros(vocab, bool)
+    if len(text) < n - 1:
+        return banned
+    tail = tuple(text[len(text) - (n - 1):]) if n > 1 else ()
+    for j in range(len(text) - n + 1):
+        if tuple(text[j:j + n - 1]) == tail:
+            banned[text[j + n - 1]] = True
+    return banned
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_ngram_bans_equal_a_python_reference(n):
+    rng = np.random.default_rng(n)
+    width, vocab = 30, 4  # a small alphabet, so n-grams repeat often
+    history = rng.integers(0, vocab, (6, width)).astype(np.int32)
+    for count in (0, 1, n - 1, n, 17, width):
+        got = np.asarray(_ngram_bans(jnp.asarray(history), jnp.int32(count), jnp.int32(n), vocab))
+        for row in range(len(history)):
+            expected = ngram_bans_reference(history[row, :count].tolist(), n, vocab)
+            np.testing.assert_array_equal(got[row], expected, err_msg=f"row {row}, count {count}")
+
+
+def test_greedy_with_no_repeat_ngram_never_repeats_an_ngram(model_and_params):
+    model, params = model_and_params
+    prompt = jnp.asarray([[1, 2, 3, 1, 2]])
+    plain = np.asarray(generate_ids(params, jax.random.key(0), prompt, jnp.zeros(1), model=model, length=60,
+                                    maxlen=MAXLEN))[0]
+    text = [1, 2, 3, 1, 2] + plain.tolist()
+    assert len({tuple(text[i:i + 4]) for i in range(len(text) - 3)}) < len(text) - 3  # greedy loops without it
+    for n in (2, 3, 4):
+        ids = np.asarray(generate_ids(params, jax.random.key(0), prompt, jnp.zeros(1), model=model, length=40,
+                                      maxlen=MAXLEN, no_repeat_ngram=n))[0]
+        text = [1, 2, 3, 1, 2] + ids.tolist()
+        generated_ngrams = [tuple(text[i:i + n]) for i in range(len(text) - n + 1)]
+        prompt_ngrams = generated_ngrams[:5 - n + 1]  # the prompt may repeat itself; nothing after it may
+        later = generated_ngrams[len(prompt_ngrams):]
+        assert len(set(later)) == len(later) and not set(later) & set(prompt_ngrams), n
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+@pytest.mark.parametrize("options", [{}, {"top_k": 5, "top_p": 0.9, "repetition_penalty": 1.3, "no_repeat_ngram": 4},
+                                     {"sampler": "gumbel", "min_p": 0.05}])
+def test_streamed_text_equals_generated_text_whatever_the_chunk(trained_run, mode, options):
+    lm = charlm_jax.load(trained_run[0])
+    prompt = "the quick"
+    whole = charlm_jax.generate(lm, prompt, length=50, temperatures=[0.8], seed=3, mode=mode, **options)[0]
+    for chunk in (1, 7, 50, 64):
+        pieces = list(charlm_jax.stream(lm, prompt, length=50, temperature=0.8, seed=3, mode=mode, chunk=chunk,
+                                        **options))
+        assert "".join(pieces) == whole, chunk
+        assert [len(p) for p in pieces] == [min(chunk, 50 - i) for i in range(0, 50, chunk)]
+
+
+def test_the_public_api_compiles_once_for_new_values(trained_run):
+    lm = charlm_jax.load(trained_run[0])
+    for i, temps in enumerate(([0.2, 0.5, 1.0, 1.2], [1.0, 1.0, 0.0, 3.0], [0.7, 0.1, 0.9, 2.0])):
+        charlm_jax.generate(lm, "the quic"[: 8] if i % 2 else "a stitch", length=30, temperatures=temps, seed=i,
+                            top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=5 + i,
+                            no_repeat_ngram=2 + i)
+        for piece in charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, chunk=8,
+                                       repetition_penalty=1.2 + i):
+            pass
+    assert lm._compiled and all(fn._cache_size() == 1 for fn in lm._compiled.values()), \
+        {key[0]: fn._cache_size() for key, fn in lm._compiled.items()}
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"repetition_window": 0}, "repetition_window must be a positive integer"),
+    ({"no_repeat_ngram": 0}, "no_repeat_ngram must be an integer from 1"),
+    ({"no_repeat_ngram": 99}, "no_repeat_ngram must be an integer from 1"),
+    ({"sampler": "beam"}, "sampler must be one of"),
+    ({"mode": "beam"}, "mode must be one of"),
+])
+def test_bad_generation_options_are_one_line_errors(trained_run, kwargs, fragment):
+    lm = charlm_jax.load(trained_run[0])
+    with pytest.raises(CharLMError, match=fragment):
+        charlm_jax.generate(lm, "the", length=5, **kwargs)
+    with pytest.raises(CharLMError, match=fragment):
+        next(iter(charlm_jax.stream(lm, "the", length=5, **kwargs)))
