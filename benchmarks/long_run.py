@@ -31,33 +31,31 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 
 from charlm_jax import TrainConfig, fit, load_text
 from charlm_jax.train import nats_to_bits
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench import device_name  # noqa: E402  (one description of the device for every result file)
+from common import RESULTS, device_name
 
-RESULTS = Path(__file__).parent / "results"
 COLLAPSE_MARGIN_NATS = 0.5
+
+# name -> TrainConfig overrides of the book's configuration.
+VARIANTS: dict[str, dict] = {
+    # The book with Keras 3's RMSprop (epsilon inside the square root), guard off.
+    "unguarded": {"max_nonfinite_in_row": 0},
+    # The book as the seeds ran it: Keras 2 adds epsilon after the square root; guard off.
+    "keras2-eps": {"max_nonfinite_in_row": 0, "rmsprop_eps_in_sqrt": False},
+    # The book's model, data and optimizer with this project's guards: updates with non-finite
+    # gradients skipped, gradients clipped to global norm 1.0, the best epoch kept in <out>/best.
+    # No early stopping, so all 60 epochs run.
+    "guarded": {"clip_norm": 1.0, "max_nonfinite_in_row": 25},
+}
 
 
 def variant_config(name: str, epochs: int, seed: int) -> TrainConfig:
-    book = dict(epochs=epochs, seed=seed, temperatures=(0.5,))
-    if name == "unguarded":  # the book with Keras 3's RMSprop (epsilon inside the square root)
-        return TrainConfig(**book, max_nonfinite_in_row=0)
-    if name == "keras2-eps":  # the book as the seeds ran it: Keras 2 adds epsilon after the square root
-        return TrainConfig(**book, max_nonfinite_in_row=0, rmsprop_eps_in_sqrt=False)
-    if name == "guarded":
-        return TrainConfig(**book, **GUARDED_OVERRIDES)
-    raise SystemExit(f"unknown variant {name!r}: use unguarded, keras2-eps or guarded")
-
-
-# The book's model, data and optimizer (Keras 3 epsilon) with this project's guards: updates with
-# non-finite gradients skipped (the default), gradients clipped to global norm 1.0 (the fast
-# recipe's value), the best epoch kept in <out>/best. No early stopping, so all 60 epochs run.
-GUARDED_OVERRIDES: dict = {"clip_norm": 1.0, "max_nonfinite_in_row": 25}
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}")
+    return TrainConfig(epochs=epochs, seed=seed, temperatures=(0.5,), **VARIANTS[name])
 
 
 def collapse_epoch(records: list[dict]) -> int | None:
@@ -137,7 +135,7 @@ def report(variants: list[str], args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["unguarded", "keras2-eps", "guarded"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--chars", type=int, default=100_000, help="first N characters of the corpus")
     parser.add_argument("--corpus", default=None, help="built-in corpus name or path (default: built-in)")
     parser.add_argument("--epochs", type=int, default=60)

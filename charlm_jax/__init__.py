@@ -11,8 +11,9 @@ hand-derived backward), ``model`` (CharLSTM), ``train`` (optimizer, train/eval s
 from charlm_jax.config import BOOK_TEMPERATURES, TrainConfig
 from charlm_jax.corpus import load_text
 from charlm_jax.data import Vocab
-from charlm_jax.errors import CharLMError
 from charlm_jax.decode import generate_ids
+from charlm_jax.errors import CharLMError
+from charlm_jax.keras_import import import_keras
 from charlm_jax.lm import LanguageModel, bits_per_char, generate, load, score, stream
 from charlm_jax.loop import FitResult, fit
 from charlm_jax.recipes import RECIPES, recipe_config
@@ -20,7 +21,8 @@ from charlm_jax.sampling import sample
 
 __all__ = [
     "BOOK_TEMPERATURES", "CharLMError", "FitResult", "LanguageModel", "RECIPES", "TrainConfig", "Vocab",
-    "bits_per_char", "fit", "generate", "generate_ids", "load", "load_text", "recipe_config", "sample", "score",
+    "bits_per_char", "fit", "generate", "generate_ids", "import_keras", "load", "load_text", "recipe_config",
+    "sample", "score",
     "stream",
 ]
 __version__ = "0.1.0"

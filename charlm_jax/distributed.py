@@ -97,21 +97,15 @@ def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """The global array from this process's copy of it (every process holds the same values)."""
+    """The global array from this process's copy of it (every process holds the same values).
+
+    Each process fills the shards its own devices hold, along whichever axes ``sharding``
+    splits (the batch rows of a batch, the second axis of a block of batches).
+    """
     array = np.asarray(array)
     if jax.process_count() == 1:
         return jax.device_put(array, sharding)
-    local = _process_slice(array, sharding)
-    return jax.make_array_from_process_local_data(sharding, local, array.shape)
-
-
-def _process_slice(array: np.ndarray, sharding: NamedSharding) -> np.ndarray:
-    """This process's rows of a batch-sharded array (all of a replicated one)."""
-    if sharding.spec == PartitionSpec():
-        return array
-    count, index = jax.process_count(), jax.process_index()
-    rows = array.shape[0] // count
-    return array[index * rows:(index + 1) * rows]
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def to_host(tree):

@@ -19,16 +19,13 @@ from functools import cached_property, partial
 from typing import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.config import BOOK_TEMPERATURES, TrainConfig
+from charlm_jax.config import BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, TrainConfig
 from charlm_jax.data import Vocab, prepare_text
-from charlm_jax.decode import (DEFAULT_REPETITION_WINDOW, Sampling, decode_chunk, sample_ids, start_stream,
-                               validate_generation_args)
+from charlm_jax.decode import Sampling, decode_chunk, sample_ids, start_stream, validate_generation_args
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
-from charlm_jax.sampling import DEFAULT_SAMPLER
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
 # Characters per streamed piece, chosen by benchmarks/bench.py (streaming vs one call).
@@ -71,13 +68,16 @@ class LanguageModel:
 
 def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> LanguageModel:
     """The model saved in a training run's output directory (latest step unless ``step``)."""
-    from charlm_jax.checkpoint import CheckpointStore, abstract_tree
+    from charlm_jax.checkpoint import CheckpointStore
 
     with CheckpointStore(checkpoint_dir, create=False) as store:
         meta = store.restore_meta(step)
         model = build_model(meta.config, meta.vocab.size)
         shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), model, meta.config.maxlen))
-        params, _ = store.restore(abstract_tree(shapes), step=meta.step)
+        # Onto this process's first device, whatever mesh wrote the checkpoint (several hosts' runs too).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+        params, _ = store.restore(target, step=meta.step)
     return LanguageModel(params=params, vocab=meta.vocab, config=meta.config,
                          default_prompt=meta.default_prompt, step=meta.step)
 

@@ -2,9 +2,9 @@
 
 Read ``fit`` top to bottom: restore or start a run, then one flat loop over blocks of
 batches (each block one jitted call of several optimizer steps), and at the end of every
-epoch one call of ``finish_epoch``: validation bits per character on the held-out tail,
-the book's four-temperature sample, a line in ``metrics.jsonl``, an orbax checkpoint, and
-the best epoch so far kept in ``<out>/best``.
+epoch (and every ``eval_every_steps``) one call of ``finish_epoch``: validation bits per
+character on the held-out tail, the book's four-temperature sample, a line in
+``metrics.jsonl``, an orbax checkpoint, and the best so far kept in ``<out>/best``.
 
 Batches are shuffled full batches (the last partial batch of an epoch is dropped and
 reshuffled next epoch, so the step keeps one shape). Ctrl-C saves a checkpoint at the
@@ -42,7 +42,7 @@ from charlm_jax.distributed import (batch_sharding, block_sharding, check_batch_
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model
 from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
-                              learning_rate_schedule, nats_to_bits, train_state_items)
+                              learning_rate_schedule, make_optimizer, nats_to_bits, train_state_items)
 
 BEST_SUBDIR = "best"
 EVAL_BATCH = 1024
@@ -121,6 +121,10 @@ class RunState:
     skipped_in_row: int = 0
     best_epoch: int | None = None
     best_val_bits_per_char: float | None = None
+    # Length of the learning-rate schedule in steps: the planned epochs', or, once a time budget
+    # has been measured against the step time (``plan_schedule``), what fits the budget.
+    schedule_steps: int = 0
+    schedule_fitted: bool = False
 
 
 @dataclass
@@ -154,6 +158,32 @@ class FitResult:
         return self.stop_reason.resumable
 
 
+class StopFlag:
+    """Ctrl-C sets a flag the loop checks between blocks, so no save is ever cut in half.
+
+    A second Ctrl-C raises KeyboardInterrupt at once, for a user who really wants out.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def on_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
         overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
         stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
@@ -185,6 +215,7 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                             TextColumn("skipped {task.fields[skipped]}"), TimeRemainingColumn(),
                             console=console, disable=not show_progress, transient=True)
         reason = None
+        timed_blocks = 0  # the first block of a process includes compiling
         with progress:
             while reason is None and state.epoch < run.config.epochs:
                 epoch = state.epoch + 1
@@ -195,17 +226,14 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                 for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, state.epoch), run.split.train_starts,
                                           run.config.batch_size, run.config.steps_per_call, first_batch):
                     if stop_after_steps is not None:
-                        block = block[:max(stop_after_steps - state.step, 0)]
-                        if len(block) == 0:
-                            reason = StopReason.STEP_LIMIT
-                            break
-                    started = time.perf_counter()
-                    state.train, metrics = run.steps.train_block(state.train, run.corpus,
-                                                                 put_global(block, block_sharding(run.mesh)),
-                                                                 run.keys.dropout)
-                    metrics = to_host(metrics)  # the block's one sync: (steps,) each
-                    seconds = time.perf_counter() - started
-                    record_block(run, state, stats, metrics, seconds)
+                        block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
+                    if len(block) == 0:
+                        reason = StopReason.STEP_LIMIT
+                        break
+                    seconds = train_block(run, state, stats, block)
+                    timed_blocks += 1
+                    if timed_blocks == 2 and stop_after_seconds is not None and not state.schedule_fitted:
+                        plan_schedule(run, state, stop_after_seconds, seconds / len(block))
                     progress.update(task, completed=state.step - state.epoch * run.steps_per_epoch,
                                     loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
                                     speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
@@ -213,6 +241,9 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                     reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds)
                     if reason is not None:
                         break
+                    if evaluation_due(run.config, state, len(block)) and state.step < epoch * run.steps_per_epoch:
+                        result.history.append(finish_epoch(run, state, epoch, stats, partial=True))
+                        stats = EpochStats()
                 progress.remove_task(task)
                 if reason is StopReason.INTERRUPTED:
                     save_checkpoint(run, state)
@@ -272,13 +303,16 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     keys = RunKeys.from_seed(config.seed)
     total_steps = config.epochs * steps_per_epoch
     train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
-    state = RunState(train=train_state, step=0, epoch=0)
+    state = RunState(train=train_state, step=0, epoch=0, schedule_steps=total_steps)
     if meta is not None:
         params, items = store.restore(abstract_tree(train_state.params), abstract_tree(train_state_items(train_state)),
                                       step=meta.step)
-        state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"]),
+        schedule_steps = meta.schedule_steps or total_steps
+        state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"],
+                                                   tx=make_optimizer(config, schedule_steps)),
                          step=meta.step, epoch=meta.step // steps_per_epoch, train_seconds=meta.train_seconds,
-                         skipped_total=meta.skipped_steps_total)
+                         skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
+                         schedule_fitted=meta.schedule_steps is not None)
         if best_store.latest_step() is not None:
             best = best_store.restore_meta()
             state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char
@@ -291,6 +325,35 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     default_prompt = meta.default_prompt if meta is not None else sample_prompt(
         run.keys.epoch_samples(1)[0], text, run.train_chars, config.maxlen)
     return replace(run, default_prompt=default_prompt), state
+
+
+def plan_schedule(run: Run, state: RunState, budget_seconds: float, step_seconds: float) -> None:
+    """Fit the learning-rate schedule to a time budget, from the measured seconds per step.
+
+    A cosine schedule planned over ``--epochs`` that the budget cannot reach is cut while the
+    rate is still high; planned over the steps the remaining budget holds (2 % spare), the run
+    ends on its final rate. The warm-up does not depend on the length, so switching during it
+    changes no rate already used. The plan is saved with the checkpoints: a resumed run keeps it.
+    """
+    if run.config.lr_schedule != "cosine":
+        return
+    remaining = max(budget_seconds - state.train_seconds, 0.0)
+    fitted = min(run.total_steps, state.step + max(int(0.98 * remaining / step_seconds), 1))
+    state.schedule_steps, state.schedule_fitted = fitted, True
+    state.train = state.train.replace(tx=make_optimizer(run.config, fitted))
+    run.console.print(f"learning-rate schedule fitted to the {budget_seconds:g} s budget: {fitted:,} steps "
+                      f"({step_seconds * 1e3:.1f} ms per step measured)")
+
+
+def train_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -> float:
+    """Run one jitted block of steps and account its metrics; returns its seconds (sync included)."""
+    started = time.perf_counter()
+    state.train, metrics = run.steps.train_block(state.train, run.corpus, put_global(block, block_sharding(run.mesh)),
+                                                 run.keys.dropout)
+    metrics = to_host(metrics)  # the block's one host sync: (steps,) each
+    seconds = time.perf_counter() - started
+    record_block(run, state, stats, metrics, seconds)
+    return seconds
 
 
 def record_block(run: Run, state: RunState, stats: EpochStats, metrics: dict[str, np.ndarray],
@@ -316,7 +379,13 @@ def record_block(run: Run, state: RunState, stats: EpochStats, metrics: dict[str
     stats.seconds += seconds
 
 
-def stop_reason(stop: "StopFlag", state: RunState, max_steps: int | None,
+def evaluation_due(config: TrainConfig, state: RunState, block_steps: int) -> bool:
+    """Whether the block just run reached a multiple of ``eval_every_steps``."""
+    every = config.eval_every_steps
+    return bool(every) and state.step // every > (state.step - block_steps) // every
+
+
+def stop_reason(stop: StopFlag, state: RunState, max_steps: int | None,
                 max_seconds: float | None) -> StopReason | None:
     """Whether to stop at this block boundary, and why."""
     if stop.requested:
@@ -335,14 +404,16 @@ def stalled(config: TrainConfig, state: RunState) -> bool:
 
 
 def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, partial: bool) -> dict[str, Any]:
-    """Validate, sample, log and checkpoint the epoch (or the partial epoch a limit ended); keep the best."""
+    """Validate, sample, log and checkpoint the epoch (or the part of it a limit or ``eval_every_steps``
+    ended); keep the best."""
     config, console = run.config, run.console
     train_loss = float(np.mean(stats.losses)) if stats.losses else float("nan")
     record: dict[str, Any] = {
         "epoch": epoch, "step": state.step, "train_loss": train_loss, "epoch_seconds": round(stats.seconds, 3),
         "windows_per_second": round(len(stats.losses) * config.batch_size / max(stats.seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
-        "learning_rate": float(learning_rate_schedule(config, run.total_steps)(state.step)),
+        "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
+        "schedule_steps": state.schedule_steps,
         "skipped_steps_total": state.skipped_total}
     if partial:
         record["partial_epoch"] = True
@@ -387,7 +458,8 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
     epoch = state.epoch + (1 if state.step > state.epoch * run.steps_per_epoch else 0)  # the epoch in progress
     return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=epoch,
                           default_prompt=run.default_prompt, val_bits_per_char=val_bits,
-                          train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total)
+                          train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total,
+                          schedule_steps=state.schedule_steps if state.schedule_fitted else None)
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
@@ -431,29 +503,3 @@ def describe_mesh(mesh) -> str:
     devices = mesh.devices.size
     platform = mesh.devices.flat[0].platform
     return f"{devices} {platform} device(s), {jax.process_count()} process(es)"
-
-
-class StopFlag:
-    """Ctrl-C sets a flag the loop checks between blocks, so no save is ever cut in half.
-
-    A second Ctrl-C raises KeyboardInterrupt at once, for a user who really wants out.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextlib.contextmanager
-    def on_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)

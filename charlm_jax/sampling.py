@@ -37,10 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS
 from charlm_jax.errors import CharLMError
-
-SAMPLERS = ("gumbel", "inverse_cdf")
-DEFAULT_SAMPLER = "inverse_cdf"
 
 
 def sample(key: jax.Array, logits: jax.Array, temperature=1.0, *, top_k: int | None = None,

@@ -64,8 +64,16 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
     transforms = []
     if config.clip_norm is not None:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
-    transforms.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay,
-                                    eps=config.rmsprop_eps, eps_in_sqrt=config.rmsprop_eps_in_sqrt))
+    if config.weight_decay > 0:
+        # Decoupled weight decay (as AdamW adds it to Adam): the step is RMSprop's direction plus
+        # weight_decay * w, both scaled by the learning rate, so the decay follows the schedule.
+        transforms += [optax.scale_by_rms(decay=config.rmsprop_decay, eps=config.rmsprop_eps,
+                                          eps_in_sqrt=config.rmsprop_eps_in_sqrt),
+                       optax.add_decayed_weights(config.weight_decay),
+                       optax.scale_by_learning_rate(learning_rate)]
+    else:
+        transforms.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay,
+                                        eps=config.rmsprop_eps, eps_in_sqrt=config.rmsprop_eps_in_sqrt))
     optimizer = optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
     if config.max_nonfinite_in_row > 0:
         # Never let a NaN/inf gradient reach the parameters or RMSprop's statistics. optax gives

@@ -183,9 +183,8 @@ def test_the_public_api_compiles_once_for_new_values(trained_run):
         charlm_jax.generate(lm, "the quic"[: 8] if i % 2 else "a stitch", length=30, temperatures=temps, seed=i,
                             top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=5 + i,
                             no_repeat_ngram=2 + i)
-        for piece in charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, chunk=8,
-                                       repetition_penalty=1.2 + i):
-            pass
+        list(charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, chunk=8,
+                                repetition_penalty=1.2 + i))
     assert lm._compiled and all(fn._cache_size() == 1 for fn in lm._compiled.values()), \
         {key[0]: fn._cache_size() for key, fn in lm._compiled.items()}
 

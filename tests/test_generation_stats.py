@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from charlm_jax.decode import generate_ids
-from charlm_jax.sampling import SAMPLERS
+from charlm_jax.config import SAMPLERS
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
@@ -43,26 +43,12 @@ class BigramTable(nn.Module):
         return carries, table[last]  # (batch, vocab)
 
 
-class ConstantLogits(nn.Module):
-    """The same logits whatever the text: the draws' distribution is set by the sampler alone."""
-
-    vocab_size: int = 5
-
-    def zero_carries(self, batch: int):
-        return (jnp.zeros((batch,), jnp.float32),)
-
-    @nn.compact
-    def __call__(self, ids, carries=None, *, seq_lengths=None, last_only=True, deterministic=True):
-        logits = self.param("logits", lambda key: jnp.asarray(TABLE[0]))
-        return carries, jnp.broadcast_to(logits, (ids.shape[0], self.vocab_size))
-
-
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("penalty", [1.8, 0.6])
 def test_draws_follow_softmax_of_the_penalised_logits(sampler, penalty):
     """With a repetition penalty, the first draw after a prompt follows softmax(penalised / T)."""
-    model = ConstantLogits()
-    params = {"logits": jnp.asarray(TABLE[0])}
+    model = BigramTable()
+    params = {"table": jnp.asarray(np.tile(TABLE[0], (5, 1)))}  # the same logits whatever came before
     temperature, window = 0.8, 3
     # Prompt rows whose last `window` ids are {0, 3} (and an older 1 outside the window).
     prompt = np.array([1, 0, 3, 3], np.int32)

@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -105,3 +104,28 @@ def test_cli_time_limit_must_be_positive(capsys, tmp_path):
     code = main(["train", "--time-limit", "0", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("charlm-jax: error: --time-limit must be > 0")
+
+
+def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_path, tiny_text):
+    config = tiny_config(epochs=500, lr_schedule="cosine", warmup_steps=0, sample_length=0, steps_per_call=4)
+    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=3.0)
+    planned = records_of(tmp_path)[-1]
+    assert first.stop_reason == "time_limit"
+    assert planned["schedule_steps"] < 500 * 35  # fitted to the 3 s budget, not to the 500 planned epochs
+    assert planned["learning_rate"] < config.learning_rate  # the cosine has decayed within the budget
+    with CheckpointStore(tmp_path, create=False) as store:
+        assert store.restore_meta().schedule_steps == planned["schedule_steps"]
+    fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=4.0, resume=True)
+    assert records_of(tmp_path)[-1]["schedule_steps"] == planned["schedule_steps"]  # the plan is kept
+
+
+def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_text):
+    config = tiny_config(epochs=2, sample_length=0, steps_per_call=4, eval_every_steps=10)
+    result = fit(config, tiny_text, tmp_path / "often", console=QUIET, show_progress=False)
+    steps = [(r["step"], r.get("partial_epoch", False)) for r in result.history]
+    # 35 steps per epoch in blocks of 4: evaluations after the blocks that reach 10, 20, 30, 40, 50, 60.
+    assert steps == [(12, True), (20, True), (32, True), (35, False), (43, True), (51, True), (63, True), (70, False)]
+    plain = fit(tiny_config(epochs=2, sample_length=0, steps_per_call=4), tiny_text, tmp_path / "plain",
+                console=QUIET, show_progress=False)
+    assert_trees_equal(result.state.params, plain.state.params)
+    assert result.history[-1]["val_bits_per_char"] == plain.history[-1]["val_bits_per_char"]

@@ -9,7 +9,6 @@ gradients must match for both objectives and stacked layers.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 

@@ -128,12 +128,13 @@ def test_book_recipe_is_the_default_config():
         ("next_char", None, "constant", 0)
 
 
-def test_fast_recipe_keeps_the_model_size_and_overrides_apply():
+def test_fast_recipe_keeps_the_books_data_and_optimizer_family_and_overrides_apply():
     fast = recipe_config("fast")
     book = TrainConfig()
-    assert (fast.hidden_size, fast.num_layers, fast.maxlen, fast.batch_size) == \
-        (book.hidden_size, book.num_layers, book.maxlen, book.batch_size)
-    assert fast.objective == "dense" and fast.clip_norm is not None
+    assert (fast.maxlen, fast.step, fast.batch_size, fast.val_fraction, fast.lowercase) == \
+        (book.maxlen, book.step, book.batch_size, book.val_fraction, book.lowercase)
+    assert (fast.rmsprop_decay, fast.rmsprop_eps) == (book.rmsprop_decay, book.rmsprop_eps)
+    assert fast.objective == "dense" and fast.clip_norm is not None and fast.lr_schedule == "cosine"
     assert recipe_config("fast", epochs=7, clip_norm=2.0).clip_norm == 2.0
     assert set(RECIPES) >= {"book", "fast"}
     with pytest.raises(CharLMError, match="unknown recipe 'nope'"):
@@ -149,3 +150,18 @@ def test_keras2_epsilon_placement_adds_epsilon_after_the_square_root():
         updates, state = optimizer.update(jnp.asarray(g, jnp.float32), state, w)
         v = 0.9 * v + 0.1 * g**2
         np.testing.assert_allclose(np.asarray(updates), -0.01 * g / (np.sqrt(v) + 1e-7), rtol=1e-5)
+
+
+def test_weight_decay_is_decoupled_and_follows_the_learning_rate():
+    config = TrainConfig(weight_decay=0.1, lr_schedule="cosine", max_nonfinite_in_row=0)
+    optimizer = make_optimizer(config, total_steps=10)
+    schedule = learning_rate_schedule(config, total_steps=10)
+    w = jnp.array([1.0, -2.0])
+    state = optimizer.init(w)
+    v = np.zeros(2)
+    for t, g in enumerate((np.array([0.5, -1.0]), np.array([2.0, 0.25]))):
+        updates, state = optimizer.update(jnp.asarray(g, jnp.float32), state, w)
+        v = 0.9 * v + 0.1 * g**2
+        expected = -float(schedule(t)) * (g / np.sqrt(v + 1e-7) + 0.1 * np.asarray(w))
+        np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
+        w = optax.apply_updates(w, updates)

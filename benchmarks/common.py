@@ -1,0 +1,112 @@
+"""What every benchmark script shares: timing, the device's description, result files.
+
+Scripts in this folder import it as ``common`` (Python puts a script's own folder first on
+``sys.path``), so nothing here is installed with the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median/min/max seconds of fn() (which must block until its result is ready)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return summary(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1) -> dict[str, dict]:
+    """Time several functions round-robin, so a slow spell of the machine hits all of them alike.
+
+    Each function runs once untimed first (compilation), then ``rounds`` times ``per_round``
+    calls; returns the median/min/max seconds per call of each.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            times[name].append((time.perf_counter() - start) / per_round)
+    return {name: summary(values) for name, values in times.items()}
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "max_s": float(np.max(times)),
+            "repeats": len(times)}
+
+
+def first_call_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def device_name() -> str:
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        model = platform.processor() or "cpu"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return f"CPU {model} ({os.cpu_count()} cores)"
+    return f"{device.platform.upper()} {device.device_kind}"
+
+
+def platform_tag() -> str:
+    import jax
+
+    device = jax.devices()[0]
+    return "cpu" if device.platform == "cpu" else device.device_kind.replace(" ", "-")
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "keras", "torch", "charlm-jax"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_results(stem: str, data: dict, markdown: str) -> Path:
+    """``results/<stem>.json`` and ``.md``; returns the stem's path (plots go beside it)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / stem
+    path.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    path.with_suffix(".md").write_text(markdown)
+    return path
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM: its own image, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
