@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(generate)
     generate.add_argument("--stream", action="store_true",
                           help="print each sample as it is generated, one temperature after another (default: off)")
+    generate.add_argument("--chunk", type=int, help="characters per streamed piece (default: the API's, "
+                          "chosen by measurement)")
     generate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
     _add_cpu_devices_flag(generate)
 
@@ -210,7 +212,8 @@ def run_generate(args: argparse.Namespace) -> int:
                    min_p=args.min_p, sampler=args.sampler, repetition_penalty=args.repetition_penalty,
                    repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram)
     if args.stream:
-        pieces = [stream(lm, prompt, temperature=t, **options) for t in args.temperatures]  # validated first
+        chunk = {} if args.chunk is None else {"chunk": args.chunk}
+        pieces = [stream(lm, prompt, temperature=t, **chunk, **options) for t in args.temperatures]  # validated
     else:
         texts = generate(lm, prompt, temperatures=args.temperatures, mesh=_mesh_if_several_devices(), **options)
     print(f'--- Generating with seed: "{prompt}"')

@@ -57,6 +57,19 @@ class LanguageModel:
         """jitted functions by their static arguments (each jit then caches its shapes)."""
         return {}
 
+    @cached_property
+    def _placed(self) -> dict:
+        """The parameters replicated over each mesh they were asked for."""
+        return {}
+
+    def params_on(self, mesh) -> dict:
+        """The parameters replicated over ``mesh``'s devices, placed once per mesh."""
+        if mesh not in self._placed:
+            from charlm_jax.distributed import put_global, replicated
+
+            self._placed[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
+        return self._placed[mesh]
+
     def compiled(self, kind: str, **static):
         """The jitted ``kind`` ("generate", "start", "chunk") with ``static`` arguments bound."""
         key = (kind, tuple(sorted(static.items())))
@@ -105,9 +118,9 @@ def generate(lm: LanguageModel, prompt: str | None = None, length: int = 400,
     key = np.int32(seed) if isinstance(seed, (int, np.integer)) else seed
     params = lm.params
     if mesh is not None:
-        from charlm_jax.distributed import put_global, replicated, shard_rows
+        from charlm_jax.distributed import shard_rows
 
-        params = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), lm.params)
+        params = lm.params_on(mesh)
         prompt_rows, temps = shard_rows(mesh, prompt_rows, temps)
     run = lm.compiled("generate", length=int(length), mode=mode, maxlen=lm.config.maxlen, top_k=top_k,
                       sampler=sampler)
@@ -133,7 +146,7 @@ def stream(lm: LanguageModel, prompt: str | None = None, length: int = 400, temp
                                      sampler=sampler, repetition_penalty=repetition_penalty,
                                      repetition_window=repetition_window, no_repeat_ngram=no_repeat_ngram)
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise CharLMError(f"chunk must be a positive integer, got {chunk!r}: pass e.g. --chunk 64")
+        raise CharLMError(f"chunk must be a positive integer, got {chunk!r}: pass e.g. --chunk {DEFAULT_STREAM_CHUNK}")
     prompt_ids = lm.encode_prompt(lm.default_prompt if prompt is None else prompt)[None, :]  # (1, prompt)
     return _stream(lm, prompt_ids, int(length), temps, seed, mode, int(chunk), top_k, sampler,
                    Sampling(temps, top_p, min_p, repetition_penalty, repetition_window, no_repeat_ngram))

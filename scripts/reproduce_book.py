@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from charlm_jax import CharLMError, TrainConfig, fit, load_text
+from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     args = parser.parse_args(argv)
     config = TrainConfig(epochs=args.epochs, sample_mode="window")  # the book's loop re-reads the window
+    configure_cpu_devices(auto_cpu_devices(config.batch_size), strict=False)  # every core, as the CLI
     try:
         result = fit(config, load_text(args.text), args.out, resume=args.resume)
     except CharLMError as error:
