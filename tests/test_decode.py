@@ -50,26 +50,27 @@ def stateful_loop(model, params, key, prompt, temperatures, length):
     return np.stack(out, axis=1)
 
 
-@pytest.mark.parametrize("prompt_len", [3, MAXLEN, 13])
-def test_window_mode_equals_the_books_loop_exactly(model_and_params, prompt_len):
+def random_prompt(length: int) -> list[int]:
+    return list(np.random.default_rng(length).integers(0, VOCAB, length))
+
+
+REFERENCE_LOOPS = {  # mode -> (Python re-implementation, prompt, temperatures, length)
+    "window, short prompt": ("window", book_window_loop, random_prompt(3), [0.2, 0.5, 1.0, 1.2], 20),
+    "window, full prompt": ("window", book_window_loop, random_prompt(MAXLEN), [0.2, 0.5, 1.0, 1.2], 20),
+    "window, odd prompt": ("window", book_window_loop, random_prompt(13), [0.2, 0.5, 1.0, 1.2], 20),
+    "stateful": ("stateful", stateful_loop, [1, 2, 3, 4, 5], [0.0, 0.5, 1.0], 30),
+}
+
+
+@pytest.mark.parametrize("case", list(REFERENCE_LOOPS))
+def test_each_mode_equals_its_python_loop_exactly(model_and_params, case):
+    """window: the book's loop (re-read the last maxlen ids from a zero state); stateful: carry the state."""
+    mode, reference, prompt, temps, length = REFERENCE_LOOPS[case]
     model, params = model_and_params
-    prompt = list(np.random.default_rng(prompt_len).integers(0, VOCAB, prompt_len))
-    temps = [0.2, 0.5, 1.0, 1.2]
     key = jax.random.key(7)
-    expected = book_window_loop(model, params, key, prompt, temps, 20)
-    got = generate_ids(params, key, jnp.asarray([prompt] * 4), jnp.asarray(temps), model=model,
-                       length=20, mode="window", maxlen=MAXLEN)
-    np.testing.assert_array_equal(np.asarray(got), expected)
-
-
-def test_stateful_mode_equals_a_python_loop_carrying_the_state(model_and_params):
-    model, params = model_and_params
-    prompt = [1, 2, 3, 4, 5]
-    temps = [0.0, 0.5, 1.0]
-    key = jax.random.key(3)
-    expected = stateful_loop(model, params, key, prompt, temps, 30)
-    got = generate_ids(params, key, jnp.asarray([prompt] * 3), jnp.asarray(temps), model=model,
-                       length=30, mode="stateful", maxlen=MAXLEN)
+    expected = reference(model, params, key, prompt, temps, length)
+    got = generate_ids(params, key, jnp.asarray([prompt] * len(temps)), jnp.asarray(temps), model=model,
+                       length=length, mode=mode, maxlen=MAXLEN)
     np.testing.assert_array_equal(np.asarray(got), expected)
 
 
