@@ -148,7 +148,7 @@ def bench_generate_ids(lm, quick: bool) -> dict:
         run_params = params if streams > 1 else lm.params
         calls, compile_s = {}, {}
         for sampler in SAMPLERS:
-            def call(sampler=sampler):
+            def call(sampler=sampler, run_params=run_params, rows=rows, length=length):
                 return generate_ids(run_params, jax.random.key(1), *rows, model=lm.model, length=length,
                                     maxlen=MAXLEN, sampler=sampler).block_until_ready()
 

@@ -155,7 +155,7 @@ def _assemble(layers: list[dict], weights_of, keras_version: str) -> KerasModel:
             raise CharLMError(f"layer {cfg.get('name')!r} ({kind}) follows the Dense output layer: only "
                               "Sequential([LSTM(...), ..., Dense(vocab)]) imports")
         if kind == "LSTM":
-            _check_lstm(cfg, is_last=not any(l["class_name"] == "LSTM" for l in layers[index + 1:]))
+            _check_lstm(cfg, is_last=not any(later["class_name"] == "LSTM" for later in layers[index + 1:]))
             layer_activation = _recurrent_activation(cfg.get("recurrent_activation", "hard_sigmoid"), keras_version)
             if activation is not None and layer_activation != activation:
                 raise CharLMError("the LSTM layers use different recurrent activations: this model needs one")
