@@ -28,8 +28,9 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
-# Characters per streamed piece, chosen by benchmarks/bench.py (streaming vs one call).
-DEFAULT_STREAM_CHUNK = 200  # the smallest chunk measured to cost <= 1.2x one generate call (benchmarks/bench.py)
+# Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
+# 1.2x one generate call per character (1.08x on 2 CPU cores; 64 cost 1.40x).
+DEFAULT_STREAM_CHUNK = 200
 
 
 @dataclass(frozen=True)

@@ -199,12 +199,13 @@ def test_generate_stream_prints_what_generate_prints_for_each_temperature(capsys
     several temperatures draws other random numbers for its later rows)."""
     out, _ = trained_run
     args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "40"]
-    code, streamed, _ = run_cli(capsys, *args, "--temperatures", "0.5", "1", "--stream")
+    code, streamed, _ = run_cli(capsys, *args, "--temperatures", "0.5", "1", "--stream", "--chunk", "7")
     assert code == 0
     lines = streamed.splitlines()
     for temperature, text in (("0.5", lines[2]), ("1", lines[4])):
         code, alone, _ = run_cli(capsys, *args, "--temperatures", temperature)
         assert code == 0 and alone.splitlines()[2] == text
+    assert_one_line_error(*run_cli(capsys, *args, "--stream", "--chunk", "0")[::2], "chunk must be a positive integer")
 
 
 def test_generate_with_repetition_controls_and_the_gumbel_sampler(capsys, trained_run):
