@@ -138,7 +138,7 @@ def bench_generate_ids(lm, quick: bool) -> dict:
     decides the default sampler, so a slow spell of the machine must hit both).
     """
     mesh = make_mesh()
-    params = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), lm.params)
+    params = lm.params_on(mesh)
     out = {}
     for streams in (1, 4, 64, 1024, 8192):
         length = 100 if streams == 8192 and quick else LENGTH
