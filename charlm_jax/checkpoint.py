@@ -11,19 +11,47 @@ A checkpoint directory holds numbered steps; three items per step:
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jax
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, CharLMWarning
 
 FORMAT_VERSION = 1
 ITEM_NAMES = ("params", "train", "meta")
+DAMAGED_SUBDIR = "damaged"
+T = TypeVar("T")
+
+
+class CheckpointFallbackWarning(CharLMWarning):
+    """The newest checkpoint was damaged and an older intact one was used (the CLI prints it as one line)."""
+
+
+class DamagedCheckpoint(CharLMError):
+    """A step that cannot be read: files missing or corrupt (``cause`` says how, in a few words)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class CheckpointWriteError(CharLMError):
+    """A checkpoint could not be written (disk full, permissions, read-only file system).
+
+    The previous checkpoint is intact (orbax writes into a temporary directory and renames
+    it when complete); the CLI exits with status 1, as for other failures of the machine.
+    """
+
+    exit_status = 1
 
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it costs ~1 s, and `generate --help` needs none of it
@@ -71,8 +99,8 @@ class CheckpointMeta:
                        skipped_steps_total=int(data.get("skipped_steps_total", 0)),
                        schedule_steps=_optional_int(data.get("schedule_steps")))
         except (KeyError, TypeError, ValueError) as error:
-            raise CharLMError(f"checkpoint {where} has a broken meta record ({error!r}): "
-                              "retrain, or point --checkpoint at an intact run") from None
+            raise DamagedCheckpoint(f"checkpoint {where} has a broken meta record ({error!r}): "
+                                    "retrain, or point --checkpoint at an intact run", "broken meta record") from None
 
 
 def _optional_float(value) -> float | None:
@@ -113,8 +141,51 @@ class CheckpointStore:
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   train=ocp.args.StandardSave(train_state),
                                   meta=ocp.args.JsonSave(meta.to_json()))
-        self._manager.save(meta.step, args=args, force=True)
-        self._manager.wait_until_finished()
+        previous = self.latest_step()
+        try:
+            self._manager.save(meta.step, args=args, force=True)
+            self._manager.wait_until_finished()
+        except Exception as error:  # orbax and tensorstore raise OSError, ValueError, ... for a full disk
+            kept = f"step {previous} is intact" if previous is not None else "no earlier checkpoint exists"
+            raise CheckpointWriteError(f"cannot write checkpoint step {meta.step} in {str(self.directory)!r} "
+                                       f"({describe_error(error)}); {kept}: free space or fix the directory, "
+                                       "then --resume") from None
+
+    def newest_readable(self, read: Callable[[int], T], step: int | None = None,
+                        set_aside: bool = False) -> T:
+        """``read(step)`` of ``step``, or of the newest step it succeeds on.
+
+        The policy for damaged checkpoints: an explicit ``step`` that cannot be read is an error;
+        otherwise a damaged newest step is skipped with a ``CheckpointFallbackWarning`` naming it
+        and the next older one is read. ``set_aside`` (a resuming trainer, which will write these
+        step numbers again) moves the skipped steps into ``<dir>/damaged/`` for inspection.
+        """
+        if step is not None:
+            return read(self._step_or_latest(step))
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            self._step_or_latest(None)  # raises: no checkpoint at all
+        problems = []
+        for candidate in steps:
+            try:
+                value = read(candidate)
+            except DamagedCheckpoint as error:
+                problems.append((candidate, error))
+                continue
+            for damaged, error in problems:
+                moved = self._set_aside(damaged) if set_aside else None
+                warnings.warn(CheckpointFallbackWarning(
+                    f"checkpoint step {damaged} in {str(self.directory)!r} is damaged ({error.cause}); using step "
+                    f"{candidate}" + (f"; the damaged step moved to {str(moved)!r}" if moved else "")), stacklevel=2)
+            return value
+        raise CharLMError(f"no intact checkpoint in {str(self.directory)!r}: {problems[0][1]}")
+
+    def _set_aside(self, step: int) -> Path:
+        target = self.directory / DAMAGED_SUBDIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), target)
+        self._manager.reload()
+        return target
 
     def _step_or_latest(self, step: int | None) -> int:
         if step is None:
@@ -136,10 +207,12 @@ class CheckpointStore:
         except CharLMError:
             raise
         except Exception as error:  # orbax raises many types for a damaged directory
-            raise CharLMError(f"checkpoint {where} is unreadable ({type(error).__name__}): "
-                              "it is corrupt or not a charlm-jax checkpoint; retrain or use another") from None
+            raise DamagedCheckpoint(f"checkpoint {where} is unreadable ({type(error).__name__}): it is corrupt or "
+                                    "not a charlm-jax checkpoint; retrain or use another",
+                                    f"meta unreadable: {type(error).__name__}") from None
         if not isinstance(data, dict):
-            raise CharLMError(f"checkpoint {where} has no meta record: it is not a charlm-jax checkpoint")
+            raise DamagedCheckpoint(f"checkpoint {where} has no meta record: it is not a charlm-jax checkpoint",
+                                    "no meta record")
         return CheckpointMeta.from_json(data, where)
 
     def restore(self, abstract_params, abstract_train_state=None, step: int | None = None):
@@ -152,9 +225,10 @@ class CheckpointStore:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
-            raise CharLMError(f"checkpoint {self.directory}/{step} does not match this model "
-                              f"({type(error).__name__}): it is corrupt or was written by an "
-                              "incompatible version; retrain or use another") from None
+            raise DamagedCheckpoint(f"checkpoint {self.directory}/{step} does not match this model "
+                                    f"({type(error).__name__}): it is corrupt or was written by an "
+                                    "incompatible version; retrain or use another",
+                                    f"arrays unreadable: {type(error).__name__}") from None
         return restored["params"], restored.get("train") if abstract_train_state is not None else None
 
     def close(self) -> None:
@@ -165,6 +239,14 @@ class CheckpointStore:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def describe_error(error: BaseException) -> str:
+    """An OS error as its errno text and path; anything else as its first line, without the stack."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:300]
 
 
 def file_in_the_way(directory: str | os.PathLike) -> Path | None:
@@ -185,11 +267,8 @@ def make_run_directory(directory: str | os.PathLike) -> Path:
         raise CharLMError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
                           "pass an --out you can write to") from None
     if not os.access(path, os.W_OK):
-        raise CharLMError(f"the run directory {str(path)!r} is not writable: pass an --out you can write to")
+        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+        raise CharLMError(f"the run directory {str(path)!r} is not writable "
+                          f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
+                          "write to")
     return path
-
-
-def abstract_tree(tree):
-    """Shapes, dtypes and shardings of a pytree, for restoring into the same layout."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                        tree)

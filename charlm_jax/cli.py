@@ -7,15 +7,20 @@ start only once a command runs, after the CPU has been split into devices (``--c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import sys
+import warnings
 from typing import Any, Sequence
 
 from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, GENERATION_MODES,
                                MAX_NO_REPEAT_NGRAM, SAMPLERS, TrainConfig)
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES
+from charlm_jax.stopping import StopSignals, Stopped
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +69,7 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, metavar="R",
                         help="divide positive (multiply negative) logits of characters seen in the last "
                         "--repetition-window characters by R; > 1 discourages loops (default: off)")
-    parser.add_argument("--repetition-window", type=int, default=DEFAULT_REPETITION_WINDOW, metavar="N",
+    parser.add_argument("--repetition-window", type=int, metavar="N",
                         help=f"characters the penalty looks back over (default: {DEFAULT_REPETITION_WINDOW})")
     parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
                         help=f"never generate a character that repeats an N-gram already in the text "
@@ -74,6 +79,8 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charlm-jax", description=(
         "Character-level LSTM language model (Deep Learning with Python, 8.1) in JAX/Flax."))
+    parser.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error instead of "
+                        f"one line (or set {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model; samples at four temperatures each epoch",
@@ -185,24 +192,54 @@ def _mesh_if_several_devices():
     return make_mesh() if jax.device_count() > 1 else None
 
 
-def run_train(args: argparse.Namespace) -> int:
+def refuse_ineffective(pairs: Sequence[tuple[bool, str]]) -> None:
+    """Options that would be silently dropped in the given combination: refused, each with its fix."""
+    for ineffective, message in pairs:
+        if ineffective:
+            raise CharLMError(message)
+
+
+def given(args: argparse.Namespace, name: str) -> bool:
+    return getattr(args, name, None) is not None
+
+
+def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
-    from charlm_jax.loop import StopReason, fit
+    from charlm_jax.loop import fit
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
+    refuse_ineffective([
+        (given(args, "sha256") and args.text is None,
+         "--sha256 checks a --text file or download and has no effect on a built-in corpus: drop it"),
+        (given(args, "lr_final_fraction") and fresh.lr_schedule != "cosine",
+         "--lr-final-fraction has no effect with a constant learning rate: drop it or pass --lr-schedule cosine"),
+        (given(args, "early_stopping_patience") and fresh.early_stopping_patience and fresh.val_fraction == 0,
+         "--early-stopping-patience needs a validation split, but --val-fraction is 0: drop one of them"),
+        ((given(args, "temperatures") or given(args, "sample_mode")) and fresh.sample_length == 0,
+         "--temperatures/--sample-mode have no effect with --sample-length 0: drop them or sample"),
+        ((given(args, "num_processes") or given(args, "process_id")) and args.coordinator is None,
+         "--num-processes/--process-id need --coordinator HOST:PORT (or set JAX_COORDINATOR_ADDRESS and "
+         "the JAX_ variables instead of the flags)"),
+    ])
     from charlm_jax.distributed import MIN_ROWS_PER_CPU_DEVICE
 
     start_jax(args, fresh.batch_size, MIN_ROWS_PER_CPU_DEVICE)
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
     result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
-                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit)
-    return 130 if result.stop_reason is StopReason.INTERRUPTED else 0
+                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit, stop=stop)
+    return 128 + stop.received if result.stop_reason.by_signal else 0
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
+    refuse_ineffective([
+        (given(args, "chunk") and not args.stream, "--chunk sets the size of streamed pieces and has no effect "
+         "without --stream: drop it or add --stream"),
+        (given(args, "repetition_window") and args.repetition_penalty is None,
+         "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty"),
+    ])
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
 
@@ -210,7 +247,9 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
     options = dict(length=args.length, seed=args.seed, mode=args.mode, top_k=args.top_k, top_p=args.top_p,
                    min_p=args.min_p, sampler=args.sampler, repetition_penalty=args.repetition_penalty,
-                   repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram)
+                   repetition_window=(args.repetition_window if args.repetition_window is not None
+                                      else DEFAULT_REPETITION_WINDOW),
+                   no_repeat_ngram=args.no_repeat_ngram)
     if args.stream:
         chunk = {} if args.chunk is None else {"chunk": args.chunk}
         pieces = [stream(lm, prompt, temperature=t, **chunk, **options) for t in args.temperatures]  # validated
@@ -229,9 +268,11 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     import json
 
+    refuse_ineffective([(given(args, "sha256") and args.text is None,
+                         "--sha256 checks a --text file or download and has no effect on a built-in corpus: drop it")])
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
 
@@ -247,8 +288,11 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_import_keras(args: argparse.Namespace) -> int:
+def run_import_keras(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
+
+    refuse_ineffective([(given(args, "sha256") and args.text is None,
+                         "--sha256 checks a --text file or download and has no effect on --corpus or --chars: drop it")])
     from charlm_jax.keras_import import import_keras
 
     text = None
@@ -264,20 +308,64 @@ def run_import_keras(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval, "import-keras": run_import_keras}
+DEBUG_ENV = "CHARLM_JAX_DEBUG"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure a user or an operator meets ends as one line on stderr.
+
+    Exit statuses: 0 done (a time or step limit included); 1 the machine failed (disk full,
+    permissions, a read-only file system: any OSError, named with its path); 2 bad input; 130 and
+    143 stopped by SIGINT and SIGTERM after saving. ``--debug`` (or ``CHARLM_JAX_DEBUG=1``)
+    lets the traceback through instead.
+    """
     args = build_parser().parse_args(argv)
-    # Orbax logs every save at INFO level through absl; keep the terminal for our own output.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # Orbax logs every save at INFO level through absl, and a failed restore leaves asyncio tasks whose
+    # exceptions asyncio logs at ERROR level; keep the terminal for our own output.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    stop = StopSignals()
+    with stop.installed(), _one_line_warnings(debug):
+        try:
+            return COMMANDS[args.command](args, stop)
+        except Stopped as stopped:
+            print(f"charlm-jax: stopped by {signal.Signals(stopped.signum).name}", file=sys.stderr)
+            return stopped.exit_status
+        except KeyboardInterrupt:
+            print("charlm-jax: stopped by SIGINT", file=sys.stderr)
+            return 130
+        except CharLMError as error:
+            if debug:
+                raise
+            print(f"charlm-jax: error: {error}", file=sys.stderr)
+            return getattr(error, "exit_status", 2)
+        except OSError as error:
+            if debug:
+                raise
+            from charlm_jax.checkpoint import describe_error
+
+            print(f"charlm-jax: error: {describe_error(error)} (rerun with --debug for the traceback)", file=sys.stderr)
+            return 1
+
+
+@contextlib.contextmanager
+def _one_line_warnings(debug: bool):
+    """Our warnings as one ``charlm-jax: warning:`` line each; the noise of libraries' cleanup
+    (orbax's never-awaited coroutines after a failed restore) kept off stderr unless debugging."""
+    previous_show, previous_hook = warnings.showwarning, sys.unraisablehook
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CharLMWarning) or debug:
+            print(f"charlm-jax: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    if not debug:
+        sys.unraisablehook = lambda unraisable: None
     try:
-        return COMMANDS[args.command](args)
-    except CharLMError as error:
-        print(f"charlm-jax: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("charlm-jax: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        warnings.showwarning, sys.unraisablehook = previous_show, previous_hook
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ ships as data and strip their markdown; none of its code is imported.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.metadata
 import os
 import re
@@ -82,8 +83,9 @@ def fetch_url(url: str, *, sha256: str | None = None,
               cache_dir: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
     """Download ``url`` once into the cache (like ``keras.utils.get_file``) and return its path.
 
-    The file is written to a temporary name and renamed, so an interrupted
-    download never leaves a truncated file that later runs would trust.
+    The file is written in blocks to a temporary name and renamed when complete and checked, so
+    an interrupted download (a network error, Ctrl-C, SIGTERM, a full disk) never leaves a file
+    that later runs would trust: the temporary file is removed on the way out.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rsplit("/", 1)[-1]) or "download"
@@ -93,20 +95,33 @@ def fetch_url(url: str, *, sha256: str | None = None,
         if sha256 is not None:
             _check_sha256(target.read_bytes(), sha256, url)
         return target
+    cache.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=cache, prefix=".download-", delete=False)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
+        checksum = hashlib.sha256()
+        with handle, urllib.request.urlopen(url, timeout=timeout) as response:
+            while block := response.read(DOWNLOAD_BLOCK):
+                try:
+                    handle.write(block)
+                except OSError as error:  # the disk, not the network: name the file
+                    raise OSError(error.errno, error.strerror, str(cache)) from None
+                checksum.update(block)
+        if sha256 is not None and checksum.hexdigest() != sha256.lower():
+            raise CharLMError(f"sha256 of {url} is {checksum.hexdigest()}, expected {sha256}: "
+                              "the file changed or the checksum is wrong")
+        os.replace(handle.name, target)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise CharLMError(f"cannot download {url} ({reason}): check the URL and your network, "
                           "or download it yourself and pass the local path") from None
-    if sha256 is not None:
-        _check_sha256(data, sha256, url)
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, target)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
     return target
+
+
+# Bytes read per block of a download: small enough that a stop request is honoured at once.
+DOWNLOAD_BLOCK = 1 << 20
 
 
 def _check_sha256(data: bytes, expected: str, where: str) -> None:

@@ -252,6 +252,11 @@ def sample_ids(params, key: jax.Array, prompt_ids: jax.Array, temperatures: jax.
 # The whole generation as one compiled call; ``sample_ids`` is its body, for callers that bind
 # the static arguments once (``lm.LanguageModel`` does, to skip hashing them on every call).
 generate_ids = jax.jit(sample_ids, static_argnames=GENERATE_STATIC_ARGS)
+# A generation in chunks of steps (the same text): the training loop's per-epoch samples, which
+# must give way to a stop request between chunks however long they are.
+SAMPLE_CHUNK = 200
+stream_start = jax.jit(start_stream, static_argnames=("model", "length", "chunk", "mode", "maxlen", "keep_history"))
+stream_chunk = jax.jit(decode_chunk, static_argnames=("model", "size", "mode", "top_k", "sampler"))
 
 
 def check_mode(mode: str) -> None:

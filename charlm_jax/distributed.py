@@ -8,6 +8,7 @@ communication). The same jitted step runs on one device or many.
 from __future__ import annotations
 
 import os
+import signal
 
 import jax
 import numpy as np
@@ -168,3 +169,28 @@ def shard_rows(mesh: Mesh, *arrays: np.ndarray):
         divides = array.shape[0] % mesh.devices.size == 0
         placed.append(put_global(array, batch_sharding(mesh) if divides else replicated(mesh)))
     return placed
+
+
+def agreed_stop(stop, blocks_run: int) -> bool:
+    """Whether to stop at this block boundary: a stop request, agreed on by every process.
+
+    One process: its own request. Several: a request any of them received (gathered, a few
+    bytes per block), or JAX's preemption service saying this block is the sync point it chose
+    after a SIGTERM reached one of them (in a multi-process run that service owns SIGTERM;
+    ``blocks_run`` counts blocks from 1 in every process alike, as its protocol needs).
+    """
+    if jax.process_count() == 1:
+        return stop.requested
+    from jax.experimental import multihost_utils
+
+    try:
+        preempted = multihost_utils.reached_preemption_sync_point(blocks_run)
+    except RuntimeError:  # the preemption service is switched off (jax_enable_preemption_service)
+        preempted = False
+    received = np.asarray(multihost_utils.process_allgather(np.int32(stop.received or 0)))
+    signum = int(received.max())
+    if preempted and not signum:
+        signum = int(signal.SIGTERM)
+    if signum and not stop.requested:
+        stop.received = signum  # the agreed request, so every process names the same signal
+    return bool(signum)

@@ -9,3 +9,7 @@ and exits with status 2; library callers can catch it.
 
 class CharLMError(Exception):
     """A problem with the user's input, stated with its fix."""
+
+
+class CharLMWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""

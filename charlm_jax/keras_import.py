@@ -76,7 +76,7 @@ def read_keras_model(path: str | os.PathLike) -> KerasModel:
             return _read_legacy_h5(path, h5py)
     except CharLMError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as error:
         raise CharLMError(f"{str(path)!r} is not a readable Keras model ({type(error).__name__}: {error}): "
                           "pass a file saved by model.save()") from None
     raise CharLMError(f"{str(path)!r} is neither a Keras 3 .keras archive nor an HDF5 .h5 file: "
@@ -132,6 +132,9 @@ def _text(value: Any) -> str:
 
 
 def _sequential_layers(config: dict) -> list[dict]:
+    if not isinstance(config, dict):
+        raise CharLMError(f"the model's config is a JSON {type(config).__name__}, not an object: the file is "
+                          "damaged or was not written by model.save()")
     if config.get("class_name") != "Sequential":
         raise CharLMError(f"the model is a {config.get('class_name')!r}, not a Sequential LSTM model as the "
                           "book builds: only Sequential([LSTM(...), ..., Dense(vocab)]) imports")

@@ -81,19 +81,26 @@ class LanguageModel:
 
 
 def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> LanguageModel:
-    """The model saved in a training run's output directory (latest step unless ``step``)."""
+    """The model saved in a training run's output directory (latest intact step unless ``step``).
+
+    A damaged newest step is skipped with a ``CheckpointFallbackWarning`` (see
+    ``CheckpointStore.newest_readable``); an explicit ``step`` that cannot be read is an error.
+    """
     from charlm_jax.checkpoint import CheckpointStore
 
-    with CheckpointStore(checkpoint_dir, create=False) as store:
-        meta = store.restore_meta(step)
+    def read(at: int) -> LanguageModel:
+        meta = store.restore_meta(at)
         model = build_model(meta.config, meta.vocab.size)
         shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), model, meta.config.maxlen))
         # Onto this process's first device, whatever mesh wrote the checkpoint (several hosts' runs too).
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-        params, _ = store.restore(target, step=meta.step)
-    return LanguageModel(params=params, vocab=meta.vocab, config=meta.config,
-                         default_prompt=meta.default_prompt, step=meta.step)
+        params, _ = store.restore(target, step=at)
+        return LanguageModel(params=params, vocab=meta.vocab, config=meta.config,
+                             default_prompt=meta.default_prompt, step=meta.step)
+
+    with CheckpointStore(checkpoint_dir, create=False) as store:
+        return store.newest_readable(read, step)
 
 
 def generate(lm: LanguageModel, prompt: str | None = None, length: int = 400,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,20 +32,25 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, abstract_tree
+from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, make_run_directory
 from charlm_jax.config import TrainConfig, resume_config
 from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches,
                              prepare_text, split_windows)
-from charlm_jax.decode import generate_ids
-from charlm_jax.distributed import (batch_sharding, block_sharding, check_batch_divides, is_main_process,
-                                    make_mesh, put_global, replicated, shard_rows, to_host)
+from charlm_jax.decode import SAMPLE_CHUNK, Sampling, stream_chunk, stream_start
+from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, check_batch_divides,
+                                    is_main_process, make_mesh, put_global, replicated, shard_rows, to_host)
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model
+from charlm_jax.run_lock import RunLock
+from charlm_jax.stopping import StopSignals, Stopped
 from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
                               learning_rate_schedule, make_optimizer, nats_to_bits, train_state_items)
 
 BEST_SUBDIR = "best"
+METRICS_NAME = "metrics.jsonl"
 EVAL_BATCH = 1024
+# A validation this large (a hundred batches or more) takes long enough to say so when it starts.
+ANNOUNCED_VALIDATION = 100 * EVAL_BATCH
 
 
 class StopReason(str, enum.Enum):
@@ -53,14 +58,20 @@ class StopReason(str, enum.Enum):
 
     COMPLETED = "completed"
     EARLY_STOPPING = "early_stopping"
-    INTERRUPTED = "interrupted"  # Ctrl-C
+    INTERRUPTED = "interrupted"  # SIGINT (Ctrl-C)
+    TERMINATED = "terminated"  # SIGTERM (a scheduler's preemption)
     STEP_LIMIT = "step_limit"
     TIME_LIMIT = "time_limit"
 
     @property
     def resumable(self) -> bool:
         """Stopped before its planned epochs; ``resume=True`` continues the run."""
-        return self in (StopReason.INTERRUPTED, StopReason.STEP_LIMIT, StopReason.TIME_LIMIT)
+        return self is not StopReason.COMPLETED and self is not StopReason.EARLY_STOPPING
+
+    @property
+    def by_signal(self) -> bool:
+        """Stopped by a signal (the CLI exits 128 + its number: 130 for SIGINT, 143 for SIGTERM)."""
+        return self in (StopReason.INTERRUPTED, StopReason.TERMINATED)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class Run:
     best_store: CheckpointStore
     out_dir: Path
     console: Console
+    stop: StopSignals
     default_prompt: str
     steps_per_epoch: int
     total_steps: int
@@ -153,41 +165,20 @@ class FitResult:
     best_val_bits_per_char: float | None = None
 
     @property
-    def interrupted(self) -> bool:
-        """Stopped before its planned epochs by Ctrl-C or a step/time limit (resumable)."""
+    def resumable(self) -> bool:
+        """Stopped before its planned epochs (a signal, a step or time limit): ``resume=True`` continues it."""
         return self.stop_reason.resumable
 
-
-class StopFlag:
-    """Ctrl-C sets a flag the loop checks between blocks, so no save is ever cut in half.
-
-    A second Ctrl-C raises KeyboardInterrupt at once, for a user who really wants out.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextlib.contextmanager
-    def on_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by SIGINT or SIGTERM (a time or step limit is not an interruption)."""
+        return self.stop_reason.by_signal
 
 
 def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
         overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
         stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
-        show_progress: bool = True) -> FitResult:
+        show_progress: bool = True, stop: StopSignals | None = None) -> FitResult:
     """Train on ``text``, checkpointing into ``out_dir``; see the module docstring.
 
     ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
@@ -196,15 +187,21 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     with ``resume=True`` must match the saved one in every other field.
     ``stop_after_steps`` / ``stop_after_seconds`` (training time, validation excluded, counted
     across resumes) stop the run there: the partial epoch is validated, recorded and
-    checkpointed, and ``resume=True`` continues it.
+    checkpointed, and ``resume=True`` continues it. SIGINT and SIGTERM stop it too (see
+    ``charlm_jax.stopping``): the checkpoint is saved at the last completed step. ``stop``
+    is the caller's own ``StopSignals`` (the CLI's, installed for the whole command); by
+    default ``fit`` routes both signals to a new one while it runs.
     """
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
     mesh = mesh or make_mesh()
     out_dir = Path(out_dir)
-    stop = StopFlag()
-    with CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store, \
-            stop.on_sigint():
-        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console)
+    own_signals = stop is None
+    stop = stop or StopSignals()
+    make_run_directory(out_dir)
+    with (stop.installed() if own_signals else _nothing()), stop.deferred(), \
+            (RunLock(out_dir) if is_main_process() else _nothing()), \
+            CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store:
+        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop)
         result = FitResult(state=state.train, vocab=run.vocab, config=run.config)
         console.print(f"[bold]charlm-jax[/] {len(run.text):,} characters, vocabulary {run.vocab.size}, "
                       f"{len(run.split.train_starts):,} training windows, {len(run.split.val_starts):,} "
@@ -217,49 +214,56 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
         reason = None
         timed_blocks = 0  # the first block of a process includes compiling
         with progress:
-            while reason is None and state.epoch < run.config.epochs:
-                epoch = state.epoch + 1
-                first_batch = state.step - state.epoch * run.steps_per_epoch
-                task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
-                                         loss=float("nan"), speed="-", skipped=state.skipped_total)
-                stats = EpochStats()
-                for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, state.epoch), run.split.train_starts,
-                                          run.config.batch_size, run.config.steps_per_call, first_batch):
-                    if stop_after_steps is not None:
-                        block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
-                    if len(block) == 0:
-                        reason = StopReason.STEP_LIMIT
+            try:
+                while reason is None and state.epoch < run.config.epochs:
+                    epoch = state.epoch + 1
+                    first_batch = state.step - state.epoch * run.steps_per_epoch
+                    task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
+                                             loss=float("nan"), speed="-", skipped=state.skipped_total)
+                    stats = EpochStats()
+                    for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, state.epoch),
+                                              run.split.train_starts, run.config.batch_size,
+                                              run.config.steps_per_call, first_batch):
+                        if stop_after_steps is not None:
+                            block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
+                        if len(block) == 0:
+                            reason = StopReason.STEP_LIMIT
+                            break
+                        seconds = train_block(run, state, stats, block)
+                        timed_blocks += 1
+                        if timed_blocks == 2 and stop_after_seconds is not None and not state.schedule_fitted:
+                            plan_schedule(run, state, stop_after_seconds, seconds / len(block))
+                        progress.update(task, completed=state.step - state.epoch * run.steps_per_epoch,
+                                        loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
+                                        speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
+                                        skipped=state.skipped_total)
+                        reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds, timed_blocks)
+                        if reason is not None:
+                            break
+                        if evaluation_due(run.config, state, len(block)) and state.step < epoch * run.steps_per_epoch:
+                            result.history.append(finish_epoch(run, state, epoch, stats, partial=True))
+                            stats = EpochStats()
+                    progress.remove_task(task)
+                    if reason is not None and reason.by_signal:
                         break
-                    seconds = train_block(run, state, stats, block)
-                    timed_blocks += 1
-                    if timed_blocks == 2 and stop_after_seconds is not None and not state.schedule_fitted:
-                        plan_schedule(run, state, stop_after_seconds, seconds / len(block))
-                    progress.update(task, completed=state.step - state.epoch * run.steps_per_epoch,
-                                    loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
-                                    speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
-                                    skipped=state.skipped_total)
-                    reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds)
-                    if reason is not None:
-                        break
-                    if evaluation_due(run.config, state, len(block)) and state.step < epoch * run.steps_per_epoch:
-                        result.history.append(finish_epoch(run, state, epoch, stats, partial=True))
-                        stats = EpochStats()
-                progress.remove_task(task)
-                if reason is StopReason.INTERRUPTED:
-                    save_checkpoint(run, state)
-                    console.print(f"[yellow]interrupted[/]: checkpoint saved at step {state.step} in {out_dir}; "
-                                  "continue with --resume")
-                    break
-                epoch_done = state.step == epoch * run.steps_per_epoch
-                if epoch_done:
-                    state.epoch = epoch
-                result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
-                if reason is None and stalled(run.config, state):
-                    console.print(f"early stopping: validation has not improved for "
-                                  f"{run.config.early_stopping_patience} epoch(s); best "
-                                  f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, "
-                                  f"kept in {out_dir / BEST_SUBDIR}")
-                    reason = StopReason.EARLY_STOPPING
+                    epoch_done = state.step == epoch * run.steps_per_epoch
+                    if epoch_done:
+                        state.epoch = epoch
+                    result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
+                    if reason is None and stalled(run.config, state):
+                        console.print(f"early stopping: validation has not improved for "
+                                      f"{run.config.early_stopping_patience} epoch(s); best "
+                                      f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, "
+                                      f"kept in {out_dir / BEST_SUBDIR}")
+                        reason = StopReason.EARLY_STOPPING
+            except Stopped as stopped:  # a validation or sample that a stop request abandoned
+                if stopped.forced:
+                    raise
+                reason = signal_reason(stop)
+        if reason is not None and reason.by_signal:
+            save_checkpoint(run, state)
+            console.print(f"stopped by {stop.name} at step {state.step}; checkpoint in {out_dir}; resume with "
+                          f"charlm-jax train --out {out_dir} --resume")
     if state.best_epoch is not None and reason is not StopReason.EARLY_STOPPING:
         console.print(f"best validation {state.best_val_bits_per_char:.3f} bits/char at epoch "
                       f"{state.best_epoch}, kept in {out_dir / BEST_SUBDIR}")
@@ -268,8 +272,14 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     return result
 
 
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
 def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str, store: CheckpointStore,
-                    best_store: CheckpointStore, resume: bool, mesh, console: Console) -> tuple[Run, RunState]:
+                    best_store: CheckpointStore, resume: bool, mesh, console: Console,
+                    stop: StopSignals | None = None) -> tuple[Run, RunState]:
     """The run's fixed parts and its state: fresh, or restored from the latest checkpoint.
 
     On resume the run's config is the saved one with ``overrides`` (and, given a full
@@ -280,7 +290,12 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     if latest is not None and not resume:
         raise CharLMError(f"{str(store.directory)!r} already holds a run (step {latest}): pass --resume to "
                           "continue it, or choose another --out")
-    meta = store.restore_meta(latest) if latest is not None else None
+    meta, saved = None, None
+    if latest is not None:
+        meta, saved = store.newest_readable(partial(read_checkpoint, store, mesh), set_aside=True)
+        dropped = drop_records_after(Path(store.directory) / METRICS_NAME, meta.step) if is_main_process() else 0
+        if dropped:
+            console.print(f"{dropped} record(s) past step {meta.step} removed from {METRICS_NAME}")
     if meta is None:
         config = replace(config or TrainConfig(), **overrides)
     else:
@@ -305,8 +320,7 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
     state = RunState(train=train_state, step=0, epoch=0, schedule_steps=total_steps)
     if meta is not None:
-        params, items = store.restore(abstract_tree(train_state.params), abstract_tree(train_state_items(train_state)),
-                                      step=meta.step)
+        params, items = saved
         schedule_steps = meta.schedule_steps or total_steps
         state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"],
                                                    tx=make_optimizer(config, schedule_steps)),
@@ -320,11 +334,23 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     run = Run(config=config, text=text, vocab=vocab, split=split,
               corpus=put_global(vocab.encode(text), replicated(mesh)), keys=keys, model=model,
               steps=compile_steps(model, config, mesh), mesh=mesh, store=store, best_store=best_store,
-              out_dir=Path(store.directory), console=console, default_prompt="", steps_per_epoch=steps_per_epoch,
-              total_steps=total_steps)
+              out_dir=Path(store.directory), console=console, stop=stop or StopSignals(), default_prompt="",
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     default_prompt = meta.default_prompt if meta is not None else sample_prompt(
         run.keys.epoch_samples(1)[0], text, run.train_chars, config.maxlen)
     return replace(run, default_prompt=default_prompt), state
+
+
+def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[CheckpointMeta, tuple[Any, Any]]:
+    """A resumable checkpoint's meta, parameters and optimizer items, replicated over ``mesh``.
+
+    The shapes come from the saved config (the fields a resume may change leave them alone).
+    """
+    meta = store.restore_meta(step)
+    shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), meta.config, meta.vocab.size, 1))
+    placed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
+                          (shapes.params, train_state_items(shapes)))
+    return meta, store.restore(*placed, step=step)
 
 
 def plan_schedule(run: Run, state: RunState, budget_seconds: float, step_seconds: float) -> None:
@@ -385,16 +411,25 @@ def evaluation_due(config: TrainConfig, state: RunState, block_steps: int) -> bo
     return bool(every) and state.step // every > (state.step - block_steps) // every
 
 
-def stop_reason(stop: StopFlag, state: RunState, max_steps: int | None,
-                max_seconds: float | None) -> StopReason | None:
-    """Whether to stop at this block boundary, and why."""
-    if stop.requested:
-        return StopReason.INTERRUPTED
+def stop_reason(stop: StopSignals, state: RunState, max_steps: int | None, max_seconds: float | None,
+                blocks_run: int) -> StopReason | None:
+    """Whether to stop at this block boundary, and why.
+
+    With several processes every one must stop at the same block: a signal one of them got is
+    agreed on through a collective (``distributed.agreed_stop``, which also asks JAX's preemption
+    service, the owner of SIGTERM in a multi-process run, whether this block is its sync point).
+    """
+    if agreed_stop(stop, blocks_run):
+        return signal_reason(stop)
     if max_steps is not None and state.step >= max_steps:
         return StopReason.STEP_LIMIT
     if max_seconds is not None and state.train_seconds >= max_seconds:
         return StopReason.TIME_LIMIT
     return None
+
+
+def signal_reason(stop: StopSignals) -> StopReason:
+    return StopReason.TERMINATED if stop.name == "SIGTERM" else StopReason.INTERRUPTED
 
 
 def stalled(config: TrainConfig, state: RunState) -> bool:
@@ -421,7 +456,11 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
         record.update(grad_norm_mean=float(np.mean(stats.grad_norms)), grad_norm_max=float(np.max(stats.grad_norms)))
     if len(run.split.val_starts):
         started = time.perf_counter()
-        val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh)
+        if len(run.split.val_starts) >= ANNOUNCED_VALIDATION:
+            console.print(f"validating on {len(run.split.val_starts):,} held-out windows (a stop request "
+                          "drops it and saves the last completed step)")
+        val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh,
+                            run.stop)
         record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
                       eval_seconds=round(time.perf_counter() - started, 3))
     console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
@@ -442,16 +481,49 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
     bits = record.get("val_bits_per_char")
     improved = bits is not None and math.isfinite(bits) and (
         state.best_val_bits_per_char is None or bits < state.best_val_bits_per_char)
+    # The run's own checkpoint first (a crash between the two saves loses nothing), then the best, and
+    # the record last: metrics.jsonl never holds a step whose checkpoint was not written.
+    save_checkpoint(run, state)
     if improved:
         record["best"] = True
-    if is_main_process():
-        with (run.out_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-    save_checkpoint(run, state)  # the run's own checkpoint first: a crash between the two saves loses nothing
-    if improved:
+        with run.stop.critical():
+            run.best_store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state, bits))
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
-        run.best_store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state, bits))
+    if is_main_process():
+        append_record(run.out_dir / METRICS_NAME, record)
     return record
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One line of ``metrics.jsonl``, written whole (a short write on a full disk is an OSError, not half a line)."""
+    line = (json.dumps(record) + "\n").encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.write(descriptor, line) != len(line):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    finally:
+        os.close(descriptor)
+
+
+def drop_records_after(path: Path, step: int) -> int:
+    """Remove ``metrics.jsonl`` records past ``step`` (a resume from an older checkpoint than the newest
+    record: the damaged newest was skipped); returns how many went. Rewritten atomically."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) != len(lines):
+        temporary = path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(kept))
+        os.replace(temporary, path)
+    return len(lines) - len(kept)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a torn last line from a crash: dropped with the records past the checkpoint
 
 
 def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:
@@ -464,16 +536,23 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
 
 def save_checkpoint(run: Run, state: RunState) -> None:
     if run.store.latest_step() != state.step:  # a stop right after an epoch's checkpoint saves nothing new
-        run.store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state))
+        with run.stop.critical():
+            run.store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state))
 
 
-def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh) -> float:
-    """Mean next-character NLL (nats) over every validation window."""
+def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh, stop: StopSignals | None = None) -> float:
+    """Mean next-character NLL (nats) over every validation window.
+
+    A stop request abandons it between batches (``Stopped``); with several processes the
+    batches are collectives every process must run, so there it runs to the end.
+    """
     devices = mesh.devices.size
     batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
     data = batch_sharding(mesh)
+    poll = stop.check if stop is not None and jax.process_count() == 1 else (lambda: None)
     for starts, weights in padded_eval_batches(val_starts, batch):
+        poll()
         nll_sum, n = eval_fn(params, corpus, put_global(starts, data), put_global(weights, data))
         total += float(to_host(nll_sum))
         count += float(to_host(n))
@@ -487,16 +566,29 @@ def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> s
 
 
 def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, str]:
-    """The book's per-epoch samples, all temperatures in one call, rows split over the mesh."""
+    """The book's per-epoch samples, all temperatures as rows of one batch split over the mesh.
+
+    Generated in chunks of ``SAMPLE_CHUNK`` steps (the text is the same as one whole call's) so
+    that a stop request is honoured between chunks however long the samples are.
+    """
     config = run.config
     if config.sample_length == 0 or not config.temperatures:
         return {}
     temps = np.asarray(config.temperatures, np.float32)
     prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (len(temps), len(prompt)))
     prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, temps)
-    ids = generate_ids(params, key, prompt_rows, temp_rows, model=run.model,
-                       length=config.sample_length, mode=config.sample_mode, maxlen=config.maxlen)
-    return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, to_host(ids))}
+    length, chunk = config.sample_length, min(SAMPLE_CHUNK, config.sample_length)
+    poll = run.stop.check if jax.process_count() == 1 else (lambda: None)
+    state, step_keys = stream_start(params, prompt_rows, key, model=run.model, length=length, chunk=chunk,
+                                    mode=config.sample_mode, maxlen=config.maxlen)
+    pieces = []
+    for begin in range(0, length, chunk):
+        poll()
+        state, ids = stream_chunk(params, state, step_keys, np.int32(begin), Sampling(temp_rows), model=run.model,
+                                  size=chunk, mode=config.sample_mode)
+        pieces.append(to_host(ids)[:, :length - begin])
+    ids = np.concatenate(pieces, axis=1)  # (temperatures, length)
+    return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, ids)}
 
 
 def describe_mesh(mesh) -> str:

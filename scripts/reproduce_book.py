@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     except CharLMError as error:
         print(f"reproduce_book: error: {error}", file=sys.stderr)
         return 2
-    return 130 if result.interrupted else 0
+    exit_status = {"interrupted": 130, "terminated": 143}  # the CLI's: 128 + SIGINT's or SIGTERM's number
+    return exit_status.get(result.stop_reason.value, 0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.checkpoint import CheckpointStore
+from charlm_jax.checkpoint import CheckpointFallbackWarning, CheckpointStore
 from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
 
@@ -32,7 +32,7 @@ def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_t
     config = tiny_config(epochs=2, dropout=0.1, sample_length=0)
     whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
     first = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, stop_after_steps=7)
-    assert first.interrupted and int(first.state.step) == 7
+    assert first.resumable and not first.interrupted and int(first.state.step) == 7
     resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, resume=True)
     assert int(resumed.state.step) == int(whole.state.step)
     assert_trees_equal(resumed.state.params, whole.state.params)
@@ -63,18 +63,25 @@ def test_missing_checkpoint_directory_is_a_clear_error(tmp_path):
         charlm_jax.load(tmp_path / "empty")
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, trained_run):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one_with_a_warning(tmp_path, trained_run):
+    """The policy: the newest intact step is used, the damaged one named in a warning; a step asked for by
+    number is never replaced; with no intact step left, a clear error."""
     out, result = trained_run
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
-    step_dir = broken / str(int(result.state.step))
-    for path in (step_dir / "params").rglob("*"):
+    newest = int(result.state.step)
+    older = charlm_jax.load(out, step=newest // 2)
+    for path in (broken / str(newest) / "params").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"garbage")
+    with pytest.warns(CheckpointFallbackWarning, match=f"step {newest} .* is damaged .*using step {newest // 2}"):
+        fallen_back = charlm_jax.load(broken)
+    assert fallen_back.step == newest // 2
+    assert_trees_equal(fallen_back.params, older.params)
     with pytest.raises(CharLMError, match="corrupt"):
-        charlm_jax.load(broken)
-    shutil.rmtree(step_dir / "meta")
-    with pytest.raises(CharLMError):
+        charlm_jax.load(broken, step=newest)
+    shutil.rmtree(broken / str(newest // 2) / "meta")
+    with pytest.raises(CharLMError, match="no intact checkpoint"):
         charlm_jax.load(broken)
 
 

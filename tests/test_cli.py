@@ -175,25 +175,6 @@ def test_subprocess_error_has_no_traceback_and_exit_2(tmp_path):
     assert result.stderr.strip().startswith("charlm-jax: error:") and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, text_file):
-    out = tmp_path / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_file), "--out", str(out),
-               "--epochs", "1000", "--maxlen", "12", "--hidden-size", "16", "--batch-size", "16",
-               "--sample-length", "0", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "checkpoint saved at step" in stdout and "Traceback" not in stderr
-    from charlm_jax.lm import load
-
-    assert load(out).step > 0
-
-
 def test_generate_stream_prints_what_generate_prints_for_each_temperature(capsys, trained_run):
     """Each streamed temperature is the text `generate --temperatures T` gives for it alone (a batch of
     several temperatures draws other random numbers for its later rows)."""

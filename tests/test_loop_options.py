@@ -44,7 +44,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     # validation never improves after epoch 1.
     config = tiny_config(epochs=10, learning_rate=1e-30, early_stopping_patience=2, sample_length=0)
     result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
-    assert result.stop_reason == "early_stopping" and not result.interrupted
+    assert result.stop_reason == "early_stopping" and not result.resumable
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.best_epoch == 1
     assert len({r["val_bits_per_char"] for r in result.history}) == 1
@@ -59,7 +59,7 @@ def test_early_stopping_is_off_by_default(tmp_path, tiny_text):
 def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_path, tiny_text):
     config = tiny_config(epochs=2, sample_length=0)
     first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=1e-9)
-    assert first.stop_reason == "time_limit" and first.interrupted
+    assert first.stop_reason == "time_limit" and first.resumable and not first.interrupted
     partial = records_of(tmp_path)[-1]
     assert partial["partial_epoch"] and partial["epoch"] == 1 and np.isfinite(partial["val_bits_per_char"])
     assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == config.steps_per_call  # one block
