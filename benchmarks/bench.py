@@ -43,6 +43,7 @@ from charlm_jax.data import Vocab  # noqa: E402
 from charlm_jax.decode import generate_ids  # noqa: E402
 from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows  # noqa: E402
 from charlm_jax.model import build_model, init_params  # noqa: E402
+from charlm_jax.options import GenerationOptions  # noqa: E402
 from charlm_jax.train import compile_steps, create_train_state  # noqa: E402
 
 from common import (first_call_seconds, interleaved, platform_tag, device_name, timed, versions,  # noqa: E402
@@ -74,15 +75,16 @@ def bench_public_api(lm, quick: bool) -> dict:
     prompt, mesh = lm.default_prompt, make_mesh()
     fns = {}
     for sampler in SAMPLERS:
-        fns[f"stateful_1_{sampler}"] = lambda s=sampler: charlm_jax.generate(lm, prompt, LENGTH, [1.0], seed=1,
-                                                                              sampler=s)
+        fns[f"stateful_1_{sampler}"] = lambda s=sampler: charlm_jax.generate(lm, prompt, length=LENGTH,
+                                                                              temperatures=[1.0], seed=1, sampler=s)
         fns[f"stateful_4temps_{sampler}"] = lambda s=sampler: charlm_jax.generate(
-            lm, prompt, LENGTH, TEMPERATURES, seed=1, sampler=s, mesh=mesh)
+            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s, mesh=mesh)
         fns[f"stateful_4temps_one_device_{sampler}"] = lambda s=sampler: charlm_jax.generate(
-            lm, prompt, LENGTH, TEMPERATURES, seed=1, sampler=s)
+            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s)
     window_length = 100 if quick else LENGTH
-    fns["window_1"] = lambda: charlm_jax.generate(lm, prompt, window_length, [1.0], seed=1, mode="window")
-    fns["window_4temps"] = lambda: charlm_jax.generate(lm, prompt, window_length, TEMPERATURES, seed=1,
+    fns["window_1"] = lambda: charlm_jax.generate(lm, prompt, length=window_length, temperatures=[1.0], seed=1,
+                                                  mode="window")
+    fns["window_4temps"] = lambda: charlm_jax.generate(lm, prompt, length=window_length, temperatures=TEMPERATURES, seed=1,
                                                        mode="window", mesh=mesh)
     book = keras_book_loop(quick)
     if book is not None:
@@ -148,9 +150,11 @@ def bench_generate_ids(lm, quick: bool) -> dict:
         run_params = params if streams > 1 else lm.params
         calls, compile_s = {}, {}
         for sampler in SAMPLERS:
-            def call(sampler=sampler, run_params=run_params, rows=rows, length=length):
-                return generate_ids(run_params, jax.random.key(1), *rows, model=lm.model, length=length,
-                                    maxlen=MAXLEN, sampler=sampler).block_until_ready()
+            options = GenerationOptions(length=length, temperatures=temps, sampler=sampler).with_rows(rows[1])
+
+            def call(options=options, run_params=run_params, prompts=rows[0]):
+                return generate_ids(run_params, jax.random.key(1), prompts, options, model=lm.model,
+                                    maxlen=MAXLEN).block_until_ready()
 
             compile_s[sampler], calls[sampler] = first_call_seconds(call), call
         rounds = 2 if streams >= 1024 else (3 if quick else 9)
@@ -163,16 +167,16 @@ def bench_generate_ids(lm, quick: bool) -> dict:
 def bench_streaming(lm, quick: bool) -> dict:
     """charlm_jax.stream against one generate call: cost per character and time to the first piece."""
     prompt = lm.default_prompt
-    fns = {"generate": lambda: charlm_jax.generate(lm, prompt, LENGTH, [1.0], seed=1)}
+    fns = {"generate": lambda: charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[1.0], seed=1)}
     for chunk in STREAM_CHUNKS:
-        fns[f"stream_{chunk}"] = lambda c=chunk: list(charlm_jax.stream(lm, prompt, LENGTH, 1.0, seed=1, chunk=c))
+        fns[f"stream_{chunk}"] = lambda c=chunk: list(charlm_jax.stream(lm, prompt, length=LENGTH, temperature=1.0, seed=1, chunk=c))
     results = interleaved(fns, rounds=5 if quick else 10)
     out = {name: per_char(stats, LENGTH) for name, stats in results.items()}
     for chunk in STREAM_CHUNKS:
         firsts = []
         for _ in range(5):
             start = time.perf_counter()
-            next(iter(charlm_jax.stream(lm, prompt, LENGTH, 1.0, seed=1, chunk=chunk)))
+            next(iter(charlm_jax.stream(lm, prompt, length=LENGTH, temperature=1.0, seed=1, chunk=chunk)))
             firsts.append(time.perf_counter() - start)
         out[f"stream_{chunk}"]["first_piece_s"] = float(np.median(firsts))
         out[f"stream_{chunk}"]["ratio_to_generate"] = out[f"stream_{chunk}"]["median_s"] / out["generate"]["median_s"]

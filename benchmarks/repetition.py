@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     rows, samples = [], {}
     for temperature in TEMPERATURES:
         for name, options in OPTIONS.items():
-            outputs = [charlm_jax.generate(lm, prompt, LENGTH, [temperature], seed=i, **options)[0]
+            outputs = [charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[temperature], seed=i, **options)[0]
                        for i, prompt in enumerate(prompts)]
             bits = [charlm_jax.bits_per_char(lm, prompt + out, mode="stateful") for prompt, out in zip(prompts, outputs)]
             rows.append({"temperature": temperature, "option": name, **options,

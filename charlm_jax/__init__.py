@@ -16,11 +16,13 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.keras_import import import_keras
 from charlm_jax.lm import LanguageModel, bits_per_char, generate, load, score, stream
 from charlm_jax.loop import FitResult, fit
+from charlm_jax.options import GenerationOptions
 from charlm_jax.recipes import RECIPES, recipe_config
 from charlm_jax.sampling import sample
 
 __all__ = [
-    "BOOK_TEMPERATURES", "CharLMError", "FitResult", "LanguageModel", "RECIPES", "TrainConfig", "Vocab",
+    "BOOK_TEMPERATURES", "CharLMError", "FitResult", "GenerationOptions", "LanguageModel", "RECIPES", "TrainConfig",
+    "Vocab",
     "bits_per_char", "fit", "generate", "generate_ids", "import_keras", "load", "load_text", "recipe_config",
     "sample", "score",
     "stream",

@@ -240,27 +240,32 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         (given(args, "repetition_window") and args.repetition_penalty is None,
          "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty"),
     ])
+    if args.chunk is not None and args.chunk < 1:
+        raise CharLMError(f"chunk must be a positive integer, got {args.chunk}: pass e.g. --chunk 200")
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
+    from charlm_jax.options import GenerationOptions
 
+    options = GenerationOptions(
+        length=args.length, temperatures=args.temperatures, mode=args.mode, sampler=args.sampler, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        repetition_window=args.repetition_window if args.repetition_window is not None else DEFAULT_REPETITION_WINDOW,
+        no_repeat_ngram=args.no_repeat_ngram)  # every option checked here, before the checkpoint is read
     lm = load(args.checkpoint, step=args.step)
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
-    options = dict(length=args.length, seed=args.seed, mode=args.mode, top_k=args.top_k, top_p=args.top_p,
-                   min_p=args.min_p, sampler=args.sampler, repetition_penalty=args.repetition_penalty,
-                   repetition_window=(args.repetition_window if args.repetition_window is not None
-                                      else DEFAULT_REPETITION_WINDOW),
-                   no_repeat_ngram=args.no_repeat_ngram)
-    if args.stream:
-        chunk = {} if args.chunk is None else {"chunk": args.chunk}
-        pieces = [stream(lm, prompt, temperature=t, **chunk, **options) for t in args.temperatures]  # validated
-    else:
-        texts = generate(lm, prompt, temperatures=args.temperatures, mesh=_mesh_if_several_devices(), **options)
+    lm.encode_prompt(prompt)  # unknown characters refused before anything is printed
+    chunk = {} if args.chunk is None else {"chunk": args.chunk}
+    if not args.stream:
+        texts = generate(lm, prompt, options, seed=args.seed, mesh=_mesh_if_several_devices())
     print(f'--- Generating with seed: "{prompt}"')
     for index, temperature in enumerate(args.temperatures):
         print(f"------ temperature: {temperature:g}")
         if args.stream:
+            # Row ``index`` of the unstreamed call: the same text, whatever the chunk.
+            pieces = stream(lm, prompt, options.replace(temperatures=[temperature]), seed=args.seed, row=index,
+                            **chunk)
             print(prompt, end="", flush=True)
-            for piece in pieces[index]:
+            for piece in pieces:
                 print(piece, end="", flush=True)
             print()
         else:

@@ -3,34 +3,38 @@
     lm = charlm_jax.load("runs/book")
     texts = charlm_jax.generate(lm, "the meaning of ", length=400,
                                 temperatures=(0.2, 0.5, 1.0, 1.2), seed=0)
-    for piece in charlm_jax.stream(lm, "the meaning of ", temperature=0.5):
+    options = charlm_jax.GenerationOptions(length=400, temperatures=(0.5,), top_p=0.9)
+    for piece in charlm_jax.stream(lm, "the meaning of ", options):
         print(piece, end="", flush=True)
     bits = charlm_jax.bits_per_char(lm, held_out_text)
 
-A ``LanguageModel`` keeps its compiled generation functions, so a second call with the same
-shapes costs what the computation costs: no tracing, no hashing of the model, no re-upload.
+``generate`` and ``stream`` take the decoding options as one ``GenerationOptions`` or as its
+fields in keywords (converted at this edge); either way the compiled scans of ``decode`` are
+called with it whole, and their caches are shared with every other caller: a second call with the
+same shapes and static options compiles nothing.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import Iterator, Sequence
+from functools import cached_property
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 
-from charlm_jax.config import BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, TrainConfig
+from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, prepare_text
-from charlm_jax.decode import Sampling, decode_chunk, sample_ids, start_stream, validate_generation_args
+from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, stream_chunk, stream_start
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
+from charlm_jax.options import GenerationOptions
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
 # 1.2x one generate call per character (1.08x on 2 CPU cores; 64 cost 1.40x).
-DEFAULT_STREAM_CHUNK = 200
+DEFAULT_STREAM_CHUNK = SAMPLE_CHUNK
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,6 @@ class LanguageModel:
         return self.vocab.encode(prepare_text(prompt, self.config.lowercase), what="prompt")
 
     @cached_property
-    def _compiled(self) -> dict:
-        """jitted functions by their static arguments (each jit then caches its shapes)."""
-        return {}
-
-    @cached_property
     def _placed(self) -> dict:
         """The parameters replicated over each mesh they were asked for."""
         return {}
@@ -70,14 +69,6 @@ class LanguageModel:
 
             self._placed[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
         return self._placed[mesh]
-
-    def compiled(self, kind: str, **static):
-        """The jitted ``kind`` ("generate", "start", "chunk") with ``static`` arguments bound."""
-        key = (kind, tuple(sorted(static.items())))
-        if key not in self._compiled:
-            body = {"generate": sample_ids, "start": start_stream, "chunk": decode_chunk}[kind]
-            self._compiled[key] = jax.jit(partial(body, model=self.model, **static))
-        return self._compiled[key]
 
 
 def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> LanguageModel:
@@ -103,73 +94,86 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
         return store.newest_readable(read, step)
 
 
-def generate(lm: LanguageModel, prompt: str | None = None, length: int = 400,
-             temperatures: Sequence[float] | float = BOOK_TEMPERATURES, seed: int | jax.Array = 0,
-             mode: str = "stateful", *, top_k: int | None = None, top_p: float | None = None,
-             min_p: float | None = None, sampler: str = DEFAULT_SAMPLER, repetition_penalty: float | None = None,
-             repetition_window: int = DEFAULT_REPETITION_WINDOW, no_repeat_ngram: int | None = None,
-             include_prompt: bool = False, mesh=None) -> list[str]:
-    """One generated string per temperature, all drawn in one jitted call.
+def generation_options(options: GenerationOptions | None, settings: dict[str, Any]) -> GenerationOptions:
+    """The options of a call: a ``GenerationOptions``, or its fields as keywords; not both."""
+    if "temperature" in settings:  # the singular spelling, for one row
+        settings["temperatures"] = (settings.pop("temperature"),)
+    if options is not None:
+        if settings:
+            raise CharLMError(f"pass the options either as GenerationOptions or as keywords, not both "
+                              f"(got {sorted(settings)} besides options=)")
+        return options
+    try:
+        return GenerationOptions(**settings)
+    except TypeError:
+        unknown = sorted(set(settings) - set(GenerationOptions.__dataclass_fields__))
+        raise CharLMError(f"unknown generation option(s) {unknown}: see charlm_jax.GenerationOptions") from None
+
+
+def generate(lm: LanguageModel, prompt: str | None = None, options: GenerationOptions | None = None, *,
+             seed: int | jax.Array = 0, include_prompt: bool = False, mesh=None, **settings: Any) -> list[str]:
+    """One generated string per temperature (per row of ``options``), all drawn in one jitted call.
 
     ``prompt`` defaults to the excerpt of training text saved in the checkpoint; it goes
     through the training preprocessing (lower-casing by default), and characters outside
     the vocabulary are refused with an error naming them. ``seed`` is an int or a
-    ``jax.random`` key. Filters and repetition controls: see ``charlm_jax.sampling``. With a
-    ``mesh`` (``charlm_jax.distributed.make_mesh``) the rows are split over its devices; the
-    text is the same as unsharded for the same seed.
+    ``jax.random`` key. ``settings``: ``GenerationOptions`` fields (``length``,
+    ``temperatures``, ``mode``, ``sampler``, ``top_k``, ``top_p``, ``min_p``,
+    ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``) when ``options`` is not
+    given. With a ``mesh`` (``charlm_jax.distributed.make_mesh``) the rows are split over its
+    devices; each row's text depends only on the seed, its index and its settings.
     """
-    temps = validate_generation_args(length, temperatures, mode, top_k=top_k, top_p=top_p, min_p=min_p,
-                                     sampler=sampler, repetition_penalty=repetition_penalty,
-                                     repetition_window=repetition_window, no_repeat_ngram=no_repeat_ngram)
+    options = generation_options(options, settings)
     prompt = lm.default_prompt if prompt is None else prompt
-    prompt_rows = np.broadcast_to(lm.encode_prompt(prompt), (len(temps), len(prompt)))  # (temps, prompt)
-    key = np.int32(seed) if isinstance(seed, (int, np.integer)) else seed
+    prompt_rows = np.broadcast_to(lm.encode_prompt(prompt), (options.rows, len(prompt)))  # (rows, prompt)
     params = lm.params
     if mesh is not None:
         from charlm_jax.distributed import shard_rows
 
         params = lm.params_on(mesh)
-        prompt_rows, temps = shard_rows(mesh, prompt_rows, temps)
-    run = lm.compiled("generate", length=int(length), mode=mode, maxlen=lm.config.maxlen, top_k=top_k,
-                      sampler=sampler)
-    ids = run(params, key, prompt_rows, temps, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-              repetition_window=repetition_window, no_repeat_ngram=no_repeat_ngram)
+        prompt_rows, temperatures = shard_rows(mesh, prompt_rows, options.temperatures)
+        options = options.with_rows(temperatures)
+    ids = generate_ids(params, _seed(seed), prompt_rows, options, model=lm.model, maxlen=lm.config.maxlen)
     head = prompt if include_prompt else ""
     return [head + lm.vocab.decode(row) for row in np.asarray(ids)]
 
 
-def stream(lm: LanguageModel, prompt: str | None = None, length: int = 400, temperature: float = 1.0,
-           seed: int | jax.Array = 0, mode: str = "stateful", chunk: int = DEFAULT_STREAM_CHUNK, *,
-           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-           sampler: str = DEFAULT_SAMPLER, repetition_penalty: float | None = None,
-           repetition_window: int = DEFAULT_REPETITION_WINDOW,
-           no_repeat_ngram: int | None = None) -> Iterator[str]:
-    """Yield the text ``generate`` would return for this temperature, ``chunk`` characters at a time.
+def stream(lm: LanguageModel, prompt: str | None = None, options: GenerationOptions | None = None, *,
+           seed: int | jax.Array = 0, row: int = 0, chunk: int = DEFAULT_STREAM_CHUNK,
+           **settings: Any) -> Iterator[str]:
+    """Yield the text of one row, ``chunk`` characters at a time.
 
-    Each piece is one jitted call of ``chunk`` steps carrying the decoding state, compiled
-    once (the last piece runs a whole chunk and keeps what it needs); the text is the same
-    as ``generate(lm, prompt, length, [temperature], seed, mode, ...)`` whatever ``chunk`` is.
+    The options must have one row (``temperature=0.5`` is accepted for ``temperatures=(0.5,)``);
+    ``row`` is the index the row stands for, so ``stream(..., temperature=t, row=i)`` yields what
+    ``generate`` returns in row ``i`` for the same seed, whatever ``chunk`` is. Each piece is one
+    jitted call of ``chunk`` steps carrying the decoding state, compiled once.
     """
-    temps = validate_generation_args(length, [temperature], mode, top_k=top_k, top_p=top_p, min_p=min_p,
-                                     sampler=sampler, repetition_penalty=repetition_penalty,
-                                     repetition_window=repetition_window, no_repeat_ngram=no_repeat_ngram)
+    options = generation_options(options, settings)
+    if options.rows != 1:
+        raise CharLMError(f"stream generates one row, got {options.rows} temperatures: stream each one, "
+                          "passing row=i to get generate's row i")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise CharLMError(f"chunk must be a positive integer, got {chunk!r}: pass e.g. --chunk {DEFAULT_STREAM_CHUNK}")
     prompt_ids = lm.encode_prompt(lm.default_prompt if prompt is None else prompt)[None, :]  # (1, prompt)
-    return _stream(lm, prompt_ids, int(length), temps, seed, mode, int(chunk), top_k, sampler,
-                   Sampling(temps, top_p, min_p, repetition_penalty, repetition_window, no_repeat_ngram))
+    return _stream(lm, prompt_ids, options, _seed(seed), int(row), int(chunk))
 
 
-def _stream(lm, prompt_ids, length, temps, seed, mode, chunk, top_k, sampler, sampling) -> Iterator[str]:
-    key = np.int32(seed) if isinstance(seed, (int, np.integer)) else seed
-    keep_history = sampling.repetition_penalty is not None or sampling.no_repeat_ngram is not None
-    start = lm.compiled("start", length=length, chunk=chunk, mode=mode, maxlen=lm.config.maxlen,
-                        keep_history=keep_history)
-    run = lm.compiled("chunk", size=chunk, mode=mode, top_k=top_k, sampler=sampler)
-    state, step_keys = start(lm.params, prompt_ids, key)
+def _stream(lm: LanguageModel, prompt_ids: np.ndarray, options: GenerationOptions, key, row: int,
+            chunk: int) -> Iterator[str]:
+    length = options.length
+    steps = -(-length // chunk) * chunk  # whole chunks; the last one's extra ids are dropped
+    state = stream_start(lm.params, key, prompt_ids, options, np.int32(row), model=lm.model, steps=steps,
+                         maxlen=lm.config.maxlen)
     for begin in range(0, length, chunk):
-        state, ids = run(lm.params, state, step_keys, np.int32(begin), sampling)
+        state, ids = stream_chunk(lm.params, state, options, model=lm.model, count=chunk)
         yield lm.vocab.decode(np.asarray(ids)[0, :length - begin])
+
+
+def _seed(seed: int | jax.Array):
+    """An integer seed goes to the device as an int32 scalar (the key is made inside the compiled call)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return np.int32(seed)
+    return as_key(seed)
 
 
 def score(lm: LanguageModel, text: str, mode: str = "window") -> np.ndarray:

@@ -36,11 +36,12 @@ from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, make_run_dire
 from charlm_jax.config import TrainConfig, resume_config
 from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches,
                              prepare_text, split_windows)
-from charlm_jax.decode import SAMPLE_CHUNK, Sampling, stream_chunk, stream_start
+from charlm_jax.decode import SAMPLE_CHUNK, stream_chunk, stream_start
 from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, check_batch_divides,
                                     is_main_process, make_mesh, put_global, replicated, shard_rows, to_host)
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model
+from charlm_jax.options import GenerationOptions
 from charlm_jax.run_lock import RunLock
 from charlm_jax.stopping import StopSignals, Stopped
 from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
@@ -574,18 +575,18 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
     config = run.config
     if config.sample_length == 0 or not config.temperatures:
         return {}
-    temps = np.asarray(config.temperatures, np.float32)
-    prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (len(temps), len(prompt)))
-    prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, temps)
-    length, chunk = config.sample_length, min(SAMPLE_CHUNK, config.sample_length)
+    options = GenerationOptions(length=config.sample_length, temperatures=config.temperatures, mode=config.sample_mode)
+    prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (options.rows, len(prompt)))
+    prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
+    options = options.with_rows(temp_rows)
+    length, chunk = options.length, min(SAMPLE_CHUNK, options.length)
     poll = run.stop.check if jax.process_count() == 1 else (lambda: None)
-    state, step_keys = stream_start(params, prompt_rows, key, model=run.model, length=length, chunk=chunk,
-                                    mode=config.sample_mode, maxlen=config.maxlen)
+    state = stream_start(params, key, prompt_rows, options, model=run.model, steps=-(-length // chunk) * chunk,
+                         maxlen=config.maxlen)
     pieces = []
     for begin in range(0, length, chunk):
         poll()
-        state, ids = stream_chunk(params, state, step_keys, np.int32(begin), Sampling(temp_rows), model=run.model,
-                                  size=chunk, mode=config.sample_mode)
+        state, ids = stream_chunk(params, state, options, model=run.model, count=chunk)
         pieces.append(to_host(ids)[:, :length - begin])
     ids = np.concatenate(pieces, axis=1)  # (temperatures, length)
     return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, ids)}

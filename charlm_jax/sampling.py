@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS
+from charlm_jax.config import DEFAULT_SAMPLER
 from charlm_jax.errors import CharLMError
+from charlm_jax.options import check_fraction, check_sampler, check_top_k
 
 
 def sample(key: jax.Array, logits: jax.Array, temperature=1.0, *, top_k: int | None = None,
@@ -159,20 +160,17 @@ def _is_concrete(value) -> bool:
 
 def check_sampling_args(logits, temperature, *, top_k=None, top_p=None, min_p=None,
                         sampler: str = DEFAULT_SAMPLER) -> None:
-    """Refuse inputs the sampler cannot honour, while they are still concrete values.
+    """Refuse inputs ``sample`` cannot honour, while they are still concrete values.
 
-    ``logits=None`` checks only the temperature, filters and sampler (``decode.
-    validate_generation_args`` calls it so before any logits exist).
+    The option checks are ``GenerationOptions``' own (``charlm_jax.options``), so ``sample`` and
+    a whole generation refuse the same values with the same words; traced values inside a
+    caller's jit are the caller's to validate.
     """
-    if sampler not in SAMPLERS:
-        raise CharLMError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise CharLMError(f"top_k must be a positive integer, got {top_k!r}: pass e.g. --top-k 40")
+    check_sampler(sampler)
+    check_top_k(top_k)
     for name, value in (("top_p", top_p), ("min_p", min_p)):
-        if value is not None and _is_concrete(value):
-            v = np.asarray(value, np.float64)
-            if not np.all((v > 0) & (v <= 1)):
-                raise CharLMError(f"{name} must be in (0, 1], got {value!r}: pass e.g. --{name.replace('_', '-')} 0.9")
+        if _is_concrete(value):
+            check_fraction(name, value)
     if _is_concrete(temperature):
         t = np.asarray(temperature, np.float64)
         if np.any(np.isnan(t)) or np.any(t < 0):

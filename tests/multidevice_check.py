@@ -16,6 +16,7 @@ from charlm_jax.data import Vocab, split_windows
 from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows
 from charlm_jax.errors import CharLMError
 from charlm_jax.decode import generate_ids
+from charlm_jax.options import GenerationOptions
 from charlm_jax.loop import fit
 from charlm_jax.model import build_model
 from charlm_jax.train import compile_steps, create_train_state
@@ -51,16 +52,17 @@ param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b i
 # Sharded generation: 8 rows over 4 devices equals the same call on one device.
 temps = np.array([0.0, 0.2, 0.5, 1.0, 1.2, 1.0, 0.7, 2.0], np.float32)
 prompts = np.tile(vocab.encode("the quick")[None], (8, 1))
-kwargs = dict(model=model, length=40, mode="stateful", maxlen=config.maxlen)
+kwargs = dict(model=model, maxlen=config.maxlen)
+stateful, window = GenerationOptions(length=40, temperatures=temps), GenerationOptions(length=40, temperatures=temps,
+                                                                                       mode="window")
 params_one = jax.device_get(params_one)
-plain = generate_ids(params_one, jax.random.key(3), jnp.asarray(prompts), jnp.asarray(temps), **kwargs)
+plain = generate_ids(params_one, jax.random.key(3), jnp.asarray(prompts), stateful, **kwargs)
 mesh = make_mesh()
 sharded_prompts, sharded_temps = shard_rows(mesh, prompts, temps)
 sharded_params = jax.device_put(params_one, replicated(mesh))
-sharded = generate_ids(sharded_params, jax.random.key(3), sharded_prompts, sharded_temps, **kwargs)
-window_kwargs = dict(kwargs, mode="window")
-plain_w = generate_ids(params_one, jax.random.key(4), jnp.asarray(prompts), jnp.asarray(temps), **window_kwargs)
-sharded_w = generate_ids(sharded_params, jax.random.key(4), sharded_prompts, sharded_temps, **window_kwargs)
+sharded = generate_ids(sharded_params, jax.random.key(3), sharded_prompts, stateful.with_rows(sharded_temps), **kwargs)
+plain_w = generate_ids(params_one, jax.random.key(4), jnp.asarray(prompts), window, **kwargs)
+sharded_w = generate_ids(sharded_params, jax.random.key(4), sharded_prompts, window.with_rows(sharded_temps), **kwargs)
 
 # A global batch that does not divide over 4 devices is refused with a clear error.
 try:

@@ -3,13 +3,10 @@
 import functools
 import json
 import http.server
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -175,29 +172,33 @@ def test_subprocess_error_has_no_traceback_and_exit_2(tmp_path):
     assert result.stderr.strip().startswith("charlm-jax: error:") and "Traceback" not in result.stderr
 
 
-def test_generate_stream_prints_what_generate_prints_for_each_temperature(capsys, trained_run):
-    """Each streamed temperature is the text `generate --temperatures T` gives for it alone (a batch of
-    several temperatures draws other random numbers for its later rows)."""
+def test_one_seed_one_text_streamed_or_not_whatever_the_chunk(capsys, trained_run):
+    """A row's text depends only on the seed, its index and its settings: `--stream` prints exactly what the
+    batched call prints, for every temperature and chunk size."""
     out, _ = trained_run
-    args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "40"]
-    code, streamed, _ = run_cli(capsys, *args, "--temperatures", "0.5", "1", "--stream", "--chunk", "7")
-    assert code == 0
-    lines = streamed.splitlines()
-    for temperature, text in (("0.5", lines[2]), ("1", lines[4])):
-        code, alone, _ = run_cli(capsys, *args, "--temperatures", temperature)
-        assert code == 0 and alone.splitlines()[2] == text
+    args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "40", "--seed", "5",
+            "--temperatures", "0.2", "0.5", "1.0", "1.2", "--top-k", "8", "--repetition-penalty", "1.2"]
+    code, whole, _ = run_cli(capsys, *args)
+    assert code == 0 and whole.count("------ temperature:") == 4
+    for chunk in ("7", "40", "200"):
+        code, streamed, _ = run_cli(capsys, *args, "--stream", "--chunk", chunk)
+        assert code == 0 and streamed == whole, chunk
     assert_one_line_error(*run_cli(capsys, *args, "--stream", "--chunk", "0")[::2], "chunk must be a positive integer")
 
 
 def test_generate_with_repetition_controls_and_the_gumbel_sampler(capsys, trained_run):
     out, _ = trained_run
-    code, stdout, _ = run_cli(capsys, "generate", "--checkpoint", out, "--prompt", "the quick", "--length", "60",
-                              "--temperature", "0", "--no-repeat-ngram", "3", "--repetition-penalty", "1.3",
-                              "--sampler", "gumbel")
+    args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "60"]
+    code, stdout, _ = run_cli(capsys, *args, "--temperature", "0", "--no-repeat-ngram", "3",
+                              "--repetition-penalty", "1.3", "--sampler", "gumbel")
     assert code == 0
     text = stdout.splitlines()[2]
     generated = [text[i:i + 3] for i in range(len("the quick") - 2, len(text) - 2)]
     assert len(generated) == len(set(generated))  # greedy, yet no 3-gram repeats after the prompt
+    # At a temperature where the sampler acts, --sampler gumbel draws other characters from the same seed.
+    sampled = {sampler: run_cli(capsys, *args, "--temperature", "1.0", "--sampler", sampler)[1]
+               for sampler in ("gumbel", "inverse_cdf")}
+    assert sampled["gumbel"] != sampled["inverse_cdf"]
 
 
 def test_eval_prints_bits_per_char_and_json(capsys, trained_run, text_file):

@@ -1,15 +1,18 @@
 """Generation: one jitted scan that equals the book's per-character loop, compiled once; streaming
 gives the same text; repetition controls do what they say."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.decode import _ngram_bans, generate_ids
+from charlm_jax.decode import _ngram_bans, generate_ids, stream_chunk, stream_start
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, init_params
+from charlm_jax.options import GenerationOptions
 from charlm_jax.sampling import sample
 
 VOCAB, MAXLEN = 11, 8
@@ -24,15 +27,24 @@ def model_and_params():
     return model, params
 
 
+def step_key(key, row: int, step: int):
+    """The documented stream of random numbers: row r's step t draws from fold_in(fold_in(key, r), t)."""
+    return jax.random.fold_in(jax.random.fold_in(key, row), step)
+
+
+def draw_rows(key, step: int, logits, temperatures) -> np.ndarray:
+    """One id per row, each row sampled alone from its own key (the book's sample, one row at a time)."""
+    return np.array([int(sample(step_key(key, row, step), logits[row], temperatures[row]))
+                     for row in range(len(temperatures))])
+
+
 def book_window_loop(model, params, key, prompt, temperatures, length):
     """The book's loop: re-read the last maxlen characters every step, one model call per character."""
     texts = [list(prompt) for _ in temperatures]
-    keys = jax.random.split(key, length)
     for t in range(length):
         window = np.array([text[-MAXLEN:] for text in texts])
         _, logits = model.apply({"params": params}, jnp.asarray(window), last_only=True)
-        next_ids = sample(keys[t], logits, jnp.asarray(temperatures))
-        for text, i in zip(texts, np.asarray(next_ids)):
+        for text, i in zip(texts, draw_rows(key, t, logits, temperatures)):
             text.append(int(i))
     return np.array([text[len(prompt):] for text in texts])
 
@@ -43,11 +55,18 @@ def stateful_loop(model, params, key, prompt, temperatures, length):
     carries, logits = model.apply({"params": params}, jnp.asarray([prompt] * batch),
                                   model.zero_carries(batch), last_only=True)
     out = []
-    for step_key in jax.random.split(key, length):
-        ids = sample(step_key, logits, jnp.asarray(temperatures))
-        out.append(np.asarray(ids))
-        carries, logits = model.apply({"params": params}, ids[:, None], carries, last_only=True)
+    for t in range(length):
+        ids = draw_rows(key, t, logits, temperatures)
+        out.append(ids)
+        carries, logits = model.apply({"params": params}, jnp.asarray(ids)[:, None], carries, last_only=True)
     return np.stack(out, axis=1)
+
+
+def run(params, model, key, prompts, temperatures, first_row=0, **options):
+    """generate_ids with its options built from keywords, as numpy."""
+    prompts = jnp.asarray(prompts, jnp.int32)
+    return np.asarray(generate_ids(params, key, prompts, GenerationOptions(temperatures=temperatures, **options),
+                                   first_row, model=model, maxlen=MAXLEN))
 
 
 def random_prompt(length: int) -> list[int]:
@@ -69,29 +88,22 @@ def test_each_mode_equals_its_python_loop_exactly(model_and_params, case):
     model, params = model_and_params
     key = jax.random.key(7)
     expected = reference(model, params, key, prompt, temps, length)
-    got = generate_ids(params, key, jnp.asarray([prompt] * len(temps)), jnp.asarray(temps), model=model,
-                       length=length, mode=mode, maxlen=MAXLEN)
-    np.testing.assert_array_equal(np.asarray(got), expected)
+    got = run(params, model, key, [prompt] * len(temps), temps, length=length, mode=mode)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_modes_agree_while_the_text_fits_in_one_window(model_and_params):
     model, params = model_and_params
-    prompt = jnp.asarray([[4, 2, 7]] * 4)
-    temps = jnp.asarray([0.0, 0.5, 1.0, 1.2])
-    kwargs = dict(model=model, length=MAXLEN - 3, maxlen=MAXLEN)
-    key = jax.random.key(11)
-    window = generate_ids(params, key, prompt, temps, mode="window", **kwargs)
-    stateful = generate_ids(params, key, prompt, temps, mode="stateful", **kwargs)
-    np.testing.assert_array_equal(np.asarray(window), np.asarray(stateful))
+    prompt, temps, key = [[4, 2, 7]] * 4, [0.0, 0.5, 1.0, 1.2], jax.random.key(11)
+    window = run(params, model, key, prompt, temps, length=MAXLEN - 3, mode="window")
+    stateful = run(params, model, key, prompt, temps, length=MAXLEN - 3, mode="stateful")
+    np.testing.assert_array_equal(window, stateful)
 
 
 def test_same_key_same_text_other_key_other_text(model_and_params):
     model, params = model_and_params
-    prompt = jnp.asarray([[1, 2, 3]] * 2)
-    temps = jnp.asarray([1.0, 1.0])
-    run = lambda key: np.asarray(generate_ids(params, key, prompt, temps, model=model,  # noqa: E731
-                                              length=50, mode="stateful", maxlen=MAXLEN))
-    a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+    draw = lambda key: run(params, model, key, [[1, 2, 3]] * 2, [1.0, 1.0], length=50)  # noqa: E731
+    a, b, c = draw(jax.random.key(1)), draw(jax.random.key(1)), draw(jax.random.key(2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert not np.array_equal(a[0], a[1])  # rows draw independent noise from one key
@@ -99,9 +111,7 @@ def test_same_key_same_text_other_key_other_text(model_and_params):
 
 def test_temperature_zero_is_greedy_whatever_the_key(model_and_params):
     model, params = model_and_params
-    prompt = jnp.asarray([[1, 2, 3]])
-    out = [np.asarray(generate_ids(params, jax.random.key(k), prompt, jnp.asarray([0.0]), model=model,
-                                   length=25, mode="window", maxlen=MAXLEN)) for k in range(3)]
+    out = [run(params, model, jax.random.key(k), [[1, 2, 3]], [0.0], length=25, mode="window") for k in range(3)]
     np.testing.assert_array_equal(out[0], out[1])
     np.testing.assert_array_equal(out[0], out[2])
 
@@ -110,17 +120,34 @@ def test_new_temperatures_prompts_and_keys_do_not_recompile(model_and_params):
     model, params = model_and_params
     generate_ids.clear_cache()
     for i, temps in enumerate(([0.2, 0.5, 1.0, 1.2], [1.0, 1.0, 0.0, 3.0], [0.7, 0.1, 0.9, 2.0])):
-        prompt = jnp.asarray(np.full((4, 5), i + 1), jnp.int32)
-        generate_ids(params, jax.random.key(i), prompt, jnp.asarray(temps, jnp.float32), model=model,
-                     length=16, mode="stateful", maxlen=MAXLEN)
+        run(params, model, jax.random.key(i), np.full((4, 5), i + 1), temps, first_row=i, length=16,
+            top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=3 + i, no_repeat_ngram=2 + i)
     assert generate_ids._cache_size() == 1
 
 
-def test_unknown_mode_is_refused(model_and_params):
+def test_a_rows_text_depends_only_on_the_seed_its_index_and_its_settings(model_and_params):
+    """Not on the other rows, the batch size, the length asked for, or how the steps are grouped."""
     model, params = model_and_params
+    key, prompt, temps = jax.random.key(5), [3, 1, 4, 1], [0.2, 0.5, 1.0, 1.2]
+    together = run(params, model, key, [prompt] * 4, temps, length=40, top_k=6, repetition_penalty=1.2)
+    for row, temperature in enumerate(temps):
+        alone = run(params, model, key, [prompt], [temperature], first_row=row, length=40, top_k=6,
+                    repetition_penalty=1.2)
+        np.testing.assert_array_equal(alone[0], together[row])
+    shorter = run(params, model, key, [prompt] * 4, temps, length=25, top_k=6, repetition_penalty=1.2)
+    np.testing.assert_array_equal(shorter, together[:, :25])
+    options = GenerationOptions(length=40, temperatures=temps, top_k=6, repetition_penalty=1.2)
+    state = stream_start(params, key, jnp.asarray([prompt] * 4), options, model=model, steps=42, maxlen=MAXLEN)
+    pieces = []
+    for _ in range(6):  # 6 x 7 steps, the last two thrown away
+        state, ids = stream_chunk(params, state, options, model=model, count=7)
+        pieces.append(np.asarray(ids))
+    np.testing.assert_array_equal(np.concatenate(pieces, axis=1)[:, :40], together)
+
+
+def test_unknown_mode_is_refused():
     with pytest.raises(CharLMError, match="mode must be one of"):
-        generate_ids(params, jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones(1), model=model,
-                     length=4, mode="beam", maxlen=MAXLEN)
+        GenerationOptions(length=4, mode="beam")
 
 
 def ngram_bans_reference(text: list[int], n: int, vocab: int) -> np.ndarray:
@@ -150,13 +177,11 @@ def test_ngram_bans_equal_a_python_reference(n):
 def test_greedy_with_no_repeat_ngram_never_repeats_an_ngram(model_and_params):
     model, params = model_and_params
     prompt = jnp.asarray([[1, 2, 3, 1, 2]])
-    plain = np.asarray(generate_ids(params, jax.random.key(0), prompt, jnp.zeros(1), model=model, length=60,
-                                    maxlen=MAXLEN))[0]
+    plain = run(params, model, jax.random.key(0), prompt, [0.0], length=60)[0]
     text = [1, 2, 3, 1, 2] + plain.tolist()
     assert len({tuple(text[i:i + 4]) for i in range(len(text) - 3)}) < len(text) - 3  # greedy loops without it
     for n in (2, 3, 4):
-        ids = np.asarray(generate_ids(params, jax.random.key(0), prompt, jnp.zeros(1), model=model, length=40,
-                                      maxlen=MAXLEN, no_repeat_ngram=n))[0]
+        ids = run(params, model, jax.random.key(0), prompt, [0.0], length=40, no_repeat_ngram=n)[0]
         text = [1, 2, 3, 1, 2] + ids.tolist()
         generated_ngrams = [tuple(text[i:i + n]) for i in range(len(text) - n + 1)]
         prompt_ngrams = generated_ngrams[:5 - n + 1]  # the prompt may repeat itself; nothing after it may
@@ -180,14 +205,16 @@ def test_streamed_text_equals_generated_text_whatever_the_chunk(trained_run, mod
 
 def test_the_public_api_compiles_once_for_new_values(trained_run):
     lm = charlm_jax.load(trained_run[0])
+    compiled = (generate_ids, stream_start, stream_chunk)
+    for fn in compiled:
+        fn.clear_cache()
     for i, temps in enumerate(([0.2, 0.5, 1.0, 1.2], [1.0, 1.0, 0.0, 3.0], [0.7, 0.1, 0.9, 2.0])):
         charlm_jax.generate(lm, "the quic"[: 8] if i % 2 else "a stitch", length=30, temperatures=temps, seed=i,
                             top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=5 + i,
                             no_repeat_ngram=2 + i)
-        list(charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, chunk=8,
+        list(charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, row=i, chunk=8,
                                 repetition_penalty=1.2 + i))
-    assert lm._compiled and all(fn._cache_size() == 1 for fn in lm._compiled.values()), \
-        {key[0]: fn._cache_size() for key, fn in lm._compiled.items()}
+    assert [fn._cache_size() for fn in compiled] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("kwargs,fragment", [
@@ -197,10 +224,16 @@ def test_the_public_api_compiles_once_for_new_values(trained_run):
     ({"no_repeat_ngram": 99}, "no_repeat_ngram must be an integer from 1"),
     ({"sampler": "beam"}, "sampler must be one of"),
     ({"mode": "beam"}, "mode must be one of"),
+    ({"temperatures": [0.5, -1.0]}, "temperature must be >= 0"),
+    ({"length": 0}, "length must be a positive integer"),
+    ({"top_k": 1.5}, "top_k must be a positive integer"),
+    ({"beam_width": 4}, "unknown generation option(s) ['beam_width']"),
 ])
 def test_bad_generation_options_are_one_line_errors(trained_run, kwargs, fragment):
     lm = charlm_jax.load(trained_run[0])
-    with pytest.raises(CharLMError, match=fragment):
-        charlm_jax.generate(lm, "the", length=5, **kwargs)
-    with pytest.raises(CharLMError, match=fragment):
-        next(iter(charlm_jax.stream(lm, "the", length=5, **kwargs)))
+    kwargs = {"length": 5, **kwargs}
+    with pytest.raises(CharLMError, match=re.escape(fragment)):
+        charlm_jax.generate(lm, "the", **kwargs)
+    if "temperatures" not in kwargs:
+        with pytest.raises(CharLMError, match=re.escape(fragment)):
+            next(iter(charlm_jax.stream(lm, "the", temperature=0.5, **kwargs)))

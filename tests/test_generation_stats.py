@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from charlm_jax.decode import generate_ids
+from charlm_jax.options import GenerationOptions
 from charlm_jax.config import SAMPLERS
 
 from stats import ALPHA, chi_square_p_value, softmax64
@@ -53,9 +54,9 @@ def test_draws_follow_softmax_of_the_penalised_logits(sampler, penalty):
     # Prompt rows whose last `window` ids are {0, 3} (and an older 1 outside the window).
     prompt = np.array([1, 0, 3, 3], np.int32)
     prompts = jnp.asarray(np.tile(prompt, (20_000, 1)))
-    ids = np.asarray(generate_ids(params, jax.random.key(7), prompts, jnp.full(20_000, temperature), model=model,
-                                  length=1, maxlen=6, sampler=sampler, repetition_penalty=penalty,
-                                  repetition_window=window))[:, 0]
+    options = GenerationOptions(length=1, temperatures=np.full(20_000, temperature), sampler=sampler,
+                                repetition_penalty=penalty, repetition_window=window)
+    ids = np.asarray(generate_ids(params, jax.random.key(7), prompts, options, model=model, maxlen=6))[:, 0]
     counts = np.bincount(ids, minlength=5)
     logits = TABLE[0].astype(np.float64)
     present = np.isin(np.arange(5), [0, 3])
@@ -73,8 +74,8 @@ def test_transition_frequencies_match_the_table_at_each_temperature(mode, sample
     streams = 16  # per temperature
     batch_temps = np.repeat(temps, streams).astype(np.float32)
     prompts = jnp.asarray(np.arange(len(batch_temps)) % 5, jnp.int32)[:, None]
-    ids = np.asarray(generate_ids(params, jax.random.key(0), prompts, jnp.asarray(batch_temps), model=model,
-                                  length=1500, mode=mode, maxlen=6, sampler=sampler))
+    options = GenerationOptions(length=1500, temperatures=batch_temps, mode=mode, sampler=sampler)
+    ids = np.asarray(generate_ids(params, jax.random.key(0), prompts, options, model=model, maxlen=6))
     text = np.concatenate([np.asarray(prompts), ids], axis=1)  # (batch, 1 + length)
     for t_index, temperature in enumerate(temps):
         rows = text[t_index * streams:(t_index + 1) * streams]
