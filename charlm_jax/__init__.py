@@ -2,29 +2,45 @@
 
 High level: ``fit`` a config (``TrainConfig``, or ``recipe_config(name)``) on a text; ``load``
 a checkpoint (or ``import_keras`` a model of the book's Keras code) and ``generate``, ``stream``
-or ``score`` text.
+or ``score`` text with ``GenerationOptions``.
 Lower level, all pure: ``data`` (vocab, windows), ``lstm`` (the LSTM layer and its
 hand-derived backward), ``model`` (CharLSTM), ``train`` (optimizer, train/eval steps),
-``sampling`` (sample), ``decode`` (generate_ids, one jitted scan).
+``sampling`` (sample), ``decode`` (generate_ids, one jitted scan), ``scoring`` (the metric).
+
+The names below are imported when first used (PEP 562), so ``import charlm_jax.config`` or
+``charlm-jax --help`` does not start JAX; ``from charlm_jax import fit`` imports what ``fit`` needs.
 """
 
-from charlm_jax.config import BOOK_TEMPERATURES, TrainConfig
-from charlm_jax.corpus import load_text
-from charlm_jax.data import Vocab
-from charlm_jax.decode import generate_ids
-from charlm_jax.errors import CharLMError
-from charlm_jax.keras_import import import_keras
-from charlm_jax.lm import LanguageModel, bits_per_char, generate, load, score, stream
-from charlm_jax.loop import FitResult, fit
-from charlm_jax.options import GenerationOptions
-from charlm_jax.recipes import RECIPES, recipe_config
-from charlm_jax.sampling import sample
+from __future__ import annotations
 
-__all__ = [
-    "BOOK_TEMPERATURES", "CharLMError", "FitResult", "GenerationOptions", "LanguageModel", "RECIPES", "TrainConfig",
-    "Vocab",
-    "bits_per_char", "fit", "generate", "generate_ids", "import_keras", "load", "load_text", "recipe_config",
-    "sample", "score",
-    "stream",
-]
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BOOK_TEMPERATURES": "config", "TrainConfig": "config",
+    "load_text": "corpus",
+    "Vocab": "data",
+    "generate_ids": "decode",
+    "CharLMError": "errors",
+    "import_keras": "keras_import",
+    "LanguageModel": "lm", "bits_per_char": "lm", "generate": "lm", "load": "lm", "score": "lm", "stream": "lm",
+    "FitResult": "loop", "fit": "loop",
+    "GenerationOptions": "options",
+    "RECIPES": "recipes", "recipe_config": "recipes",
+    "sample": "sampling",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'charlm_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"charlm_jax.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -12,6 +12,7 @@ A checkpoint directory holds numbered steps; three items per step:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import jax
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab
@@ -239,6 +239,23 @@ class CheckpointStore:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def peek_saved_config(directory: str | os.PathLike) -> TrainConfig | None:
+    """The config of the newest checkpoint in ``directory``, read as plain JSON, or None.
+
+    For the CLI only: it must know a resumed run's batch size before it splits the CPU into
+    devices, and orbax's reader starts JAX's backends (after which the split is fixed). A
+    layout it does not recognise gives None (the flags' batch size is used instead).
+    """
+    steps = sorted((int(p.name) for p in Path(directory).glob("[0-9]*") if p.name.isdigit()), reverse=True)
+    for step in steps:
+        try:
+            data = json.loads((Path(directory) / str(step) / "meta" / "metadata").read_text())
+            return TrainConfig.from_dict(data["config"])
+        except (OSError, ValueError, KeyError, TypeError, CharLMError):
+            continue
+    return None
 
 
 def describe_error(error: BaseException) -> str:

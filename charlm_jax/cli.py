@@ -224,9 +224,13 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
          "--num-processes/--process-id need --coordinator HOST:PORT (or set JAX_COORDINATOR_ADDRESS and "
          "the JAX_ variables instead of the flags)"),
     ])
+    from charlm_jax.checkpoint import peek_saved_config
     from charlm_jax.distributed import MIN_ROWS_PER_CPU_DEVICE
 
-    start_jax(args, fresh.batch_size, MIN_ROWS_PER_CPU_DEVICE)
+    # A resumed run keeps its saved batch, so the CPU is split for that batch, not for the flags' default
+    # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
+    saved = peek_saved_config(args.out) if args.resume else None
+    start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
     text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
     result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
                  show_progress=not args.no_progress, stop_after_seconds=args.time_limit, stop=stop)

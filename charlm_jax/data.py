@@ -81,6 +81,7 @@ class Split:
 
     train_starts: np.ndarray  # (train_windows,) int32
     val_starts: np.ndarray  # (val_windows,) int32
+    val_start: int  # the first character of the held-out tail (the text's length without one)
 
 
 def prepare_text(text: str, lowercase: bool) -> str:
@@ -118,7 +119,7 @@ def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float) -
             f"window of {maxlen}+1 characters: use a longer text, a larger --val-fraction, "
             "or --val-fraction 0"
         )
-    return Split(train_starts=train_starts, val_starts=val_starts)
+    return Split(train_starts=train_starts, val_starts=val_starts, val_start=val_start)
 
 
 def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> jax.Array:

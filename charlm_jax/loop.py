@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,9 +44,10 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model
 from charlm_jax.options import GenerationOptions
 from charlm_jax.run_lock import RunLock
+from charlm_jax.scoring import nats_to_bits
 from charlm_jax.stopping import StopSignals, Stopped
 from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
-                              learning_rate_schedule, make_optimizer, nats_to_bits, train_state_items)
+                              learning_rate_schedule, make_optimizer, train_state_items)
 
 BEST_SUBDIR = "best"
 METRICS_NAME = "metrics.jsonl"
@@ -88,7 +90,7 @@ class RunKeys:
     def from_seed(cls, seed: int) -> "RunKeys":
         return cls(*jax.random.split(jax.random.key(seed), 4))
 
-    def epoch_samples(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+    def sample_keys(self, epoch: int) -> tuple[jax.Array, jax.Array]:
         """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
         prompt_key, generation_key = jax.random.split(jax.random.fold_in(self.sample, epoch))
         return prompt_key, generation_key
@@ -115,20 +117,28 @@ class Run:
     default_prompt: str
     steps_per_epoch: int
     total_steps: int
+    clock: Callable[[], float]  # seconds, for the training clock
 
-    @property
-    def train_chars(self) -> int:
-        """Characters the training windows read (the text before the validation tail)."""
-        return int(self.split.train_starts[-1]) + self.config.maxlen + 1
+    def epochs_done(self, step: int) -> int:
+        """Finished epochs after ``step`` optimizer steps (the one epoch arithmetic of the loop)."""
+        return step // self.steps_per_epoch
+
+    def batch_in_epoch(self, step: int) -> int:
+        """Batches of the epoch in progress already taken after ``step`` steps."""
+        return step % self.steps_per_epoch
+
+    def epoch_in_progress(self, step: int) -> int:
+        """The epoch a checkpoint at ``step`` belongs to: the finished one at a boundary, else the next."""
+        return -(-step // self.steps_per_epoch)
 
 
 @dataclass
 class RunState:
-    """What the loop carries from block to block; a checkpoint saves and restores all of it."""
+    """What the loop carries from block to block. A checkpoint saves all of it but ``skipped_in_row``
+    (a resumed run starts a new count); the epoch follows from ``step`` (``Run.epochs_done``)."""
 
     train: TrainState
     step: int  # optimizer steps taken (host copy of train.step)
-    epoch: int  # epochs finished; the one in progress is epoch + 1
     train_seconds: float = 0.0  # training clock, validation excluded, across resumes
     skipped_total: int = 0  # updates the non-finite guard refused
     skipped_in_row: int = 0
@@ -179,7 +189,8 @@ class FitResult:
 def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
         overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
         stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
-        show_progress: bool = True, stop: StopSignals | None = None) -> FitResult:
+        show_progress: bool = True, stop: StopSignals | None = None,
+        clock: Callable[[], float] = time.perf_counter) -> FitResult:
     """Train on ``text``, checkpointing into ``out_dir``; see the module docstring.
 
     ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
@@ -191,7 +202,8 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     checkpointed, and ``resume=True`` continues it. SIGINT and SIGTERM stop it too (see
     ``charlm_jax.stopping``): the checkpoint is saved at the last completed step. ``stop``
     is the caller's own ``StopSignals`` (the CLI's, installed for the whole command); by
-    default ``fit`` routes both signals to a new one while it runs.
+    default ``fit`` routes both signals to a new one while it runs. ``clock`` times the training
+    (the time budget and the schedule fitted to it): injectable, so tests need no real seconds.
     """
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
     mesh = mesh or make_mesh()
@@ -202,7 +214,8 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     with (stop.installed() if own_signals else _nothing()), stop.deferred(), \
             (RunLock(out_dir) if is_main_process() else _nothing()), \
             CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store:
-        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop)
+        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop,
+                                     clock)
         result = FitResult(state=state.train, vocab=run.vocab, config=run.config)
         console.print(f"[bold]charlm-jax[/] {len(run.text):,} characters, vocabulary {run.vocab.size}, "
                       f"{len(run.split.train_starts):,} training windows, {len(run.split.val_starts):,} "
@@ -216,13 +229,13 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
         timed_blocks = 0  # the first block of a process includes compiling
         with progress:
             try:
-                while reason is None and state.epoch < run.config.epochs:
-                    epoch = state.epoch + 1
-                    first_batch = state.step - state.epoch * run.steps_per_epoch
+                while reason is None and run.epochs_done(state.step) < run.config.epochs:
+                    epoch = run.epochs_done(state.step) + 1
+                    first_batch = run.batch_in_epoch(state.step)
                     task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
                                              loss=float("nan"), speed="-", skipped=state.skipped_total)
                     stats = EpochStats()
-                    for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, state.epoch),
+                    for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, epoch - 1),
                                               run.split.train_starts, run.config.batch_size,
                                               run.config.steps_per_call, first_batch):
                         if stop_after_steps is not None:
@@ -230,11 +243,11 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                         if len(block) == 0:
                             reason = StopReason.STEP_LIMIT
                             break
-                        seconds = train_block(run, state, stats, block)
+                        seconds = run_block(run, state, stats, block)
                         timed_blocks += 1
                         if timed_blocks == 2 and stop_after_seconds is not None and not state.schedule_fitted:
                             plan_schedule(run, state, stop_after_seconds, seconds / len(block))
-                        progress.update(task, completed=state.step - state.epoch * run.steps_per_epoch,
+                        progress.update(task, completed=state.step - (epoch - 1) * run.steps_per_epoch,
                                         loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
                                         speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
                                         skipped=state.skipped_total)
@@ -248,10 +261,8 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                     if reason is not None and reason.by_signal:
                         break
                     epoch_done = state.step == epoch * run.steps_per_epoch
-                    if epoch_done:
-                        state.epoch = epoch
                     result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
-                    if reason is None and stalled(run.config, state):
+                    if reason is None and stalled(run, state):
                         console.print(f"early stopping: validation has not improved for "
                                       f"{run.config.early_stopping_patience} epoch(s); best "
                                       f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, "
@@ -280,7 +291,8 @@ def _nothing():
 
 def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str, store: CheckpointStore,
                     best_store: CheckpointStore, resume: bool, mesh, console: Console,
-                    stop: StopSignals | None = None) -> tuple[Run, RunState]:
+                    stop: StopSignals | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> tuple[Run, RunState]:
     """The run's fixed parts and its state: fresh, or restored from the latest checkpoint.
 
     On resume the run's config is the saved one with ``overrides`` (and, given a full
@@ -318,14 +330,18 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
                           f"greater than {done} to train it further")
     keys = RunKeys.from_seed(config.seed)
     total_steps = config.epochs * steps_per_epoch
-    train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
-    state = RunState(train=train_state, step=0, epoch=0, schedule_steps=total_steps)
-    if meta is not None:
+    if meta is None:
+        default_prompt = new_run_prompt(config, text, split)
+        state = RunState(train=write_new_run(store, config, vocab, default_prompt, mesh, total_steps=total_steps),
+                         step=0, schedule_steps=total_steps)
+    else:
+        default_prompt = meta.default_prompt
+        train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
         params, items = saved
         schedule_steps = meta.schedule_steps or total_steps
         state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"],
                                                    tx=make_optimizer(config, schedule_steps)),
-                         step=meta.step, epoch=meta.step // steps_per_epoch, train_seconds=meta.train_seconds,
+                         step=meta.step, train_seconds=meta.train_seconds,
                          skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
                          schedule_fitted=meta.schedule_steps is not None)
         if best_store.latest_step() is not None:
@@ -335,11 +351,34 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     run = Run(config=config, text=text, vocab=vocab, split=split,
               corpus=put_global(vocab.encode(text), replicated(mesh)), keys=keys, model=model,
               steps=compile_steps(model, config, mesh), mesh=mesh, store=store, best_store=best_store,
-              out_dir=Path(store.directory), console=console, stop=stop or StopSignals(), default_prompt="",
-              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    default_prompt = meta.default_prompt if meta is not None else sample_prompt(
-        run.keys.epoch_samples(1)[0], text, run.train_chars, config.maxlen)
-    return replace(run, default_prompt=default_prompt), state
+              out_dir=Path(store.directory), console=console, stop=stop or StopSignals(),
+              default_prompt=default_prompt, steps_per_epoch=steps_per_epoch, total_steps=total_steps, clock=clock)
+    return run, state
+
+
+def new_run_prompt(config: TrainConfig, text: str, split: Split | None = None) -> str:
+    """The prompt saved with a new run (``generate``'s default): a window of the training part of the
+    prepared ``text``, drawn with the key of epoch 1's samples. The one rule, for trained and imported runs."""
+    split = split or split_windows(len(text), config.maxlen, config.step, config.val_fraction)
+    return sample_prompt(RunKeys.from_seed(config.seed).sample_keys(1)[0], text, split.val_start, config.maxlen)
+
+
+def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, default_prompt: str, mesh=None, *,
+                  params=None, total_steps: int | None = None) -> TrainState:
+    """Start a run directory: its step-0 checkpoint, which ``load``, ``generate`` and ``--resume`` read.
+
+    The parameters are the seed's initialisation, or ``params`` (an imported model's weights); the
+    optimizer state is fresh. A new training run and ``import_keras`` both begin here. Returns the
+    train state, replicated over ``mesh`` when one is given.
+    """
+    state = create_train_state(RunKeys.from_seed(config.seed).init, config, vocab.size, total_steps)
+    if params is not None:
+        state = state.replace(params=jax.tree.map(jnp.asarray, params))
+    if mesh is not None:
+        state = jax.device_put(state, replicated(mesh))
+    store.save(state.params, train_state_items(state),
+               CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
+    return state
 
 
 def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[CheckpointMeta, tuple[Any, Any]]:
@@ -372,13 +411,13 @@ def plan_schedule(run: Run, state: RunState, budget_seconds: float, step_seconds
                       f"({step_seconds * 1e3:.1f} ms per step measured)")
 
 
-def train_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -> float:
+def run_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -> float:
     """Run one jitted block of steps and account its metrics; returns its seconds (sync included)."""
-    started = time.perf_counter()
+    started = run.clock()
     state.train, metrics = run.steps.train_block(state.train, run.corpus, put_global(block, block_sharding(run.mesh)),
                                                  run.keys.dropout)
     metrics = to_host(metrics)  # the block's one host sync: (steps,) each
-    seconds = time.perf_counter() - started
+    seconds = run.clock() - started
     record_block(run, state, stats, metrics, seconds)
     return seconds
 
@@ -433,10 +472,11 @@ def signal_reason(stop: StopSignals) -> StopReason:
     return StopReason.TERMINATED if stop.name == "SIGTERM" else StopReason.INTERRUPTED
 
 
-def stalled(config: TrainConfig, state: RunState) -> bool:
+def stalled(run: Run, state: RunState) -> bool:
     """Early stopping: ``early_stopping_patience`` finished epochs without a new best."""
-    patience = config.early_stopping_patience
-    return bool(patience) and state.best_epoch is not None and state.epoch - state.best_epoch >= patience
+    patience = run.config.early_stopping_patience
+    return bool(patience) and state.best_epoch is not None and \
+        run.epochs_done(state.step) - state.best_epoch >= patience
 
 
 def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, partial: bool) -> dict[str, Any]:
@@ -456,22 +496,22 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
     if stats.grad_norms:
         record.update(grad_norm_mean=float(np.mean(stats.grad_norms)), grad_norm_max=float(np.max(stats.grad_norms)))
     if len(run.split.val_starts):
-        started = time.perf_counter()
+        started = run.clock()
         if len(run.split.val_starts) >= ANNOUNCED_VALIDATION:
             console.print(f"validating on {len(run.split.val_starts):,} held-out windows (a stop request "
                           "drops it and saves the last completed step)")
         val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh,
                             run.stop)
         record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
-                      eval_seconds=round(time.perf_counter() - started, 3))
+                      eval_seconds=round(run.clock() - started, 3))
     console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
                   + (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
                      if "val_loss" in record else "")
                   + f" ({stats.seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
     if not math.isfinite(train_loss):
         console.print("[red]training loss is not finite[/]")
-    prompt_key, generation_key = run.keys.epoch_samples(epoch)
-    prompt = sample_prompt(prompt_key, run.text, run.train_chars, config.maxlen)
+    prompt_key, generation_key = run.keys.sample_keys(epoch)
+    prompt = sample_prompt(prompt_key, run.text, run.split.val_start, config.maxlen)
     samples = epoch_samples(run, state.train.params, prompt, generation_key)
     if samples:
         console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
@@ -528,8 +568,7 @@ def _record_step(line: str) -> float:
 
 
 def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:
-    epoch = state.epoch + (1 if state.step > state.epoch * run.steps_per_epoch else 0)  # the epoch in progress
-    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=epoch,
+    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=run.epoch_in_progress(state.step),
                           default_prompt=run.default_prompt, val_bits_per_char=val_bits,
                           train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total,
                           schedule_steps=state.schedule_steps if state.schedule_fitted else None)
@@ -561,7 +600,8 @@ def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh, s
 
 
 def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> str:
-    """A random training-text window as the prompt, as the book picks ``start_index``."""
+    """A random window of the training text (its first ``train_chars``) as the prompt, as the book picks
+    ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
     start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
     return text[start:start + maxlen]
 

@@ -31,7 +31,6 @@ Both are far below what a character model's probabilities or any test resolve.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ import numpy as np
 from charlm_jax.config import DEFAULT_SAMPLER
 from charlm_jax.errors import CharLMError
 from charlm_jax.options import check_fraction, check_sampler, check_top_k
+from charlm_jax.scoring import nats_to_bits
 
 
 def sample(key: jax.Array, logits: jax.Array, temperature=1.0, *, top_k: int | None = None,
@@ -190,4 +190,4 @@ def entropy_bits(logits: jax.Array) -> jax.Array:
     """Entropy in bits of softmax(logits) along the last axis, with -inf treated as p = 0."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     probs = jnp.exp(log_probs)
-    return -jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1) / math.log(2.0)
+    return nats_to_bits(-jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1))

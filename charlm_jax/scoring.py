@@ -21,6 +21,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from charlm_jax.data import gather_next_chars, gather_windows
 
@@ -29,30 +30,40 @@ STATEFUL_CHUNK = 2048
 SCORE_MODES = ("window", "stateful")
 
 
-@partial(jax.jit, static_argnames=("model", "maxlen"))
-def window_log_probs(params, corpus_ids: jax.Array, starts: jax.Array, *, model, maxlen: int) -> jax.Array:
-    """Natural log-probability of the character after each window ``ids[s : s + maxlen]``, (batch,)."""
+def nats_to_bits(nats):
+    """Nats (natural-log units, what the losses are in) to bits: the one conversion."""
+    return nats / math.log(2.0)
+
+
+def window_nll(params, corpus_ids: jax.Array, starts: jax.Array, *, model, maxlen: int) -> jax.Array:
+    """The metric: negative log-probability (nats) of the character after each window, (batch,).
+
+    Each character is predicted from the ``maxlen`` before it, from a zero state (the book's
+    objective). Training's validation (``train.eval_step``) and ``charlm_jax.score`` both use it.
+    """
     windows = gather_windows(corpus_ids, starts, maxlen)  # (batch, maxlen)
     _, logits = model.apply({"params": params}, windows, last_only=True)  # (batch, vocab)
-    targets = gather_next_chars(corpus_ids, starts, maxlen)
-    return jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=-1)[:, 0]
+    targets = gather_next_chars(corpus_ids, starts, maxlen)  # (batch,)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+_window_nll = jax.jit(window_nll, static_argnames=("model", "maxlen"))
 
 
 @partial(jax.jit, static_argnames=("model",))
-def stateful_log_probs(params, carries, inputs: jax.Array, targets: jax.Array, *, model):
-    """One chunk of a carried-state pass: (new carries, log-probability of each target, (chunk,))."""
+def stateful_nll(params, carries, inputs: jax.Array, targets: jax.Array, *, model):
+    """One chunk of a carried-state pass: (new carries, negative log-probability of each target, (chunk,))."""
     carries, logits = model.apply({"params": params}, inputs[None, :], carries)  # (1, chunk, vocab)
-    log_probs = jax.nn.log_softmax(logits[0])
-    return carries, jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
+    return carries, optax.softmax_cross_entropy_with_integer_labels(logits[0], targets)
 
 
 def score_ids(params, model, ids: np.ndarray, mode: str, maxlen: int) -> np.ndarray:
     """log2-probability of each scored character of ``ids`` (see the module docstring), float64."""
     if mode == "window":
-        scores = _window_scores(params, model, ids, maxlen)
+        nll = _window_scores(params, model, ids, maxlen)
     else:
-        scores = _stateful_scores(params, model, ids)
-    return scores / math.log(2.0)
+        nll = _stateful_scores(params, model, ids)
+    return -nats_to_bits(nll)
 
 
 def _window_scores(params, model, ids: np.ndarray, maxlen: int) -> np.ndarray:
@@ -63,7 +74,7 @@ def _window_scores(params, model, ids: np.ndarray, maxlen: int) -> np.ndarray:
         batch = starts[begin:begin + WINDOW_BATCH]
         padded = np.resize(batch, WINDOW_BATCH)  # the last batch repeats windows, its extra scores dropped
         scores[begin:begin + len(batch)] = np.asarray(
-            window_log_probs(params, corpus, padded, model=model, maxlen=maxlen))[:len(batch)]
+            _window_nll(params, corpus, padded, model=model, maxlen=maxlen))[:len(batch)]
     return scores
 
 
@@ -76,7 +87,7 @@ def _stateful_scores(params, model, ids: np.ndarray) -> np.ndarray:
         chunk_inputs = inputs[begin:begin + STATEFUL_CHUNK]
         n = len(chunk_inputs)
         pad = STATEFUL_CHUNK - n  # only the last chunk: the carry after it is never used
-        carries, chunk_scores = stateful_log_probs(params, carries, np.pad(chunk_inputs, (0, pad)),
+        carries, chunk_scores = stateful_nll(params, carries, np.pad(chunk_inputs, (0, pad)),
                                                    np.pad(targets[begin:begin + n], (0, pad)), model=model)
         scores[begin:begin + n] = np.asarray(chunk_scores)[:n]
     return scores

@@ -7,7 +7,6 @@ optimizer update happens in place on the device.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -20,6 +19,7 @@ from charlm_jax.config import TrainConfig
 from charlm_jax.data import gather_dense_targets, gather_next_chars, gather_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
+from charlm_jax.scoring import window_nll
 
 TrainState = train_state.TrainState
 
@@ -156,10 +156,7 @@ def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Arr
     before it, from a zero state), whatever the training objective, so every
     run's validation bits per character compare directly.
     """
-    windows = gather_windows(corpus_ids, starts, maxlen)
-    _, logits = model.apply({"params": params}, windows, last_only=True)  # (batch, vocab)
-    targets = gather_next_chars(corpus_ids, starts, maxlen)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (batch,)
+    nll = window_nll(params, corpus_ids, starts, model=model, maxlen=maxlen)  # (batch,)
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
@@ -187,10 +184,6 @@ def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSt
                         out_shardings=(repl, repl), donate_argnums=0)
     eval_jit = jax.jit(eval_fn, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl))
     return CompiledSteps(train_jit, eval_jit)
-
-
-def nats_to_bits(nats: float) -> float:
-    return nats / math.log(2.0)
 
 
 def train_state_items(state: TrainState) -> dict[str, Any]:

@@ -289,3 +289,15 @@ def test_a_keras_file_whose_config_is_not_an_object_is_one_line(tmp_path):
     code, _, stderr = run("import-keras", path, "--chars", "abc", "--out", tmp_path / "imported")
     assert code == 2 and "not an object" in assert_one_line(stderr, "the model's config is a JSON list")
     assert not (tmp_path / "imported").exists()
+
+
+def test_resume_splits_the_cpu_for_the_saved_batch_not_the_flags_default(tmp_path, text_file):
+    """A batch of 17 runs on one CPU device; resumed with no --batch-size, the default 128 would split the
+    CPU in two and refuse the saved batch. The device split must follow the checkpoint."""
+    out = tmp_path / "run"
+    flags = ["--text", text_file, "--out", out, "--maxlen", "12", "--step", "2", "--hidden-size", "16",
+             "--sample-length", "0", "--no-progress"]
+    code, stdout, stderr = run("train", *flags, "--batch-size", "17", "--epochs", "1")
+    assert code == 0 and "1 cpu device(s)" in stdout, stderr
+    code, stdout, stderr = run("train", *flags, "--resume", "--epochs", "2")
+    assert code == 0 and "resuming at step" in stdout, stderr

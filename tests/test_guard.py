@@ -29,13 +29,20 @@ def test_nan_gradient_leaves_params_and_optimizer_statistics_untouched():
     assert int(later.opt_state.notfinite_count) == 0 and int(later.opt_state.total_notfinite) == 1
 
 
-def test_guard_changes_nothing_for_finite_gradients():
+def test_guard_changes_finite_updates_by_float32_rounding_at_most():
+    """The guarded update is the same arithmetic, but XLA fuses it differently inside the guard's select
+    (jitted or not), so values may differ at float32 rounding (measured: 18 of 224 values, at most 3e-8
+    absolute, 8 ulp of the smallest): equal to rtol 1e-6, never a different update."""
     guarded = create_train_state(jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7)
     plain = create_train_state(jax.random.key(0), TrainConfig(hidden_size=8, max_nonfinite_in_row=0), vocab_size=7)
     grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), plain.params)
     for _ in range(3):
         guarded, plain = guarded.apply_gradients(grads=grads), plain.apply_gradients(grads=grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), guarded.params, plain.params)
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+             zip(jax.tree.leaves(plain.params), jax.tree.leaves(create_train_state(
+                 jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7).params))]
+    assert min(moved) > 1e-3  # the updates compared are real steps, far above the tolerance
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, tiny_text):

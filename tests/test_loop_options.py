@@ -106,16 +106,31 @@ def test_cli_time_limit_must_be_positive(capsys, tmp_path):
     assert code == 2 and err.startswith("charlm-jax: error: --time-limit must be > 0")
 
 
+class TickingClock:
+    """A clock that advances ``tick`` seconds each time it is read: a block of steps 'takes' one tick."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_path, tiny_text):
+    """With an injected clock (0.1 s per block of 4 steps) the plan is exact, whatever the machine's speed."""
     config = tiny_config(epochs=500, lr_schedule="cosine", warmup_steps=0, sample_length=0, steps_per_call=4)
-    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=3.0)
+    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=3.0,
+                clock=TickingClock(0.1))
     planned = records_of(tmp_path)[-1]
-    assert first.stop_reason == "time_limit"
-    assert planned["schedule_steps"] < 500 * 35  # fitted to the 3 s budget, not to the 500 planned epochs
+    assert first.stop_reason == "time_limit" and 3.0 <= planned["train_seconds"] < 3.2
+    # Planned after the second block: 8 steps + 98 % of the 2.8 s left at 0.025 s per step, not 500 epochs.
+    assert planned["schedule_steps"] == 8 + int(0.98 * 2.8 / 0.025) == 117
     assert planned["learning_rate"] < config.learning_rate  # the cosine has decayed within the budget
     with CheckpointStore(tmp_path, create=False) as store:
         assert store.restore_meta().schedule_steps == planned["schedule_steps"]
-    fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=4.0, resume=True)
+    fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=4.0, resume=True,
+        clock=TickingClock(0.1))
     assert records_of(tmp_path)[-1]["schedule_steps"] == planned["schedule_steps"]  # the plan is kept
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.data import prepare_text
+from charlm_jax.data import prepare_text, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.scoring import STATEFUL_CHUNK, WINDOW_BATCH
 
@@ -19,7 +19,7 @@ def test_window_mode_on_the_held_out_tail_reproduces_the_validation_metric(train
     out, result = trained_run
     lm = charlm_jax.load(out)
     text = prepare_text(TINY_TEXT, lm.config.lowercase)
-    val_start = len(text) - int(round(len(text) * lm.config.val_fraction))
+    val_start = split_windows(len(text), lm.config.maxlen, lm.config.step, lm.config.val_fraction).val_start
     recorded = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     bits = charlm_jax.bits_per_char(lm, text[val_start:], mode="window")
     assert abs(bits - recorded["val_bits_per_char"]) < 1e-4
@@ -53,12 +53,14 @@ def test_texts_longer_than_one_batch_are_scored_in_fixed_shapes(trained_run, mon
     # Smaller batches and chunks give the same scores, and each shape compiles once.
     monkeypatch.setattr(scoring, "WINDOW_BATCH", 100)
     monkeypatch.setattr(scoring, "STATEFUL_CHUNK", 64)
-    scoring.window_log_probs.clear_cache()
-    scoring.stateful_log_probs.clear_cache()
+    scoring._window_nll.clear_cache()
+    scoring.stateful_nll.clear_cache()
     np.testing.assert_allclose(charlm_jax.score(lm, text), whole_window, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(charlm_jax.score(lm, text, mode="stateful"), whole_stateful, rtol=1e-4, atol=1e-5)
-    assert scoring.window_log_probs._cache_size() == 1 and scoring.stateful_log_probs._cache_size() == 1
-    assert len(text) > 100 + lm.config.maxlen and len(text) > 64 and (WINDOW_BATCH, STATEFUL_CHUNK) == (512, 2048)
+    assert scoring._window_nll._cache_size() == 1 and scoring.stateful_nll._cache_size() == 1
+    # Several of the smaller batches and chunks really ran, against fewer of the defaults.
+    assert len(text) - lm.config.maxlen > 2 * 100 and len(text) - 1 > 2 * 64
+    assert WINDOW_BATCH > 100 and STATEFUL_CHUNK > 64
 
 
 @pytest.mark.parametrize("text,mode,fragment", [
