@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab
-from charlm_jax.errors import CharLMError, CharLMWarning
+from charlm_jax.errors import CharLMError, CharLMWarning, MachineError
 
 FORMAT_VERSION = 1
 ITEM_NAMES = ("params", "train", "meta")
@@ -44,14 +44,12 @@ class DamagedCheckpoint(CharLMError):
         self.cause = cause
 
 
-class CheckpointWriteError(CharLMError):
+class CheckpointWriteError(MachineError):
     """A checkpoint could not be written (disk full, permissions, read-only file system).
 
     The previous checkpoint is intact (orbax writes into a temporary directory and renames
     it when complete); the CLI exits with status 1, as for other failures of the machine.
     """
-
-    exit_status = 1
 
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it costs ~1 s, and `generate --help` needs none of it
@@ -281,11 +279,11 @@ def make_run_directory(directory: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CharLMError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
-                          "pass an --out you can write to") from None
+        raise MachineError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
+                           "pass an --out you can write to") from None
     if not os.access(path, os.W_OK):
         read_only = os.statvfs(path).f_flag & os.ST_RDONLY
-        raise CharLMError(f"the run directory {str(path)!r} is not writable "
-                          f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
-                          "write to")
+        raise MachineError(f"the run directory {str(path)!r} is not writable "
+                           f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
+                           "write to")
     return path

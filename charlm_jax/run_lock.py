@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, MachineError
 
 LOCK_NAME = ".charlm-jax.lock"
 HOLDER_NAME = ".charlm-jax.lock.holder"
@@ -39,8 +39,8 @@ class RunLock:
             raise CharLMError(f"{str(self.directory)!r} is in use by another trainer ({self.holder()}): wait for "
                               "it to finish or stop it, or pass another --out") from None
         except OSError as error:
-            raise CharLMError(f"cannot lock the run directory {str(self.directory)!r} ({error.strerror}): "
-                              "pass an --out you can write to") from None
+            raise MachineError(f"cannot lock the run directory {str(self.directory)!r} ({error.strerror}): "
+                               "pass an --out you can write to") from None
         note = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)}
         try:
