@@ -375,7 +375,9 @@ def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, def
     if params is not None:
         state = state.replace(params=jax.tree.map(jnp.asarray, params))
     if mesh is not None:
-        state = jax.device_put(state, replicated(mesh))
+        # put_global, not device_put: with several processes each must hand over its share of a global
+        # array, or orbax cannot write it.
+        state = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), state)
     store.save(state.params, train_state_items(state),
                CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
     return state
