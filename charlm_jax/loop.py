@@ -211,8 +211,8 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     own_signals = stop is None
     stop = stop or StopSignals()
     make_run_directory(out_dir)
-    with (stop.installed() if own_signals else _nothing()), stop.deferred(), \
-            (RunLock(out_dir) if is_main_process() else _nothing()), \
+    with (stop.installed() if own_signals else contextlib.nullcontext()), stop.deferred(), \
+            (RunLock(out_dir) if is_main_process() else contextlib.nullcontext()), \
             CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store:
         run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop,
                                      clock)
@@ -282,11 +282,6 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     result.state, result.stop_reason = state.train, reason or StopReason.COMPLETED
     result.best_epoch, result.best_val_bits_per_char = state.best_epoch, state.best_val_bits_per_char
     return result
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
 
 
 def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str, store: CheckpointStore,

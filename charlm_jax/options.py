@@ -125,19 +125,15 @@ class GenerationOptions:
     def with_rows(self, temperatures: Any) -> "GenerationOptions":
         """The same options with the per-row temperatures given as they are (an array already checked
         and placed on devices, e.g. split over a mesh); not validated again."""
-        return _unchecked(self, temperatures=temperatures)
-
-    def described(self) -> dict[str, Any]:
-        """Plain values, for records and messages."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values["temperatures"] = [float(t) for t in np.asarray(self.temperatures)]
-        return values
+        return _built({**self.__dict__, "temperatures": temperatures})
 
 
-def _unchecked(options: GenerationOptions, **values: Any) -> GenerationOptions:
-    copy = object.__new__(GenerationOptions)
-    object.__setattr__(copy, "__dict__", {**options.__dict__, **values})
-    return copy
+def _built(values: dict[str, Any]) -> GenerationOptions:
+    """An instance made without ``__init__``: inside a jit its traced fields are tracers (or the placeholders
+    jax uses while transforming trees), which the checks must never see."""
+    built = object.__new__(GenerationOptions)
+    object.__setattr__(built, "__dict__", values)
+    return built
 
 
 def _flatten(options: GenerationOptions):
@@ -147,11 +143,7 @@ def _flatten(options: GenerationOptions):
 
 
 def _unflatten(static, traced) -> GenerationOptions:
-    # Without __init__: inside a jit the traced fields are tracers (or placeholders jax uses while
-    # transforming trees), which the checks above must never see.
-    copy = object.__new__(GenerationOptions)
-    object.__setattr__(copy, "__dict__", {**dict(zip(STATIC_FIELDS, static)), **dict(zip(TRACED_FIELDS, traced))})
-    return copy
+    return _built({**dict(zip(STATIC_FIELDS, static)), **dict(zip(TRACED_FIELDS, traced))})
 
 
 def _register() -> None:
