@@ -203,6 +203,13 @@ def given(args: argparse.Namespace, name: str) -> bool:
     return getattr(args, name, None) is not None
 
 
+def sha256_without_file(args: argparse.Namespace) -> tuple[bool, str]:
+    """``--sha256`` checks a --text file or download; with a built-in corpus or --chars it would do nothing."""
+    return (given(args, "sha256") and args.text is None,
+            "--sha256 checks a --text file or download and has no effect on a built-in corpus (--corpus) or "
+            "--chars: drop it")
+
+
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
     from charlm_jax.loop import fit
@@ -212,8 +219,7 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
     refuse_ineffective([
-        (given(args, "sha256") and args.text is None,
-         "--sha256 checks a --text file or download and has no effect on a built-in corpus: drop it"),
+        sha256_without_file(args),
         (given(args, "lr_final_fraction") and fresh.lr_schedule != "cosine",
          "--lr-final-fraction has no effect with a constant learning rate: drop it or pass --lr-schedule cosine"),
         (given(args, "early_stopping_patience") and fresh.early_stopping_patience and fresh.val_fraction == 0,
@@ -244,8 +250,6 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         (given(args, "repetition_window") and args.repetition_penalty is None,
          "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty"),
     ])
-    if args.chunk is not None and args.chunk < 1:
-        raise CharLMError(f"chunk must be a positive integer, got {args.chunk}: pass e.g. --chunk 200")
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
     from charlm_jax.options import GenerationOptions
@@ -259,17 +263,19 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
     lm.encode_prompt(prompt)  # unknown characters refused before anything is printed
     chunk = {} if args.chunk is None else {"chunk": args.chunk}
-    if not args.stream:
+    if args.stream:
+        # Row ``index`` of the unstreamed call: the same text, whatever the chunk. stream() checks its
+        # arguments when called, so every row is refused or accepted before anything is printed.
+        pieces = [stream(lm, prompt, options.replace(temperatures=[temperature]), seed=args.seed, row=index, **chunk)
+                  for index, temperature in enumerate(args.temperatures)]
+    else:
         texts = generate(lm, prompt, options, seed=args.seed, mesh=_mesh_if_several_devices())
     print(f'--- Generating with seed: "{prompt}"')
     for index, temperature in enumerate(args.temperatures):
         print(f"------ temperature: {temperature:g}")
         if args.stream:
-            # Row ``index`` of the unstreamed call: the same text, whatever the chunk.
-            pieces = stream(lm, prompt, options.replace(temperatures=[temperature]), seed=args.seed, row=index,
-                            **chunk)
             print(prompt, end="", flush=True)
-            for piece in pieces:
+            for piece in pieces[index]:
                 print(piece, end="", flush=True)
             print()
         else:
@@ -280,8 +286,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
 def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     import json
 
-    refuse_ineffective([(given(args, "sha256") and args.text is None,
-                         "--sha256 checks a --text file or download and has no effect on a built-in corpus: drop it")])
+    refuse_ineffective([sha256_without_file(args)])
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
 
@@ -300,8 +305,7 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
 def run_import_keras(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
 
-    refuse_ineffective([(given(args, "sha256") and args.text is None,
-                         "--sha256 checks a --text file or download and has no effect on --corpus or --chars: drop it")])
+    refuse_ineffective([sha256_without_file(args)])
     from charlm_jax.keras_import import import_keras
 
     text = None

@@ -587,13 +587,19 @@ def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh, s
     batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
     data = batch_sharding(mesh)
-    poll = stop.check if stop is not None and jax.process_count() == 1 else (lambda: None)
+    poll = local_poll(stop)
     for starts, weights in padded_eval_batches(val_starts, batch):
         poll()
         nll_sum, n = eval_fn(params, corpus, put_global(starts, data), put_global(weights, data))
         total += float(to_host(nll_sum))
         count += float(to_host(n))
     return total / max(count, 1.0)
+
+
+def local_poll(stop: StopSignals | None) -> Callable[[], None]:
+    """What abandons a validation or a sample between batches: ``stop.check`` in a single process; nothing
+    with several, whose batches are collectives every process must run to the end."""
+    return stop.check if stop is not None and jax.process_count() == 1 else (lambda: None)
 
 
 def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> str:
@@ -617,7 +623,7 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
     prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
     options = options.with_rows(temp_rows)
     length, chunk = options.length, min(SAMPLE_CHUNK, options.length)
-    poll = run.stop.check if jax.process_count() == 1 else (lambda: None)
+    poll = local_poll(run.stop)
     state = stream_start(params, key, prompt_rows, options, model=run.model, steps=-(-length // chunk) * chunk,
                          maxlen=config.maxlen)
     pieces = []
