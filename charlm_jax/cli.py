@@ -16,8 +16,8 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, GENERATION_MODES,
-                               MAX_NO_REPEAT_NGRAM, SAMPLERS, TrainConfig)
+from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER,
+                               GENERATION_MODES, SAMPLERS, TrainConfig)
 from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES
 from charlm_jax.stopping import StopSignals, Stopped
@@ -72,8 +72,11 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-window", type=int, metavar="N",
                         help=f"characters the penalty looks back over (default: {DEFAULT_REPETITION_WINDOW})")
     parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
-                        help=f"never generate a character that repeats an N-gram already in the text "
-                        f"(N <= {MAX_NO_REPEAT_NGRAM}; default: off)")
+                        help="never generate a character that repeats an N-gram already in the last "
+                        "--history-window characters (default: off)")
+    parser.add_argument("--history-window", type=int, metavar="N",
+                        help="characters (prompt included) the repetition controls read: their cost per "
+                        f"character grows with N, never with the text's length (default: {DEFAULT_HISTORY_WINDOW})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +252,8 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
          "without --stream: drop it or add --stream"),
         (given(args, "repetition_window") and args.repetition_penalty is None,
          "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty"),
+        (given(args, "history_window") and args.repetition_penalty is None and args.no_repeat_ngram is None,
+         "--history-window has no effect without --repetition-penalty or --no-repeat-ngram: drop it or add one"),
     ])
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
@@ -258,7 +263,9 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         length=args.length, temperatures=args.temperatures, mode=args.mode, sampler=args.sampler, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
         repetition_window=args.repetition_window if args.repetition_window is not None else DEFAULT_REPETITION_WINDOW,
-        no_repeat_ngram=args.no_repeat_ngram)  # every option checked here, before the checkpoint is read
+        no_repeat_ngram=args.no_repeat_ngram,
+        history_window=args.history_window if args.history_window is not None else DEFAULT_HISTORY_WINDOW,
+    )  # every option checked here, before the checkpoint is read
     lm = load(args.checkpoint, step=args.step)
     prompt = args.prompt if args.prompt is not None else lm.default_prompt
     lm.encode_prompt(prompt)  # unknown characters refused before anything is printed

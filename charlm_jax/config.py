@@ -23,7 +23,9 @@ GENERATION_MODES = ("stateful", "window")
 SAMPLERS = ("gumbel", "inverse_cdf")
 DEFAULT_SAMPLER = "inverse_cdf"
 DEFAULT_REPETITION_WINDOW = 20
-MAX_NO_REPEAT_NGRAM = 16
+# The repetition controls read at most this many of the last ids (prompt included): a ring
+# carried in the generation scan, so their cost per character does not grow with the text.
+DEFAULT_HISTORY_WINDOW = 512
 # The LSTM gates' activation (lstm.RECURRENT_ACTIVATIONS). Keras 3 and PyTorch: sigmoid. Keras
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.

@@ -119,7 +119,7 @@ def generate(lm: LanguageModel, prompt: str | None = None, options: GenerationOp
     the vocabulary are refused with an error naming them. ``seed`` is an int or a
     ``jax.random`` key. ``settings``: ``GenerationOptions`` fields (``length``,
     ``temperatures``, ``mode``, ``sampler``, ``top_k``, ``top_p``, ``min_p``,
-    ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``) when ``options`` is not
+    ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``, ``history_window``) when ``options`` is not
     given. With a ``mesh`` (``charlm_jax.distributed.make_mesh``) the rows are split over its
     devices; each row's text depends only on the seed, its index and its settings.
     """

@@ -5,7 +5,8 @@
 for its per-epoch samples; the jitted scan receives it as one argument. It is a pytree:
 
 * static (hashed into the jit's cache key; a new value compiles once): ``length``, ``mode``,
-  ``sampler``, ``top_k``, and whether each optional control is on;
+  ``sampler``, ``top_k``, ``history_window`` (the size of the ring the repetition controls
+  read), and whether each optional control is on;
 * traced (new values never recompile): ``temperatures`` (one per row, float32), ``top_p``,
   ``min_p``, ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``.
 
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER, GENERATION_MODES,
-                               MAX_NO_REPEAT_NGRAM, SAMPLERS)
+from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER,
+                               GENERATION_MODES, SAMPLERS)
 from charlm_jax.errors import CharLMError
 
-STATIC_FIELDS = ("length", "mode", "sampler", "top_k")
+STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window")
 TRACED_FIELDS = ("temperatures", "top_p", "min_p", "repetition_penalty", "repetition_window", "no_repeat_ngram")
 
 
@@ -72,7 +73,9 @@ class GenerationOptions:
 
     ``temperatures`` gives one row per value (the book's four temperatures are four rows of one
     call); ``length`` characters are generated per row. Filters act on the tempered distribution
-    (``charlm_jax.sampling``); the repetition controls on the raw logits, from the ids so far.
+    (``charlm_jax.sampling``); the repetition controls on the raw logits, from the last
+    ``history_window`` ids (prompt included): ``repetition_window`` must fit in it, and
+    ``no_repeat_ngram`` forbids repeating an n-gram that occurs wholly inside it.
     """
 
     length: int = 400
@@ -85,6 +88,7 @@ class GenerationOptions:
     repetition_penalty: float | None = None
     repetition_window: int = DEFAULT_REPETITION_WINDOW
     no_repeat_ngram: int | None = None
+    history_window: int = DEFAULT_HISTORY_WINDOW
 
     def __post_init__(self) -> None:
         if not _is_int(self.length) or self.length <= 0:
@@ -100,13 +104,19 @@ class GenerationOptions:
                                                         and self.repetition_penalty > 0):
             raise CharLMError(f"repetition_penalty must be > 0 (1: none; > 1 discourages repeats), got "
                               f"{self.repetition_penalty!r}: pass e.g. --repetition-penalty 1.3")
+        if not _is_int(self.history_window) or self.history_window < 1:
+            raise CharLMError(f"history_window must be a positive integer, got {self.history_window!r}: "
+                              f"pass e.g. --history-window {DEFAULT_HISTORY_WINDOW}")
         if not _is_int(self.repetition_window) or self.repetition_window < 1:
             raise CharLMError(f"repetition_window must be a positive integer, got {self.repetition_window!r}: "
                               "pass e.g. --repetition-window 20")
+        if self.repetition_penalty is not None and self.repetition_window > self.history_window:
+            raise CharLMError(f"repetition_window {self.repetition_window} is longer than history_window "
+                              f"{self.history_window}: pass --history-window {self.repetition_window} or more")
         if self.no_repeat_ngram is not None and (not _is_int(self.no_repeat_ngram)
-                                                 or not 1 <= self.no_repeat_ngram <= MAX_NO_REPEAT_NGRAM):
-            raise CharLMError(f"no_repeat_ngram must be an integer from 1 to {MAX_NO_REPEAT_NGRAM}, got "
-                              f"{self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8")
+                                                 or not 1 <= self.no_repeat_ngram <= self.history_window):
+            raise CharLMError(f"no_repeat_ngram must be an integer from 1 to history_window ({self.history_window}), "
+                              f"got {self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8")
 
     @property
     def rows(self) -> int:
@@ -114,7 +124,7 @@ class GenerationOptions:
 
     @property
     def keeps_history(self) -> bool:
-        """The scan carries the ids so far only when a repetition control reads them."""
+        """The scan carries the last ids only when a repetition control reads them."""
         return self.repetition_penalty is not None or self.no_repeat_ngram is not None
 
     def replace(self, **changes: Any) -> "GenerationOptions":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.decode import _ngram_bans, generate_ids, stream_chunk, stream_start
+from charlm_jax.decode import DecodeState, _empty_history, _ngram_bans, _push, generate_ids, stream_chunk, stream_start
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, init_params
 from charlm_jax.options import GenerationOptions
@@ -162,16 +162,43 @@ def ngram_bans_reference(text: list[int], n: int, vocab: int) -> np.ndarray:
     return banned
 
 
+def pushed_state(texts: np.ndarray, options: GenerationOptions, length: int, vocab: int) -> DecodeState:
+    """The decode state's history after the ids of ``texts`` (batch, count) were pushed one by one."""
+    batch = texts.shape[0]
+    state = DecodeState(None, None, None, None, *_empty_history(batch, length, vocab, options), None, None)
+    for column in texts.T:
+        state = _push(state, jnp.asarray(column, jnp.int32), options)
+    return state
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_ngram_bans_equal_a_python_reference(n):
+@pytest.mark.parametrize("history_window", [30, 11])  # the whole text; a ring that wraps
+def test_ngram_bans_equal_a_python_reference_over_the_window(n, history_window):
     rng = np.random.default_rng(n)
-    width, vocab = 30, 4  # a small alphabet, so n-grams repeat often
-    history = rng.integers(0, vocab, (6, width)).astype(np.int32)
-    for count in (0, 1, n - 1, n, 17, width):
-        got = np.asarray(_ngram_bans(jnp.asarray(history), jnp.int32(count), jnp.int32(n), vocab))
-        for row in range(len(history)):
-            expected = ngram_bans_reference(history[row, :count].tolist(), n, vocab)
+    length, vocab = 30, 4  # a small alphabet, so n-grams repeat often
+    texts = rng.integers(0, vocab, (6, length)).astype(np.int32)
+    options = GenerationOptions(length=1, temperatures=[1.0] * 6, no_repeat_ngram=n, history_window=history_window)
+    for count in (0, 1, n - 1, n, 17, length):
+        state = pushed_state(texts[:, :count], options, length, vocab)
+        got = np.asarray(_ngram_bans(state, jnp.int32(n), vocab))
+        for row in range(len(texts)):
+            window = texts[row, max(0, count - history_window):count].tolist()
+            expected = ngram_bans_reference(window, n, vocab)
             np.testing.assert_array_equal(got[row], expected, err_msg=f"row {row}, count {count}")
+
+
+@pytest.mark.parametrize("repetition_window,history_window", [(5, 5), (5, 12), (20, 40)])
+def test_penalty_counts_equal_a_python_reference(repetition_window, history_window):
+    rng = np.random.default_rng(repetition_window)
+    length, vocab = 40, 6
+    texts = rng.integers(0, vocab, (3, length)).astype(np.int32)
+    options = GenerationOptions(length=1, temperatures=[1.0] * 3, repetition_penalty=1.3,
+                                repetition_window=repetition_window, history_window=history_window)
+    for count in (0, 1, 4, 5, 6, 23, length):
+        counts = np.asarray(pushed_state(texts[:, :count], options, length, vocab).counts)
+        for row in range(len(texts)):
+            expected = np.bincount(texts[row, max(0, count - repetition_window):count], minlength=vocab)
+            np.testing.assert_array_equal(counts[row], expected, err_msg=f"row {row}, count {count}")
 
 
 def test_greedy_with_no_repeat_ngram_never_repeats_an_ngram(model_and_params):
@@ -221,7 +248,9 @@ def test_the_public_api_compiles_once_for_new_values(trained_run):
     ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
     ({"repetition_window": 0}, "repetition_window must be a positive integer"),
     ({"no_repeat_ngram": 0}, "no_repeat_ngram must be an integer from 1"),
-    ({"no_repeat_ngram": 99}, "no_repeat_ngram must be an integer from 1"),
+    ({"no_repeat_ngram": 2000}, "no_repeat_ngram must be an integer from 1 to history_window"),
+    ({"repetition_penalty": 1.2, "repetition_window": 50, "history_window": 40}, "repetition_window 50 is longer than history_window 40"),
+    ({"history_window": 0}, "history_window must be a positive integer"),
     ({"sampler": "beam"}, "sampler must be one of"),
     ({"mode": "beam"}, "mode must be one of"),
     ({"temperatures": [0.5, -1.0]}, "temperature must be >= 0"),
