@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER,
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--corpus", metavar="NAME", help="built-in corpus: pydoc (default, Python's own "
                         "documentation), python-source (the standard library's code), king-lear, shakespeare "
                         "(need the [shakespeare] extra)")
+    source.add_argument("--data", metavar="DIR", help="a corpus written by charlm-jax prepare, read from its memory "
+                        f"map (a --text file over {AUTO_PREPARE_BYTES >> 20} MiB is prepared into <out>/prepared "
+                        "by itself)")
     train.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
     train.add_argument("--out", default="runs/charlm", metavar="DIR",
                        help="run directory: checkpoints and metrics.jsonl (default: runs/charlm)")
@@ -103,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-limit", type=float, metavar="SECONDS",
                        help="stop after this much training time (validation excluded; counted across "
                        "--resume), validate and checkpoint; --resume continues (default: none)")
+    train.add_argument("--max-steps", type=int, metavar="N",
+                       help="stop after N optimizer steps in all (counted across --resume), validate and "
+                       "checkpoint; --resume continues (default: none)")
     _add_cpu_devices_flag(train)
     _add_config_flags(train)
     cluster = train.add_argument_group("multi-host (default: single process; see README)")
@@ -137,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     scored = evaluate.add_mutually_exclusive_group(required=True)
     scored.add_argument("--text", metavar="PATH_OR_URL", help="UTF-8 text file or http(s) URL to score")
     scored.add_argument("--corpus", metavar="NAME", help="built-in corpus to score: pydoc, python-source, king-lear, shakespeare")
+    scored.add_argument("--data", metavar="DIR", help="a prepared corpus (charlm-jax prepare): score the whole tail "
+                        "the run held out, which validation scores only --val-chars of")
     evaluate.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
     evaluate.add_argument("--mode", choices=("window", "stateful"), default="window",
                           help="window: each character from the maxlen before it, from a zero state (the "
@@ -144,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "character (default: window)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     evaluate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
+
+    prepare = commands.add_parser("prepare", help="encode a large text once into a memory-mapped corpus",
+                                  description="Stream a UTF-8 text through the encoder into DIR/ids.bin (the "
+                                  "smallest unsigned type that holds its characters) and DIR/meta.json, for "
+                                  "train --data and eval --data.")
+    prepare.add_argument("--text", required=True, metavar="PATH_OR_URL", help="UTF-8 text file or http(s) URL")
+    prepare.add_argument("--sha256", help="expected SHA-256 of the --text file or download (default: unchecked)")
+    prepare.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    prepare.add_argument("--no-lowercase", action="store_true",
+                         help="keep the text's case (train with --no-lowercase too; default: lower-cased, as "
+                         "the book)")
 
     importer = commands.add_parser("import-keras", help="turn a model saved by the book's Keras code into a run",
                                    description="Import a Keras LSTM language model (.keras or legacy .h5) as a "
@@ -214,11 +234,12 @@ def sha256_without_file(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
-    from charlm_jax.corpus import load_text
     from charlm_jax.loop import fit
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise CharLMError(f"--max-steps must be > 0, got {args.max_steps}")
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
     refuse_ineffective([
@@ -240,9 +261,10 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
     saved = peek_saved_config(args.out) if args.resume else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
-    text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
+    text = training_text(args, (saved or fresh).lowercase)
     result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
-                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit, stop=stop)
+                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit,
+                 stop_after_steps=args.max_steps, stop=stop)
     return 128 + stop.received if result.stop_reason.by_signal else 0
 
 
@@ -290,6 +312,53 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     return 0
 
 
+def training_text(args: argparse.Namespace, lowercase: bool):
+    """The text a run trains on: a string, or a prepared corpus (--data, or a --text file over
+    AUTO_PREPARE_BYTES, prepared into <out>/prepared once and reused while its sha256 matches)."""
+    from charlm_jax.corpus import fetch_url, load_text
+    from charlm_jax.prepared import open_prepared, prepared_for
+
+    if args.data is not None:
+        return open_prepared(args.data)
+    if args.text is not None:
+        path = fetch_url(args.text, sha256=args.sha256) if args.text.startswith(("http://", "https://")) \
+            else Path(args.text)
+        if path.is_file() and path.stat().st_size > AUTO_PREPARE_BYTES:
+            check_file_sha256(path, args.sha256)
+            cache = Path(args.out) / "prepared"
+            print(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB: reading it through a prepared corpus in "
+                  f"{cache} (kept for --resume)", flush=True)
+            return prepared_for(path, cache, lowercase)
+    return load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
+
+
+def check_file_sha256(path: Path, expected: str | None) -> None:
+    from charlm_jax.prepared import file_sha256
+
+    if expected is not None and path.is_file() and (actual := file_sha256(path)) != expected.lower():
+        raise CharLMError(f"sha256 of {path} is {actual}, expected {expected}: the file changed or the checksum "
+                          "is wrong")
+
+
+def run_prepare(args: argparse.Namespace, stop: StopSignals) -> int:
+    import time
+
+    from charlm_jax.corpus import fetch_url
+    from charlm_jax.prepared import prepare
+
+    path = fetch_url(args.text, sha256=args.sha256) if args.text.startswith(("http://", "https://")) \
+        else Path(args.text)
+    check_file_sha256(path, args.sha256)
+    started = time.perf_counter()
+    corpus = prepare(path, args.out, lowercase=not args.no_lowercase)
+    seconds = time.perf_counter() - started
+    megabytes = path.stat().st_size / 1e6
+    print(f"prepared {corpus.num_chars:,} characters ({corpus.vocab.size} distinct, {corpus.ids.dtype.name}) from "
+          f"{args.text} into {args.out} in {seconds:.1f} s ({megabytes / max(seconds, 1e-9):.0f} MB/s); train with "
+          f"charlm-jax train --data {args.out}")
+    return 0
+
+
 def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     import json
 
@@ -297,8 +366,13 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
 
+    from charlm_jax.prepared import open_prepared
+
     lm = load(args.checkpoint, step=args.step)
-    text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
+    if args.data is not None:
+        text = open_prepared(args.data)
+    else:
+        text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
     scores = score(lm, text, mode=args.mode)
     bits = float(-scores.mean())
     if args.json:
@@ -327,7 +401,10 @@ def run_import_keras(args: argparse.Namespace, stop: StopSignals) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval, "import-keras": run_import_keras}
+COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval, "prepare": run_prepare,
+            "import-keras": run_import_keras}
+# A --text file larger than this trains through a prepared corpus (memory independent of its size).
+AUTO_PREPARE_BYTES = 64 << 20
 DEBUG_ENV = "CHARLM_JAX_DEBUG"
 
 

@@ -26,6 +26,7 @@ DEFAULT_REPETITION_WINDOW = 20
 # The repetition controls read at most this many of the last ids (prompt included): a ring
 # carried in the generation scan, so their cost per character does not grow with the text.
 DEFAULT_HISTORY_WINDOW = 512
+DEFAULT_VAL_CHARS = 200_000
 # The LSTM gates' activation (lstm.RECURRENT_ACTIVATIONS). Keras 3 and PyTorch: sigmoid. Keras
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
@@ -45,6 +46,11 @@ class TrainConfig:
     step: int = _field(3, "stride between window starts (book: 3)")
     lowercase: bool = _field(True, "lower-case the text before training (book: yes)")
     val_fraction: float = _field(0.1, "fraction of the text, at its end, held out for validation")
+    # A 10 % tail of 10^8 characters is 10^7 windows: a validation of hours. Above the cap the
+    # same evenly spaced characters of the tail are scored every time; the book's 60K-character
+    # tail is below it and scored whole. charlm-jax eval scores the whole tail.
+    val_chars: int = _field(DEFAULT_VAL_CHARS, "characters of the held-out tail scored per validation, evenly "
+                            "spaced, the same ones every time (0: all of them)")
     # --- model (book: LSTM(128) + Dense(len(chars)) ) ---
     hidden_size: int = _field(128, "LSTM units per layer (book: 128)")
     num_layers: int = _field(1, "stacked LSTM layers (book: 1)")
@@ -114,6 +120,7 @@ class TrainConfig:
                 "charlm-jax: upgrade charlm-jax to read it"
             )
         values = dict(data)
+        values.setdefault("val_chars", 0)  # runs saved before the cap existed keep scoring their whole tail
         if "temperatures" in values:
             values["temperatures"] = tuple(float(t) for t in values["temperatures"])
         return cls(**values)
@@ -121,7 +128,8 @@ class TrainConfig:
 
 # Fields a resumed run may change: its length, how often and how it reports, and the speed knob;
 # none of them changes the parameters a step computes.
-RESUMABLE_FIELDS = ("epochs", "steps_per_call", "eval_every_steps", "sample_length", "temperatures", "sample_mode")
+RESUMABLE_FIELDS = ("epochs", "steps_per_call", "eval_every_steps", "sample_length", "temperatures", "sample_mode",
+                    "val_chars")
 
 
 def resume_config(saved: TrainConfig, config: TrainConfig | None = None,
@@ -154,6 +162,7 @@ def validate_config(config: TrainConfig) -> None:
     """Refuse impossible settings while they are plain Python values, before any jit."""
     _require(config.maxlen >= 1, f"maxlen must be >= 1, got {config.maxlen}: pass --maxlen 60")
     _require(config.step >= 1, f"step must be >= 1, got {config.step}: pass --step 3")
+    _require(config.val_chars >= 0, f"val_chars must be >= 0, got {config.val_chars}: pass e.g. --val-chars 200000")
     _require(0.0 <= config.val_fraction < 1.0,
              f"val_fraction must be in [0, 1), got {config.val_fraction}: pass --val-fraction 0.1")
     _require(config.hidden_size >= 1, f"hidden_size must be >= 1, got {config.hidden_size}")

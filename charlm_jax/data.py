@@ -1,11 +1,12 @@
 """Text -> ids -> windows -> batches, as pure functions.
 
 The book builds one-hot tensors of shape (windows, 60, vocab) up front, hundreds
-of MB for a 600K-character corpus. Here the corpus is kept once as int32 ids and
-a window is just its start offset: ``ids[start : start + maxlen]`` is the input
-and ``ids[start + maxlen]`` the book's target. Batches are vectors of start
-offsets, gathered into windows on the device inside the jitted step, so memory
-stays O(corpus length).
+of MB for a 600K-character corpus. Here the corpus is kept once as ids (int32 for a
+text, the smallest unsigned type in a memory-mapped prepared corpus) and a window is
+just its start offset: ``ids[start : start + maxlen]`` is the input and
+``ids[start + maxlen]`` the book's target. Each block of steps gathers its windows
+(``maxlen + 1`` ids each) on the host, only the rows this process's devices train on,
+so memory stays O(corpus length), or O(batch) with a memory map.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class Split:
     """
 
     train_starts: np.ndarray  # (train_windows,) int32
-    val_starts: np.ndarray  # (val_windows,) int32
+    val_starts: np.ndarray  # (val_windows,) int32: every val_stride-th window of the tail
     val_start: int  # the first character of the held-out tail (the text's length without one)
+    val_windows_all: int = 0  # windows in the whole tail (charlm-jax eval scores them all)
+    val_stride: int = 1
 
 
 def prepare_text(text: str, lowercase: bool) -> str:
@@ -97,16 +100,16 @@ def window_starts(num_chars: int, maxlen: int, step: int) -> np.ndarray:
     return np.arange(0, max(num_chars - maxlen, 0), step, dtype=np.int32)
 
 
-def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float) -> Split:
-    """Training windows from the head, validation windows (stride 1) from the tail."""
+def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float, val_chars: int = 0) -> Split:
+    """Training windows from the head, validation windows from the tail: all of them (stride 1), or,
+    when there are more than ``val_chars`` (> 0), every k-th with the smallest k that keeps them within it."""
     val_start = num_chars - int(round(num_chars * val_fraction)) if val_fraction > 0 else num_chars
     # A training window [s, s + maxlen] (inputs and the book's target) must end before val_start.
     train_starts = window_starts(val_start, maxlen, step)
     # Validation: every target at index >= val_start + maxlen, context fully inside the tail.
-    if val_fraction > 0:
-        val_starts = np.arange(val_start, num_chars - maxlen, 1, dtype=np.int32)
-    else:
-        val_starts = np.zeros((0,), np.int32)
+    val_windows_all = max(num_chars - maxlen - val_start, 0) if val_fraction > 0 else 0
+    stride = -(-val_windows_all // val_chars) if val_chars and val_windows_all > val_chars else 1
+    val_starts = np.arange(val_start, val_start + val_windows_all, stride, dtype=np.int32)
     if len(train_starts) == 0:
         raise CharLMError(
             f"text has {num_chars} characters, too short for one training window of {maxlen}+1 "
@@ -119,23 +122,24 @@ def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float) -
             f"window of {maxlen}+1 characters: use a longer text, a larger --val-fraction, "
             "or --val-fraction 0"
         )
-    return Split(train_starts=train_starts, val_starts=val_starts, val_start=val_start)
+    return Split(train_starts=train_starts, val_starts=val_starts, val_start=val_start,
+                 val_windows_all=val_windows_all, val_stride=stride)
 
 
-def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> jax.Array:
-    """Windows ``ids[s : s + maxlen]`` for each start: (batch,) -> (batch, maxlen)."""
-    offsets = jnp.arange(maxlen, dtype=starts.dtype)
-    return ids[starts[:, None] + offsets[None, :]]  # (batch, maxlen)
+def gather_windows(ids: jax.Array, starts: jax.Array, width: int) -> jax.Array:
+    """Windows ``ids[s : s + width]`` for each start, on the device: (batch,) -> (batch, width)."""
+    offsets = jnp.arange(width, dtype=starts.dtype)
+    return ids[starts[:, None] + offsets[None, :]]  # (batch, width)
 
 
-def gather_next_chars(ids: jax.Array, starts: jax.Array, maxlen: int) -> jax.Array:
-    """The book's target: the character right after each window, (batch,)."""
-    return ids[starts + maxlen]
+def host_windows(ids: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Windows ``ids[s : s + width]`` for each start (any shape), as int32, read on the host.
 
-
-def gather_dense_targets(ids: jax.Array, starts: jax.Array, maxlen: int) -> jax.Array:
-    """Next character at every window position: ``ids[s + 1 : s + maxlen + 1]``, (batch, maxlen)."""
-    return gather_windows(ids, starts + 1, maxlen)
+    What a training step receives: its inputs are a window's first ``maxlen`` ids and its
+    targets the rest (``width = maxlen + 1``). From a memory-mapped prepared corpus only the
+    pages the windows touch are read, so a step costs the same whatever the corpus's size.
+    """
+    return np.asarray(ids[np.asarray(starts)[..., None] + np.arange(width)], np.int32)
 
 
 def epoch_permutation(key: jax.Array, num_windows: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from charlm_jax.data import host_windows
 from charlm_jax.errors import CharLMError
 
 DATA_AXIS = "data"
@@ -107,6 +108,19 @@ def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(array, sharding)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def put_windows(ids: np.ndarray, starts: np.ndarray, width: int, sharding: NamedSharding) -> jax.Array:
+    """The global array of windows ``ids[s : s + width]`` for ``starts`` (any shape), int32.
+
+    Each process gathers, from its own copy or memory map of the ids, only the rows its devices
+    hold: with several hosts none of them reads a whole batch.
+    """
+    starts = np.asarray(starts)
+    if jax.process_count() == 1:
+        return jax.device_put(host_windows(ids, starts, width), sharding)
+    return jax.make_array_from_callback(starts.shape + (width,), sharding,
+                                        lambda index: host_windows(ids, starts[index[:-1]], width)[..., index[-1]])
 
 
 def to_host(tree):

@@ -41,7 +41,7 @@ def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
         raise CharLMError(f"the model's weight shapes {jax.tree.map(lambda p: p.shape, imported)} do not fit "
                           f"an LSTM of its size {expected}: the file is damaged or not the book's model")
     if text is not None:
-        default_prompt = new_run_prompt(config, prepare_text(text, lowercase))
+        default_prompt = new_run_prompt(config, vocab, vocab.encode(prepare_text(text, lowercase)))
     else:
         default_prompt = " " if " " in vocab.chars else vocab.chars[0]
     out = Path(out_dir)

@@ -25,11 +25,12 @@ import jax
 import numpy as np
 
 from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, prepare_text
+from charlm_jax.data import Vocab, prepare_text, split_windows
 from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, stream_chunk, stream_start
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.options import GenerationOptions
+from charlm_jax.prepared import PreparedCorpus
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
@@ -176,22 +177,41 @@ def _seed(seed: int | jax.Array):
     return as_key(seed)
 
 
-def score(lm: LanguageModel, text: str, mode: str = "window") -> np.ndarray:
+def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -> np.ndarray:
     """log2-probability of each scored character of ``text`` under the model (float64 numpy).
 
     ``window``: every character from position ``maxlen`` on, predicted from the ``maxlen``
     before it from a zero state (the training run's validation metric, given the held-out
     tail). ``stateful``: every character from position 1 on, with the state carried from
     the first character. The text goes through the model's preprocessing (lower-casing).
+    A ``PreparedCorpus`` (``charlm_jax.prepared``) is scored on the tail the run held out
+    (its ``val_fraction``), all of it: what validation scores, uncapped.
     """
     if mode not in SCORE_MODES:
         raise CharLMError(f"mode must be one of {', '.join(SCORE_MODES)}, got {mode!r}")
-    ids = lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="text")
+    if isinstance(text, str):
+        ids = lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="text")
+    else:
+        ids = held_out_ids(lm, text)
     needed = lm.config.maxlen + 1 if mode == "window" else 2
     if len(ids) < needed:
         raise CharLMError(f"text has {len(ids)} characters; {mode} scoring needs at least {needed}: "
                           "pass a longer text" + (" or --mode stateful" if mode == "window" else ""))
     return score_ids(lm.params, lm.model, ids, mode, lm.config.maxlen)
+
+
+def held_out_ids(lm: LanguageModel, corpus) -> np.ndarray:
+    """The ids of the tail a run on ``corpus`` (a ``PreparedCorpus``) held out for validation, int32."""
+    from charlm_jax.prepared import corpus_ids
+
+    vocab, ids = corpus_ids(corpus, lm.config.lowercase)
+    if vocab != lm.vocab:
+        raise CharLMError(f"the prepared corpus {str(corpus.path)!r} has other characters than the model's "
+                          "vocabulary: pass the corpus the run was trained on, or --text")
+    if lm.config.val_fraction == 0:
+        raise CharLMError("the run held nothing out (--val-fraction 0): score a text with --text instead")
+    split = split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
+    return np.asarray(ids[split.val_start:], np.int32)
 
 
 def bits_per_char(lm: LanguageModel, text: str, mode: str = "window") -> float:

@@ -35,14 +35,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, make_run_directory
 from charlm_jax.config import TrainConfig, resume_config
-from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches,
-                             prepare_text, split_windows)
+from charlm_jax.data import Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches, split_windows
 from charlm_jax.decode import SAMPLE_CHUNK, stream_chunk, stream_start
 from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, check_batch_divides,
-                                    is_main_process, make_mesh, put_global, replicated, shard_rows, to_host)
+                                    is_main_process, make_mesh, put_global, put_windows, replicated, shard_rows,
+                                    to_host)
 from charlm_jax.errors import CharLMError
+from charlm_jax.event_log import EVENTS_SUBDIR, EventLog
 from charlm_jax.model import CharLSTM, build_model
 from charlm_jax.options import GenerationOptions
+from charlm_jax.prepared import PreparedCorpus, corpus_ids
 from charlm_jax.run_lock import RunLock
 from charlm_jax.scoring import nats_to_bits
 from charlm_jax.stopping import StopSignals, Stopped
@@ -101,10 +103,9 @@ class Run:
     """What stays fixed while a run trains: its settings, data, model, compiled steps and stores."""
 
     config: TrainConfig
-    text: str
     vocab: Vocab
     split: Split
-    corpus: jax.Array  # (chars,) int32 ids, replicated on the mesh
+    corpus: np.ndarray  # (chars,) ids on the host: int32, or a prepared corpus's memory map
     keys: RunKeys
     model: CharLSTM
     steps: CompiledSteps
@@ -118,6 +119,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     clock: Callable[[], float]  # seconds, for the training clock
+    events: EventLog = field(default_factory=EventLog)  # TensorBoard, when the extra is installed
 
     def epochs_done(self, step: int) -> int:
         """Finished epochs after ``step`` optimizer steps (the one epoch arithmetic of the loop)."""
@@ -186,12 +188,13 @@ class FitResult:
         return self.stop_reason.by_signal
 
 
-def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, resume: bool = False,
+def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | os.PathLike, *, resume: bool = False,
         overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
         stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
         show_progress: bool = True, stop: StopSignals | None = None,
         clock: Callable[[], float] = time.perf_counter) -> FitResult:
-    """Train on ``text``, checkpointing into ``out_dir``; see the module docstring.
+    """Train on ``text`` (a string, or a ``PreparedCorpus`` read from its memory map), checkpointing into
+    ``out_dir``; see the module docstring.
 
     ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
     (TrainConfig fields) go on top of it, or, when resuming, on top of the saved run's config,
@@ -217,9 +220,12 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
         run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop,
                                      clock)
         result = FitResult(state=state.train, vocab=run.vocab, config=run.config)
-        console.print(f"[bold]charlm-jax[/] {len(run.text):,} characters, vocabulary {run.vocab.size}, "
+        run = replace(run, events=EventLog.open(out_dir) if is_main_process() else EventLog())
+        if run.events.enabled:
+            console.print(f"TensorBoard events in {out_dir / EVENTS_SUBDIR}: tensorboard --logdir {out_dir}")
+        console.print(f"[bold]charlm-jax[/] {len(run.corpus):,} characters, vocabulary {run.vocab.size}, "
                       f"{len(run.split.train_starts):,} training windows, {len(run.split.val_starts):,} "
-                      f"validation windows; {describe_mesh(mesh)}"
+                      f"validation windows{describe_val_cap(run.split)}; {describe_mesh(mesh)}"
                       + (f"; resuming at step {state.step}" if state.step else ""))
         progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
@@ -227,7 +233,7 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
                             console=console, disable=not show_progress, transient=True)
         reason = None
         timed_blocks = 0  # the first block of a process includes compiling
-        with progress:
+        with progress, contextlib.closing(run.events):
             try:
                 while reason is None and run.epochs_done(state.step) < run.config.epochs:
                     epoch = run.epochs_done(state.step) + 1
@@ -284,7 +290,8 @@ def fit(config: TrainConfig | None, text: str, out_dir: str | os.PathLike, *, re
     return result
 
 
-def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str, store: CheckpointStore,
+def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str | PreparedCorpus,
+                    store: CheckpointStore,
                     best_store: CheckpointStore, resume: bool, mesh, console: Console,
                     stop: StopSignals | None = None,
                     clock: Callable[[], float] = time.perf_counter) -> tuple[Run, RunState]:
@@ -309,12 +316,11 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     else:
         config = resume_config(meta.config, config, overrides)
     check_batch_divides(config.batch_size, mesh)
-    text = prepare_text(text, config.lowercase)
-    vocab = Vocab.from_text(text)
+    vocab, corpus = corpus_ids(text, config.lowercase)
     if meta is not None and meta.vocab != vocab:
         raise CharLMError("--resume with a different text: its characters differ from the "
                           "checkpoint's vocabulary; pass the original run's text")
-    split = split_windows(len(text), config.maxlen, config.step, config.val_fraction)
+    split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
     steps_per_epoch = batches_per_epoch(len(split.train_starts), config.batch_size)
     if steps_per_epoch == 0:
         raise CharLMError(f"only {len(split.train_starts)} training windows, fewer than one batch of "
@@ -326,7 +332,7 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
     keys = RunKeys.from_seed(config.seed)
     total_steps = config.epochs * steps_per_epoch
     if meta is None:
-        default_prompt = new_run_prompt(config, text, split)
+        default_prompt = new_run_prompt(config, vocab, corpus, split)
         state = RunState(train=write_new_run(store, config, vocab, default_prompt, mesh, total_steps=total_steps),
                          step=0, schedule_steps=total_steps)
     else:
@@ -343,19 +349,18 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
             best = best_store.restore_meta()
             state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char
     model = build_model(config, vocab.size)
-    run = Run(config=config, text=text, vocab=vocab, split=split,
-              corpus=put_global(vocab.encode(text), replicated(mesh)), keys=keys, model=model,
+    run = Run(config=config, vocab=vocab, split=split, corpus=corpus, keys=keys, model=model,
               steps=compile_steps(model, config, mesh), mesh=mesh, store=store, best_store=best_store,
               out_dir=Path(store.directory), console=console, stop=stop or StopSignals(),
               default_prompt=default_prompt, steps_per_epoch=steps_per_epoch, total_steps=total_steps, clock=clock)
     return run, state
 
 
-def new_run_prompt(config: TrainConfig, text: str, split: Split | None = None) -> str:
+def new_run_prompt(config: TrainConfig, vocab: Vocab, ids: np.ndarray, split: Split | None = None) -> str:
     """The prompt saved with a new run (``generate``'s default): a window of the training part of the
-    prepared ``text``, drawn with the key of epoch 1's samples. The one rule, for trained and imported runs."""
-    split = split or split_windows(len(text), config.maxlen, config.step, config.val_fraction)
-    return sample_prompt(RunKeys.from_seed(config.seed).sample_keys(1)[0], text, split.val_start, config.maxlen)
+    text's ``ids``, drawn with the key of epoch 1's samples. The one rule, for trained and imported runs."""
+    split = split or split_windows(len(ids), config.maxlen, config.step, config.val_fraction)
+    return sample_prompt(RunKeys.from_seed(config.seed).sample_keys(1)[0], vocab, ids, split.val_start, config.maxlen)
 
 
 def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, default_prompt: str, mesh=None, *,
@@ -411,11 +416,15 @@ def plan_schedule(run: Run, state: RunState, budget_seconds: float, step_seconds
 def run_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -> float:
     """Run one jitted block of steps and account its metrics; returns its seconds (sync included)."""
     started = run.clock()
-    state.train, metrics = run.steps.train_block(state.train, run.corpus, put_global(block, block_sharding(run.mesh)),
-                                                 run.keys.dropout)
+    windows = put_windows(run.corpus, block, run.config.maxlen + 1, block_sharding(run.mesh))
+    state.train, metrics = run.steps.train_block(state.train, windows, run.keys.dropout)
     metrics = to_host(metrics)  # the block's one host sync: (steps,) each
     seconds = run.clock() - started
     record_block(run, state, stats, metrics, seconds)
+    if run.events.enabled:
+        windows = block.size
+        rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
+        run.events.block(state.step, metrics, seconds, windows, windows * run.config.maxlen, rate, state.skipped_total)
     return seconds
 
 
@@ -498,7 +507,7 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
             console.print(f"validating on {len(run.split.val_starts):,} held-out windows (a stop request "
                           "drops it and saves the last completed step)")
         val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh,
-                            run.stop)
+                            run.stop, maxlen=config.maxlen)
         record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
                       eval_seconds=round(run.clock() - started, 3))
     console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
@@ -508,7 +517,7 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
     if not math.isfinite(train_loss):
         console.print("[red]training loss is not finite[/]")
     prompt_key, generation_key = run.keys.sample_keys(epoch)
-    prompt = sample_prompt(prompt_key, run.text, run.split.val_start, config.maxlen)
+    prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
     samples = epoch_samples(run, state.train.params, prompt, generation_key)
     if samples:
         console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
@@ -529,6 +538,7 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
     if is_main_process():
         append_record(run.out_dir / METRICS_NAME, record)
+        run.events.record(record)
     return record
 
 
@@ -577,8 +587,9 @@ def save_checkpoint(run: Run, state: RunState) -> None:
             run.store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state))
 
 
-def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh, stop: StopSignals | None = None) -> float:
-    """Mean next-character NLL (nats) over every validation window.
+def evaluate(eval_fn, params, corpus: np.ndarray, val_starts: np.ndarray, mesh, stop: StopSignals | None = None, *,
+             maxlen: int) -> float:
+    """Mean next-character NLL (nats) over the validation windows (``val_starts``, already capped).
 
     A stop request abandons it between batches (``Stopped``); with several processes the
     batches are collectives every process must run, so there it runs to the end.
@@ -590,7 +601,7 @@ def evaluate(eval_fn, params, corpus: jax.Array, val_starts: np.ndarray, mesh, s
     poll = local_poll(stop)
     for starts, weights in padded_eval_batches(val_starts, batch):
         poll()
-        nll_sum, n = eval_fn(params, corpus, put_global(starts, data), put_global(weights, data))
+        nll_sum, n = eval_fn(params, put_windows(corpus, starts, maxlen + 1, data), put_global(weights, data))
         total += float(to_host(nll_sum))
         count += float(to_host(n))
     return total / max(count, 1.0)
@@ -602,11 +613,11 @@ def local_poll(stop: StopSignals | None) -> Callable[[], None]:
     return stop.check if stop is not None and jax.process_count() == 1 else (lambda: None)
 
 
-def sample_prompt(key: jax.Array, text: str, train_chars: int, maxlen: int) -> str:
+def sample_prompt(key: jax.Array, vocab: Vocab, ids: np.ndarray, train_chars: int, maxlen: int) -> str:
     """A random window of the training text (its first ``train_chars``) as the prompt, as the book picks
     ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
     start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
-    return text[start:start + maxlen]
+    return vocab.decode(ids[start:start + maxlen])
 
 
 def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, str]:
@@ -633,6 +644,12 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
         pieces.append(to_host(ids)[:, :length - begin])
     ids = np.concatenate(pieces, axis=1)  # (temperatures, length)
     return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, ids)}
+
+
+def describe_val_cap(split: Split) -> str:
+    if split.val_windows_all <= len(split.val_starts):
+        return ""
+    return f" (every {split.val_stride}th of the tail's {split.val_windows_all:,}: --val-chars)"
 
 
 def describe_mesh(mesh) -> str:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charlm_jax.data import gather_next_chars, gather_windows
+from charlm_jax.data import gather_windows
 
 WINDOW_BATCH = 512
 STATEFUL_CHUNK = 2048
@@ -35,19 +35,21 @@ def nats_to_bits(nats):
     return nats / math.log(2.0)
 
 
-def window_nll(params, corpus_ids: jax.Array, starts: jax.Array, *, model, maxlen: int) -> jax.Array:
-    """The metric: negative log-probability (nats) of the character after each window, (batch,).
+def window_nll(params, windows: jax.Array, *, model, maxlen: int) -> jax.Array:
+    """The metric: negative log-probability (nats) of each window's last id, (batch,).
 
-    Each character is predicted from the ``maxlen`` before it, from a zero state (the book's
-    objective). Training's validation (``train.eval_step``) and ``charlm_jax.score`` both use it.
+    ``windows`` (batch, maxlen + 1): each last character is predicted from the ``maxlen`` before
+    it, from a zero state (the book's objective). Training's validation (``train.eval_step``) and
+    ``charlm_jax.score`` both use it.
     """
-    windows = gather_windows(corpus_ids, starts, maxlen)  # (batch, maxlen)
-    _, logits = model.apply({"params": params}, windows, last_only=True)  # (batch, vocab)
-    targets = gather_next_chars(corpus_ids, starts, maxlen)  # (batch,)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    _, logits = model.apply({"params": params}, windows[:, :maxlen], last_only=True)  # (batch, vocab)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, maxlen])
 
 
-_window_nll = jax.jit(window_nll, static_argnames=("model", "maxlen"))
+@partial(jax.jit, static_argnames=("model", "maxlen"))
+def _window_nll(params, corpus_ids: jax.Array, starts: jax.Array, *, model, maxlen: int) -> jax.Array:
+    """``window_nll`` of the windows starting at ``starts`` in a text already on the device."""
+    return window_nll(params, gather_windows(corpus_ids, starts, maxlen + 1), model=model, maxlen=maxlen)
 
 
 @partial(jax.jit, static_argnames=("model",))

@@ -16,7 +16,6 @@ import optax
 from flax.training import train_state
 
 from charlm_jax.config import TrainConfig
-from charlm_jax.data import gather_dense_targets, gather_next_chars, gather_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.scoring import window_nll
@@ -96,25 +95,26 @@ def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def loss_fn(params, corpus_ids: jax.Array, starts: jax.Array, dropout_key: jax.Array, *,
+def loss_fn(params, windows: jax.Array, dropout_key: jax.Array, *,
             model: CharLSTM, maxlen: int, objective: str, deterministic: bool = False) -> jax.Array:
-    """Mean cross-entropy (nats) of a batch of windows given by their start offsets."""
-    windows = gather_windows(corpus_ids, starts, maxlen)  # (batch, maxlen)
+    """Mean cross-entropy (nats) of a batch of windows, (batch, maxlen + 1) ids each.
+
+    A window's first ``maxlen`` ids are the input; the book's target is its last id, the dense
+    objective's targets are its ids shifted by one.
+    """
+    inputs = windows[:, :maxlen]
     last_only = objective == "next_char"
-    _, logits = model.apply({"params": params}, windows, last_only=last_only,
+    _, logits = model.apply({"params": params}, inputs, last_only=last_only,
                             deterministic=deterministic, rngs={"dropout": dropout_key})
-    if last_only:
-        targets = gather_next_chars(corpus_ids, starts, maxlen)  # (batch,)
-    else:
-        targets = gather_dense_targets(corpus_ids, starts, maxlen)  # (batch, maxlen)
+    targets = windows[:, maxlen] if last_only else windows[:, 1:]  # (batch,) or (batch, maxlen)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, dropout_key: jax.Array, *,
+def train_step(state: TrainState, windows: jax.Array, dropout_key: jax.Array, *,
                model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on the windows starting at ``starts`` (batch,)."""
+    """One optimizer update on a batch of windows, (batch, maxlen + 1)."""
     step_key = jax.random.fold_in(dropout_key, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, corpus_ids, starts, step_key,
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, windows, step_key,
                                               model=model, maxlen=maxlen, objective=objective)
     new_state = state.apply_gradients(grads=grads)
     grad_norm = optax.tree.norm(grads)
@@ -132,9 +132,9 @@ def train_step(state: TrainState, corpus_ids: jax.Array, starts: jax.Array, drop
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
-def train_block(state: TrainState, corpus_ids: jax.Array, block_starts: jax.Array, dropout_key: jax.Array, *,
+def train_block(state: TrainState, block_windows: jax.Array, dropout_key: jax.Array, *,
                 model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
-    """``train_step`` over a block of batches, (steps, batch) window starts, in one ``lax.scan``.
+    """``train_step`` over a block of batches, (steps, batch, maxlen + 1) windows, in one ``lax.scan``.
 
     One call per block instead of one per batch: Python, the host sync for the metrics and
     the runtime's allocation of the step's temporary buffers happen once per block. Each
@@ -142,13 +142,13 @@ def train_block(state: TrainState, corpus_ids: jax.Array, block_starts: jax.Arra
     changes speed, not results. Metrics come back stacked, (steps,) each.
     """
 
-    def one_step(state, starts):
-        return train_step(state, corpus_ids, starts, dropout_key, model=model, maxlen=maxlen, objective=objective)
+    def one_step(state, windows):
+        return train_step(state, windows, dropout_key, model=model, maxlen=maxlen, objective=objective)
 
-    return jax.lax.scan(one_step, state, block_starts)
+    return jax.lax.scan(one_step, state, block_windows)
 
 
-def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Array, *,
+def eval_step(params, windows: jax.Array, weights: jax.Array, *,
               model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
     """Summed next-character NLL (nats) and count over weighted windows.
 
@@ -156,7 +156,7 @@ def eval_step(params, corpus_ids: jax.Array, starts: jax.Array, weights: jax.Arr
     before it, from a zero state), whatever the training objective, so every
     run's validation bits per character compare directly.
     """
-    nll = window_nll(params, corpus_ids, starts, model=model, maxlen=maxlen)  # (batch,)
+    nll = window_nll(params, windows, model=model, maxlen=maxlen)  # (batch,)
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
@@ -170,8 +170,8 @@ class CompiledSteps(NamedTuple):
 def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSteps:
     """jit the train block and the eval step once, state donated, batches sharded over ``mesh``.
 
-    With a mesh, params and optimizer state are replicated and the batch axis (the last axis
-    of a block's window starts) is split along the mesh's ``data`` axis.
+    With a mesh, params and optimizer state are replicated and the batch axis (the second axis
+    of a block of windows, the first of an evaluation batch) is split along the mesh's ``data`` axis.
     """
     train_fn = partial(train_block, model=model, maxlen=config.maxlen, objective=config.objective)
     eval_fn = partial(eval_step, model=model, maxlen=config.maxlen)
@@ -180,9 +180,9 @@ def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSt
     from charlm_jax.distributed import batch_sharding, block_sharding, replicated
 
     repl, data = replicated(mesh), batch_sharding(mesh)
-    train_jit = jax.jit(train_fn, in_shardings=(repl, repl, block_sharding(mesh), repl),
+    train_jit = jax.jit(train_fn, in_shardings=(repl, block_sharding(mesh), repl),
                         out_shardings=(repl, repl), donate_argnums=0)
-    eval_jit = jax.jit(eval_fn, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl))
+    eval_jit = jax.jit(eval_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl))
     return CompiledSteps(train_jit, eval_jit)
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, split_windows
-from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows
+from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows
 from charlm_jax.errors import CharLMError
 from charlm_jax.decode import generate_ids
 from charlm_jax.options import GenerationOptions
@@ -32,13 +32,14 @@ model = build_model(config, vocab.size)
 
 def loss_trajectory(mesh, steps=12):
     state = jax.device_put(create_train_state(jax.random.key(0), config, vocab.size), replicated(mesh))
-    corpus = put_global(vocab.encode(text), replicated(mesh))
+    corpus = vocab.encode(text)
     train_block = compile_steps(model, config, mesh).train_block
     losses = []
     for i in range(0, steps, 3):  # blocks of 3 steps
         starts = np.stack([split.train_starts[(np.arange(16) * 7 + j * 16) % len(split.train_starts)]
                            for j in range(i, i + 3)])  # (3, 16)
-        state, metrics = train_block(state, corpus, put_global(starts, block_sharding(mesh)), jax.random.key(1))
+        windows = put_windows(corpus, starts, config.maxlen + 1, block_sharding(mesh))
+        state, metrics = train_block(state, windows, jax.random.key(1))
         losses.extend(float(loss) for loss in np.asarray(metrics["loss"]))
     shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
     return losses, state.params, shardings

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_dense_targets,
-                             gather_next_chars, gather_windows, padded_eval_batches, split_windows,
+from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_windows, host_windows,
+                             padded_eval_batches, split_windows,
                              window_starts)
 from charlm_jax.errors import CharLMError
 
@@ -33,22 +33,25 @@ def test_windows_and_targets_equal_the_books_one_hot_arrays(tiny_text, maxlen, s
     x, y, chars = book_vectorize(tiny_text, maxlen, step)
     vocab = Vocab.from_text(tiny_text)
     assert vocab.chars == "".join(chars)
-    ids = jnp.asarray(vocab.encode(tiny_text))
-    starts = jnp.asarray(window_starts(len(tiny_text), maxlen, step))
-    windows = gather_windows(ids, starts, maxlen)
-    targets = gather_next_chars(ids, starts, maxlen)
-    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows, vocab.size)) > 0, x)
-    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(targets, vocab.size)) > 0, y)
+    ids = vocab.encode(tiny_text)
+    starts = window_starts(len(tiny_text), maxlen, step)
+    windows = host_windows(ids, starts, maxlen + 1)  # inputs, then the book's target
+    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows[:, :maxlen], vocab.size)) > 0, x)
+    np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows[:, maxlen], vocab.size)) > 0, y)
+    on_device = gather_windows(jnp.asarray(ids), jnp.asarray(starts), maxlen + 1)
+    np.testing.assert_array_equal(np.asarray(on_device), windows)
 
 
-def test_dense_targets_are_the_window_shifted_by_one(tiny_text):
+def test_host_windows_read_a_memory_map_in_any_shape(tiny_text, tmp_path):
     vocab = Vocab.from_text(tiny_text)
-    ids = jnp.asarray(vocab.encode(tiny_text))
-    starts = jnp.asarray(window_starts(len(tiny_text), 10, 3))
-    dense = np.asarray(gather_dense_targets(ids, starts, 10))
-    for row, s in zip(dense, np.asarray(starts)):
-        assert vocab.decode(row) == tiny_text[s + 1: s + 11]
-    np.testing.assert_array_equal(dense[:, -1], np.asarray(gather_next_chars(ids, starts, 10)))
+    ids = vocab.encode(tiny_text)
+    ids.astype(np.uint8).tofile(tmp_path / "ids.bin")
+    mapped = np.memmap(tmp_path / "ids.bin", np.uint8, mode="r")
+    starts = window_starts(len(tiny_text), 10, 3)[:12].reshape(3, 4)  # a block: (steps, batch)
+    windows = host_windows(mapped, starts, 11)
+    assert windows.shape == (3, 4, 11) and windows.dtype == np.int32
+    for s, row in zip(starts.reshape(-1), windows.reshape(-1, 11)):
+        assert vocab.decode(row) == tiny_text[s:s + 11]
 
 
 def test_vocab_is_the_books_sorted_set_and_round_trips_any_unicode():

@@ -15,7 +15,6 @@ import pytest
 
 from charlm_jax import lstm, model as model_module
 from charlm_jax.config import RECURRENT_ACTIVATIONS
-from charlm_jax.data import gather_dense_targets, gather_next_chars, gather_windows
 from charlm_jax.lstm import _forward, lstm_scan
 from charlm_jax.model import CharLSTM, init_params
 
@@ -93,18 +92,14 @@ def test_forward_equals_the_equations_written_out_in_numpy():
 
 def model_loss(params, model, ids, seq_lengths, objective):
     """Mean cross-entropy of the objective's targets (as train.loss_fn, plus padded windows)."""
-    maxlen = ids.shape[1] - 1
-    starts = jnp.arange(ids.shape[0]) * 0
+    maxlen = ids.shape[1] - 1  # each row of ids is one window: inputs, then the book's target
     rows = jnp.arange(ids.shape[0])
-    windows = jax.vmap(lambda row: gather_windows(row, starts[:1], maxlen)[0])(ids)
     last_only = objective == "next_char"
-    _, logits = model.apply({"params": params}, windows, seq_lengths=seq_lengths, last_only=last_only)
+    _, logits = model.apply({"params": params}, ids[:, :maxlen], seq_lengths=seq_lengths, last_only=last_only)
     if last_only:
-        targets = jax.vmap(lambda row: gather_next_chars(row, starts[:1], maxlen)[0])(ids)
-        if seq_lengths is not None:
-            targets = ids[rows, seq_lengths]
+        targets = ids[:, maxlen] if seq_lengths is None else ids[rows, seq_lengths]
     else:
-        targets = jax.vmap(lambda row: gather_dense_targets(row, starts[:1], maxlen)[0])(ids)
+        targets = ids[:, 1:]
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, split_windows
+from charlm_jax.data import Vocab, host_windows, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.recipes import RECIPES, recipe_config
 from charlm_jax.model import build_model
@@ -33,7 +33,7 @@ def test_loss_is_the_mean_cross_entropy_of_the_objective_s_targets(tiny_text, ob
     model = build_model(config, vocab.size)
     params = create_train_state(jax.random.key(0), config, vocab.size).params
     starts = np.array([0, 5, 17, 40], np.int32)
-    loss = loss_fn(params, jnp.asarray(ids), jnp.asarray(starts), jax.random.key(1), model=model,
+    loss = loss_fn(params, jnp.asarray(host_windows(ids, starts, config.maxlen + 1)), jax.random.key(1), model=model,
                    maxlen=config.maxlen, objective=objective, deterministic=True)
     windows = np.stack([ids[s:s + config.maxlen] for s in starts])  # (batch, maxlen)
     _, logits = model.apply({"params": params}, jnp.asarray(windows))  # (batch, maxlen, vocab)
@@ -113,15 +113,14 @@ def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
     assert state.params["input_kernel_1"]["kernel"].shape == (256, 4 * 256)  # layer 2 reads layer 1
     model = build_model(config, vocab.size)
     split = split_windows(len(tiny_text), config.maxlen, config.step, config.val_fraction)
-    starts = jnp.asarray(split.train_starts[:16])
-    corpus = jnp.asarray(vocab.encode(tiny_text))
+    corpus = vocab.encode(tiny_text)
+    windows = jnp.asarray(host_windows(corpus, split.train_starts[:16], config.maxlen + 1))
     loss = partial(loss_fn, model=model, maxlen=config.maxlen, objective="next_char")
-    loss_a, loss_b = loss(state.params, corpus, starts, jax.random.key(1)), loss(state.params, corpus, starts,
-                                                                                  jax.random.key(2))
+    loss_a, loss_b = loss(state.params, windows, jax.random.key(1)), loss(state.params, windows, jax.random.key(2))
     assert np.isfinite(float(loss_a)) and float(loss_a) != float(loss_b)  # dropout is active in training
     steps = compile_steps(model, config)
-    block = jnp.asarray(np.resize(split.train_starts, (30, 16)))  # 30 steps over the same windows
-    state, metrics = steps.train_block(state, corpus, block, jax.random.key(3))
+    block = host_windows(corpus, np.resize(split.train_starts, (30, 16)), config.maxlen + 1)  # 30 steps, same windows
+    state, metrics = steps.train_block(state, block, jax.random.key(3))
     losses = np.asarray(metrics["loss"])
     assert np.all(np.isfinite(losses)) and losses[-5:].mean() < 0.9 * losses[:5].mean()  # measured: 0.84
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, split_windows
+from charlm_jax.data import Vocab, host_windows, split_windows
 from charlm_jax.model import build_model
 from charlm_jax.train import compile_steps, create_train_state, make_optimizer
 
@@ -38,12 +38,22 @@ def _setup(text, **overrides):
     state = create_train_state(jax.random.key(0), config, vocab.size)
     steps = compile_steps(build_model(config, vocab.size), config)
 
+    def windows(corpus, starts):  # what the loop does: windows gathered on the host
+        return host_windows(np.asarray(corpus), np.asarray(starts), config.maxlen + 1)
+
+    def block_fn(state, corpus, block_starts, key):
+        return steps.train_block(state, windows(corpus, block_starts), key)
+
     def train_fn(state, corpus, starts, key):  # one step: a block of one batch
-        state, metrics = steps.train_block(state, corpus, starts[None], key)
+        state, metrics = block_fn(state, corpus, jnp.asarray(starts)[None], key)
         return state, jax.tree.map(lambda m: m[0], metrics)
 
-    train_fn.block = steps.train_block
-    return config, corpus, split, state, train_fn, steps.eval_step
+    def eval_fn(params, corpus, starts, weights):
+        return steps.eval_step(params, windows(corpus, starts), weights)
+
+    block_fn._cache_size = steps.train_block._cache_size
+    train_fn.block = block_fn
+    return config, corpus, split, state, train_fn, eval_fn
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_text):
