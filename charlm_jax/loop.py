@@ -53,9 +53,12 @@ from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_t
 
 BEST_SUBDIR = "best"
 METRICS_NAME = "metrics.jsonl"
-EVAL_BATCH = 1024
-# A validation this large (a hundred batches or more) takes long enough to say so when it starts.
-ANNOUNCED_VALIDATION = 100 * EVAL_BATCH
+# Windows per validation batch. The input projection of a batch is materialised for all 60 steps
+# (batch x 60 x 4 * hidden floats: 126 MB at 1024 for the book's model), the largest temporary of a
+# run; 256 keeps it at 31 MB and the matmuls at 128 rows per device.
+EVAL_BATCH = 256
+# A validation this large takes long enough to say so when it starts.
+ANNOUNCED_VALIDATION = 100_000
 
 
 class StopReason(str, enum.Enum):
@@ -224,7 +227,7 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
         if run.events.enabled:
             console.print(f"TensorBoard events in {out_dir / EVENTS_SUBDIR}: tensorboard --logdir {out_dir}")
         console.print(f"[bold]charlm-jax[/] {len(run.corpus):,} characters, vocabulary {run.vocab.size}, "
-                      f"{len(run.split.train_starts):,} training windows, {len(run.split.val_starts):,} "
+                      f"{run.split.train_windows:,} training windows, {len(run.split.val_starts):,} "
                       f"validation windows{describe_val_cap(run.split)}; {describe_mesh(mesh)}"
                       + (f"; resuming at step {state.step}" if state.step else ""))
         progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -242,7 +245,7 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                                              loss=float("nan"), speed="-", skipped=state.skipped_total)
                     stats = EpochStats()
                     for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, epoch - 1),
-                                              run.split.train_starts, run.config.batch_size,
+                                              run.split, run.config.batch_size,
                                               run.config.steps_per_call, first_batch):
                         if stop_after_steps is not None:
                             block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
@@ -321,9 +324,9 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
         raise CharLMError("--resume with a different text: its characters differ from the "
                           "checkpoint's vocabulary; pass the original run's text")
     split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
-    steps_per_epoch = batches_per_epoch(len(split.train_starts), config.batch_size)
+    steps_per_epoch = batches_per_epoch(split.train_windows, config.batch_size)
     if steps_per_epoch == 0:
-        raise CharLMError(f"only {len(split.train_starts)} training windows, fewer than one batch of "
+        raise CharLMError(f"only {split.train_windows} training windows, fewer than one batch of "
                           f"{config.batch_size}: pass a smaller --batch-size or a longer text")
     if meta is not None and meta.step >= config.epochs * steps_per_epoch:
         done = meta.step // steps_per_epoch

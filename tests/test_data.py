@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_windows, host_windows,
-                             padded_eval_batches, split_windows,
+                             padded_eval_batches, shuffled, split_windows,
                              window_starts)
 from charlm_jax.errors import CharLMError
 
@@ -89,28 +89,44 @@ def test_text_shorter_than_a_window_is_refused():
         split_windows(200, 60, 3, 0.1)
 
 
+SPLIT = split_windows(300 + 10, 10, 3, 0.0)  # 100 windows starting at 0, 3, ..., 297: 6 full batches of 16
+
+
+@pytest.mark.parametrize("num_items", [1, 2, 3, 100, 1000, 4097, 30_011])
+def test_shuffled_is_a_permutation_fixed_by_the_key(num_items):
+    key = jax.random.key(7)
+    order = shuffled(key, num_items, np.arange(num_items))
+    np.testing.assert_array_equal(np.sort(order), np.arange(num_items))
+    np.testing.assert_array_equal(shuffled(key, num_items, np.arange(num_items)[::-1]), order[::-1])  # random access
+    if num_items >= 1000:
+        assert not np.array_equal(order, shuffled(jax.random.key(8), num_items, np.arange(num_items)))
+        # Looks shuffled: no drift with position, and neighbours far apart.
+        assert abs(np.corrcoef(np.arange(num_items), order)[0, 1]) < 0.05
+        assert np.median(np.abs(np.diff(order))) > num_items / 10
+
+
 def test_epoch_blocks_are_a_permutation_fixed_by_the_key():
-    starts = np.arange(0, 300, 3, dtype=np.int32)  # 100 windows: 6 full batches of 16
+    split, starts = SPLIT, SPLIT.train_starts
+    assert split.train_windows == 100 and starts[-1] == 297
     key = jax.random.key(3)
-    blocks = list(epoch_blocks(key, starts, 16, block_steps=4))
+    blocks = list(epoch_blocks(key, split, 16, block_steps=4))
     assert [b.shape for b in blocks] == [(4, 16), (2, 16)]  # a full block and the epoch's remainder
     first = np.concatenate(blocks).reshape(-1)
-    again = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=4))).reshape(-1)
-    other = np.concatenate(list(epoch_blocks(jax.random.key(4), starts, 16, block_steps=4))).reshape(-1)
+    again = np.concatenate(list(epoch_blocks(key, split, 16, block_steps=4))).reshape(-1)
+    other = np.concatenate(list(epoch_blocks(jax.random.key(4), split, 16, block_steps=4))).reshape(-1)
     assert batches_per_epoch(100, 16) == 6 and len(first) == 96  # last partial batch dropped
     assert len(set(first.tolist())) == 96 and set(first.tolist()) <= set(starts.tolist())
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     # The block size changes the grouping, never the order of batches.
-    one_by_one = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=1))).reshape(-1)
+    one_by_one = np.concatenate(list(epoch_blocks(key, split, 16, block_steps=1))).reshape(-1)
     np.testing.assert_array_equal(one_by_one, first)
 
 
 def test_a_resumed_epoch_finishes_its_block_then_falls_back_into_step():
-    starts = np.arange(0, 300, 3, dtype=np.int32)
     key = jax.random.key(3)
-    whole = np.concatenate(list(epoch_blocks(key, starts, 16, block_steps=4))).reshape(-1)
-    resumed = list(epoch_blocks(key, starts, 16, block_steps=4, first_batch=1))
+    whole = np.concatenate(list(epoch_blocks(key, SPLIT, 16, block_steps=4))).reshape(-1)
+    resumed = list(epoch_blocks(key, SPLIT, 16, block_steps=4, first_batch=1))
     assert [b.shape[0] for b in resumed] == [3, 2]  # batches 1-3, then 4-5 as uninterrupted
     np.testing.assert_array_equal(np.concatenate(resumed).reshape(-1), whole[16:])
 

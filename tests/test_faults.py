@@ -135,7 +135,8 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
 def test_stop_during_validation_drops_it_and_saves_within_seconds(tmp_path):
     """A 2.3M-window validation (the python-source corpus, half held out) is abandoned between batches."""
     out = tmp_path / "run"
-    flags = ["--corpus", "python-source", "--out", out, "--val-fraction", "0.5", "--step", "1000", "--maxlen", "60",
+    flags = ["--corpus", "python-source", "--out", out, "--val-fraction", "0.5", "--val-chars", "0", "--step", "1000",
+             "--maxlen", "60",
              "--hidden-size", "64", "--batch-size", "16", "--eval-every-steps", "16", "--sample-length", "0",
              "--no-progress", "--cpu-devices", "1"]
     trainer = Trainer("train", *flags)
