@@ -1,21 +1,25 @@
 """TensorBoard event files for a run, written when the optional ``tensorboard`` extra is installed.
 
-The writer is tensorboardX's ``SummaryWriter``: a maintained library that writes TensorBoard's
-event format with nothing but numpy and protobuf, so a run neither imports TensorFlow nor needs a
-TensorBoard server; ``clu``'s metric writers would bring TensorFlow along for the same files.
-``metrics.jsonl`` stays the run's record; the events are a view of it for ``tensorboard --logdir``.
+The events are written with tensorboardX (a maintained library that writes TensorBoard's format with
+nothing but numpy and protobuf; ``clu``'s metric writers would bring TensorFlow along): its summary
+builders and its synchronous ``EventsWriter``, not its ``SummaryWriter``, whose background thread and
+exit hook print tracebacks when the disk fills and whose errors a run cannot catch. The events are a
+view of ``metrics.jsonl``, which stays the run's record: if they cannot be written (a full disk, a
+read-only directory) they stop with one warning and the run goes on.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from charlm_jax.errors import CharLMWarning
+
 EVENTS_SUBDIR = "tensorboard"
-# Seconds between the writer's flushes: a run watched live shows each block within this.
-FLUSH_SECONDS = 10
 
 
 class EventLog:
@@ -27,10 +31,12 @@ class EventLog:
     @classmethod
     def open(cls, run_dir: Path) -> "EventLog":
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
         except ImportError:
             return cls()
-        return cls(SummaryWriter(logdir=str(Path(run_dir) / EVENTS_SUBDIR), flush_secs=FLUSH_SECONDS))
+        log = cls()
+        log._guarded(lambda: setattr(log, "writer", _new_writer(EventsWriter, Path(run_dir) / EVENTS_SUBDIR)), 0)
+        return log
 
     @property
     def enabled(self) -> bool:
@@ -42,26 +48,53 @@ class EventLog:
         if not self.enabled:
             return
         finite = ~np.asarray(metrics["skipped"], bool)
+        scalars = {"train/learning_rate": learning_rate, "train/windows_per_second": windows / max(seconds, 1e-9),
+                   "train/characters_per_second": chars / max(seconds, 1e-9),
+                   "train/skipped_steps_total": skipped_total}
         if finite.any():
-            self.writer.add_scalar("train/loss", float(np.mean(metrics["loss"][finite])), step)
-            self.writer.add_scalar("train/grad_norm", float(np.mean(metrics["grad_norm"][finite])), step)
-        self.writer.add_scalar("train/learning_rate", learning_rate, step)
-        self.writer.add_scalar("train/windows_per_second", windows / max(seconds, 1e-9), step)
-        self.writer.add_scalar("train/characters_per_second", chars / max(seconds, 1e-9), step)
-        self.writer.add_scalar("train/skipped_steps_total", skipped_total, step)
+            scalars["train/loss"] = float(np.mean(metrics["loss"][finite]))
+            scalars["train/grad_norm"] = float(np.mean(metrics["grad_norm"][finite]))
+        self._write(step, scalars)
 
     def record(self, record: dict[str, Any]) -> None:
         """A metrics.jsonl record: validation scalars and the samples."""
         if not self.enabled:
             return
-        step = record["step"]
-        for name in ("val_loss", "val_bits_per_char"):
-            if name in record:
-                self.writer.add_scalar(f"validation/{name.removeprefix('val_')}", record[name], step)
-        for temperature, sample in record.get("samples", {}).items():
-            self.writer.add_text(f"samples/temperature_{temperature}", record["prompt"] + sample, step)
-        self.writer.flush()
+        scalars = {f"validation/{name.removeprefix('val_')}": record[name]
+                   for name in ("val_loss", "val_bits_per_char") if name in record}
+        texts = {f"samples/temperature_{t}": record["prompt"] + sample for t, sample in record.get("samples", {}).items()}
+        self._write(record["step"], scalars, texts)
 
     def close(self) -> None:
         if self.enabled:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            self._guarded(writer.close, None)
+
+    def _write(self, step: int, scalars: dict[str, float], texts: dict[str, str] | None = None) -> None:
+        from tensorboardX import summary
+        from tensorboardX.proto.event_pb2 import Event
+
+        def write():
+            wall_time = time.time()
+            for tag, value in scalars.items():
+                self.writer.write_event(Event(wall_time=wall_time, step=step, summary=summary.scalar(tag, value)))
+            for tag, text in (texts or {}).items():
+                self.writer.write_event(Event(wall_time=wall_time, step=step, summary=summary.text(tag, text)))
+            self.writer.flush()  # a run watched live shows each block as it ends
+
+        self._guarded(write, step)
+
+    def _guarded(self, action, step: int | None) -> None:
+        """Run ``action``; a failure to write stops the events with one warning, never the run."""
+        try:
+            action()
+        except OSError as error:
+            self.writer = None
+            where = "" if step is None else f" at step {step}"
+            warnings.warn(f"TensorBoard events stopped{where} ({error.strerror or error}); metrics.jsonl has "
+                          "every record", CharLMWarning, stacklevel=3)
+
+
+def _new_writer(events_writer, directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    return events_writer(str(directory / "events"))
