@@ -41,7 +41,7 @@ from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E4
 from charlm_jax.corpus import load_text  # noqa: E402
 from charlm_jax.data import Vocab  # noqa: E402
 from charlm_jax.decode import generate_ids  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows  # noqa: E402
+from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows  # noqa: E402
 from charlm_jax.model import build_model, init_params  # noqa: E402
 from charlm_jax.options import GenerationOptions  # noqa: E402
 from charlm_jax.train import compile_steps, create_train_state  # noqa: E402
@@ -235,12 +235,12 @@ def bench_training(quick: bool) -> dict:
     for name, mesh in (("charlm_jax", make_mesh()), ("charlm_jax_one_device", make_mesh(jax.devices()[:1]))):
         steps = compile_steps(build_model(config, vocab), config, mesh)
         state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab), replicated(mesh))}
-        corpus = put_global(corpus_np, replicated(mesh))
-        starts = put_global(rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32),
-                            block_sharding(mesh))
+        starts = rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32)
 
-        def step(state=state, steps=steps, corpus=corpus, starts=starts):
-            state["train"], metrics = steps.train_block(state["train"], corpus, starts, jax.random.key(1))
+        def step(state=state, steps=steps, starts=starts, mesh=mesh):
+            # As the loop runs a block: its windows gathered on the host and shipped, then the steps.
+            windows = put_windows(corpus_np, starts, MAXLEN + 1, block_sharding(mesh))
+            state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
             metrics["loss"].block_until_ready()
 
         fns[name], steps_per_call[name] = step, block
@@ -272,16 +272,15 @@ def bench_block_sizes(config, vocab, corpus_np, quick: bool) -> dict:
     """Steps per second of one jitted call per step against blocks of steps (compile excluded)."""
     mesh, rng, out = make_mesh(), np.random.default_rng(1), {}
     steps = compile_steps(build_model(config, vocab), config, mesh)
-    corpus = put_global(corpus_np, replicated(mesh))
     fns = {}
     for block in (1, 4, 16, 64):
         state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab), replicated(mesh))}
-        starts = put_global(rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32),
-                            block_sharding(mesh))
+        starts = rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32)
 
         def run(state=state, starts=starts, block=block):
             for _ in range(64 // block):
-                state["train"], metrics = steps.train_block(state["train"], corpus, starts, jax.random.key(1))
+                windows = put_windows(corpus_np, starts, MAXLEN + 1, block_sharding(mesh))  # as the loop does
+                state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
                 np.asarray(metrics["loss"])  # the loop's one host sync per call
 
         fns[block] = run

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import charlm_jax  # noqa: E402
 from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
 from charlm_jax.decode import DECODE_UNROLL, _decode_step, _row_noise, generate_ids, start  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_global, replicated, shard_rows  # noqa: E402
+from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows  # noqa: E402
 from charlm_jax.model import build_model  # noqa: E402
 from charlm_jax.options import GenerationOptions  # noqa: E402
 from charlm_jax.recipes import recipe_config  # noqa: E402
@@ -262,13 +262,13 @@ def bench_roofline(lm, quick: bool) -> dict:
         state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab, total_steps=1000),
                                          replicated(mesh))}
         rng = np.random.default_rng(0)
-        corpus = put_global(rng.integers(0, vocab, 200_000, dtype=np.int32), replicated(mesh))
+        corpus = rng.integers(0, vocab, 200_000, dtype=np.int32)
         block = config.steps_per_call
-        starts = put_global(rng.integers(0, 200_000 - config.maxlen - 1, (block, config.batch_size), dtype=np.int32),
-                            block_sharding(mesh))
+        starts = rng.integers(0, 200_000 - config.maxlen - 1, (block, config.batch_size), dtype=np.int32)
+        windows = put_windows(corpus, starts, config.maxlen + 1, block_sharding(mesh))  # compute only is timed
 
-        def run(state=state, steps=steps, corpus=corpus, starts=starts):
-            state["train"], metrics = steps.train_block(state["train"], corpus, starts, jax.random.key(1))
+        def run(state=state, steps=steps, windows=windows):
+            state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
             metrics["loss"].block_until_ready()
 
         stats = timed(run, repeats=3 if quick else 8, warmup=1)
