@@ -98,20 +98,12 @@ def prepare_text(text: str, lowercase: bool) -> str:
     return text.lower() if lowercase else text
 
 
-def window_starts(num_chars: int, maxlen: int, step: int) -> np.ndarray:
-    """Start offsets of the book's windows: ``range(0, len(text) - maxlen, step)``.
-
-    Every such window has its target ``start + maxlen`` inside the text, which
-    is also the last of the dense objective's targets.
-    """
-    return np.arange(0, max(num_chars - maxlen, 0), step, dtype=np.int32)
-
-
 def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float, val_chars: int = 0) -> Split:
     """Training windows from the head, validation windows from the tail: all of them (stride 1), or,
     when there are more than ``val_chars`` (> 0), every k-th with the smallest k that keeps them within it."""
     val_start = num_chars - int(round(num_chars * val_fraction)) if val_fraction > 0 else num_chars
-    # A training window [s, s + maxlen] (inputs and the book's target) must end before val_start.
+    # The book's windows, range(0, len(text) - maxlen, step), over the head: a training window
+    # [s, s + maxlen] (inputs and the book's target) ends before val_start.
     train_windows = len(range(0, max(val_start - maxlen, 0), step))
     # Validation: every target at index >= val_start + maxlen, context fully inside the tail.
     val_windows_all = max(num_chars - maxlen - val_start, 0) if val_fraction > 0 else 0

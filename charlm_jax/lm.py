@@ -30,7 +30,7 @@ from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, stream_chunk, 
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.options import GenerationOptions
-from charlm_jax.prepared import PreparedCorpus
+from charlm_jax.prepared import PreparedCorpus, corpus_ids
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
@@ -202,8 +202,6 @@ def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -
 
 def held_out_ids(lm: LanguageModel, corpus) -> np.ndarray:
     """The ids of the tail a run on ``corpus`` (a ``PreparedCorpus``) held out for validation, int32."""
-    from charlm_jax.prepared import corpus_ids
-
     vocab, ids = corpus_ids(corpus, lm.config.lowercase)
     if vocab != lm.vocab:
         raise CharLMError(f"the prepared corpus {str(corpus.path)!r} has other characters than the model's "

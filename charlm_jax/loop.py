@@ -652,7 +652,7 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
 def describe_val_cap(split: Split) -> str:
     if split.val_windows_all <= len(split.val_starts):
         return ""
-    return f" (every {split.val_stride}th of the tail's {split.val_windows_all:,}: --val-chars)"
+    return f" (1 in {split.val_stride} of the tail's {split.val_windows_all:,}: --val-chars)"
 
 
 def describe_mesh(mesh) -> str:

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_windows, host_windows,
-                             padded_eval_batches, shuffled, split_windows,
-                             window_starts)
+                             padded_eval_batches, shuffled, split_windows)
 from charlm_jax.errors import CharLMError
 
 
@@ -34,7 +33,7 @@ def test_windows_and_targets_equal_the_books_one_hot_arrays(tiny_text, maxlen, s
     vocab = Vocab.from_text(tiny_text)
     assert vocab.chars == "".join(chars)
     ids = vocab.encode(tiny_text)
-    starts = window_starts(len(tiny_text), maxlen, step)
+    starts = split_windows(len(tiny_text), maxlen, step, 0.0).train_starts  # nothing held out: the book's range
     windows = host_windows(ids, starts, maxlen + 1)  # inputs, then the book's target
     np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows[:, :maxlen], vocab.size)) > 0, x)
     np.testing.assert_array_equal(np.asarray(jax.nn.one_hot(windows[:, maxlen], vocab.size)) > 0, y)
@@ -47,7 +46,7 @@ def test_host_windows_read_a_memory_map_in_any_shape(tiny_text, tmp_path):
     ids = vocab.encode(tiny_text)
     ids.astype(np.uint8).tofile(tmp_path / "ids.bin")
     mapped = np.memmap(tmp_path / "ids.bin", np.uint8, mode="r")
-    starts = window_starts(len(tiny_text), 10, 3)[:12].reshape(3, 4)  # a block: (steps, batch)
+    starts = split_windows(len(tiny_text), 10, 3, 0.0).train_starts[:12].reshape(3, 4)  # a block: (steps, batch)
     windows = host_windows(mapped, starts, 11)
     assert windows.shape == (3, 4, 11) and windows.dtype == np.int32
     for s, row in zip(starts.reshape(-1), windows.reshape(-1, 11)):
