@@ -315,16 +315,15 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
 def training_text(args: argparse.Namespace, lowercase: bool):
     """The text a run trains on: a string, or a prepared corpus (--data, or a --text file over
     AUTO_PREPARE_BYTES, prepared into <out>/prepared once and reused while its sha256 matches)."""
-    from charlm_jax.corpus import fetch_url, load_text
+    from charlm_jax.corpus import load_text
     from charlm_jax.prepared import open_prepared, prepared_for
 
     if args.data is not None:
         return open_prepared(args.data)
     if args.text is not None:
-        path = fetch_url(args.text, sha256=args.sha256) if args.text.startswith(("http://", "https://")) \
-            else Path(args.text)
+        path = local_text_file(args.text, None)  # the checksum only if it is prepared (load_text checks its own)
         if path.is_file() and path.stat().st_size > AUTO_PREPARE_BYTES:
-            check_file_sha256(path, args.sha256)
+            path = local_text_file(args.text, args.sha256)
             cache = Path(args.out) / "prepared"
             print(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB: reading it through a prepared corpus in "
                   f"{cache} (kept for --resume)", flush=True)
@@ -332,23 +331,27 @@ def training_text(args: argparse.Namespace, lowercase: bool):
     return load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
 
 
-def check_file_sha256(path: Path, expected: str | None) -> None:
+def local_text_file(text: str, sha256: str | None) -> Path:
+    """The file ``--text`` names: a path, or a URL's download in the cache (``fetch_url``); its checksum
+    checked against ``sha256`` when given (streamed: the file may be larger than memory)."""
+    from charlm_jax.corpus import fetch_url
     from charlm_jax.prepared import file_sha256
 
-    if expected is not None and path.is_file() and (actual := file_sha256(path)) != expected.lower():
-        raise CharLMError(f"sha256 of {path} is {actual}, expected {expected}: the file changed or the checksum "
+    if text.startswith(("http://", "https://")):
+        return fetch_url(text, sha256=sha256)
+    path = Path(text)
+    if sha256 is not None and path.is_file() and (actual := file_sha256(path)) != sha256.lower():
+        raise CharLMError(f"sha256 of {path} is {actual}, expected {sha256}: the file changed or the checksum "
                           "is wrong")
+    return path
 
 
 def run_prepare(args: argparse.Namespace, stop: StopSignals) -> int:
     import time
 
-    from charlm_jax.corpus import fetch_url
     from charlm_jax.prepared import prepare
 
-    path = fetch_url(args.text, sha256=args.sha256) if args.text.startswith(("http://", "https://")) \
-        else Path(args.text)
-    check_file_sha256(path, args.sha256)
+    path = local_text_file(args.text, args.sha256)
     started = time.perf_counter()
     corpus = prepare(path, args.out, lowercase=not args.no_lowercase)
     seconds = time.perf_counter() - started
