@@ -16,6 +16,7 @@ from charlm_jax.errors import CharLMError
 BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 
 OBJECTIVES = ("next_char", "dense")
+BATCHINGS = ("windows", "streams")
 LR_SCHEDULES = ("constant", "cosine")
 GENERATION_MODES = ("stateful", "window")
 # Generation's choices, here so the CLI can offer them without importing JAX (sampling.py and
@@ -55,6 +56,13 @@ class TrainConfig:
     hidden_size: int = _field(128, "LSTM units per layer (book: 128)")
     num_layers: int = _field(1, "stacked LSTM layers (book: 1)")
     dropout: float = _field(0.0, "dropout on each LSTM layer's outputs (book: 0)")
+    # Regularisation that suits recurrent nets (AWD-LSTM, Merity et al. 2017): a dropout mask drawn
+    # once per sequence instead of once per step (variational dropout, Gal & Ghahramani 2016), and
+    # DropConnect on the recurrent kernel, one mask per batch, which leaves the fused layer's
+    # equations (and its hand-written gradient) untouched.
+    locked_dropout: bool = _field(False, "draw --dropout's mask once per sequence, the same at every time step "
+                                  "(variational dropout; book: off)")
+    weight_dropout: float = _field(0.0, "DropConnect on each layer's recurrent kernel, one mask per batch (book: 0)")
     recurrent_activation: str = _field(
         "sigmoid", "activation of the LSTM's i, f, o gates; the hard sigmoids exist for imported Keras "
         "models (Keras 2 and 3 define them differently)", RECURRENT_ACTIVATIONS)
@@ -80,10 +88,19 @@ class TrainConfig:
     early_stopping_patience: int = _field(
         0, "stop after this many epochs without a better validation (0: never, the book); the best "
         "epoch is always kept in <out>/best")
-    eval_every_steps: int = _field(0, "also validate, sample, log and checkpoint every this many steps, at the "
+    eval_every_steps: int = _field(0, "also validate, sample, log and checkpoint every this many steps (with "
+                                   "--batching streams: instead of at each epoch's end), at the "
                                    "end of the block that reaches it (0: at the end of each epoch only)")
     objective: str = _field("next_char", "training objective: the character after each window (book), or "
                             "the next character at every position", OBJECTIVES)
+    # "windows": the book's shuffled windows, each from a zero state. "streams": truncated BPTT as
+    # char-rnn trains: the training text cut into batch_size consecutive streams, each batch the next
+    # maxlen characters of every stream, the LSTM state carried (gradient stopped) from one batch to the
+    # next, every position a target. Each character is computed once per epoch instead of ~maxlen / step
+    # times, and the model sees context longer than maxlen.
+    batching: str = _field("windows", "how batches are cut: the book's shuffled windows from a zero state, or "
+                           "consecutive streams with the LSTM state carried between batches (truncated "
+                           "BPTT; needs --objective dense)", BATCHINGS)
     clip_norm: float | None = _field(None, "clip gradients to this global norm (book: no clipping)")
     # Skip any update whose gradients are not finite (optax.apply_if_finite) and stop the run
     # after this many skipped steps in a row; 0 turns the guard off. Finite runs are unchanged.
@@ -168,6 +185,9 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.hidden_size >= 1, f"hidden_size must be >= 1, got {config.hidden_size}")
     _require(config.num_layers >= 1, f"num_layers must be >= 1, got {config.num_layers}")
     _require(0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1), got {config.dropout}")
+    _require(0.0 <= config.weight_dropout < 1.0, f"weight_dropout must be in [0, 1), got {config.weight_dropout}")
+    _require(config.batching != "streams" or config.objective == "dense",
+             "batching='streams' trains every position of each batch: pass --objective dense with --batching streams")
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
     _require(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")

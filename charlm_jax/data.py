@@ -208,6 +208,35 @@ def epoch_blocks(key: jax.Array, split: Split, batch_size: int, block_steps: int
         batch = end
 
 
+def stream_steps_per_epoch(train_chars: int, streams: int, maxlen: int) -> int:
+    """Batches of consecutive streams in one epoch (``stream_blocks``): the training text cut into
+    ``streams`` equal streams, each read ``maxlen`` characters at a time after an offset below ``maxlen``."""
+    return max(train_chars // streams - maxlen, 0) // maxlen
+
+
+def stream_blocks(key: jax.Array, train_chars: int, streams: int, maxlen: int, block_steps: int,
+                  first_batch: int = 0) -> Iterator[np.ndarray]:
+    """The epoch's batches of consecutive streams (truncated BPTT), grouped into blocks, (steps, streams) int32.
+
+    The first ``train_chars`` characters are cut into ``streams`` equal streams; batch k holds the
+    window (``maxlen + 1`` ids) at ``offset + k * maxlen`` of every stream, so each batch continues
+    where the one before it stopped and the LSTM state can be carried between them. The offset, drawn
+    from ``key`` below ``maxlen``, moves the cuts between batches from epoch to epoch. Every window ends
+    inside its stream, so no target reaches the held-out tail. Blocks begin at multiples of
+    ``block_steps``, as ``epoch_blocks``'.
+    """
+    length = train_chars // streams
+    total = stream_steps_per_epoch(train_chars, streams, maxlen)
+    offset = int(jax.random.randint(key, (), 0, maxlen))
+    stream_starts = np.arange(streams, dtype=np.int64) * length + offset  # (streams,)
+    batch = first_batch
+    while batch < total:
+        end = min((batch // block_steps + 1) * block_steps, total)
+        steps = np.arange(batch, end, dtype=np.int64) * maxlen  # (steps,)
+        yield (steps[:, None] + stream_starts[None, :]).astype(np.int32)
+        batch = end
+
+
 def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every validation window once, in fixed-size batches; padding rows get weight 0."""
     for begin in range(0, len(starts), batch_size):

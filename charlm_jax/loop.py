@@ -35,7 +35,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, make_run_directory
 from charlm_jax.config import TrainConfig, resume_config
-from charlm_jax.data import Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches, split_windows
+from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches, split_windows,
+                             stream_blocks, stream_steps_per_epoch)
 from charlm_jax.decode import SAMPLE_CHUNK, stream_chunk, stream_start
 from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, check_batch_divides,
                                     is_main_process, make_mesh, put_global, put_windows, replicated, shard_rows,
@@ -132,6 +133,26 @@ class Run:
         """Batches of the epoch in progress already taken after ``step`` steps."""
         return step % self.steps_per_epoch
 
+    @property
+    def streams(self) -> bool:
+        """Consecutive streams with carried state (truncated BPTT) rather than the book's windows."""
+        return self.config.batching == "streams"
+
+    @property
+    def validates_each_epoch(self) -> bool:
+        """Whether every epoch's end is validated and recorded. A streams epoch is one pass over the text, a
+        few seconds for a small one, while a validation reads every held-out character ``maxlen`` times:
+        with ``eval_every_steps`` set, a streams run validates on that schedule (and at its end) only."""
+        return not (self.streams and self.config.eval_every_steps)
+
+    def epoch_blocks(self, epoch: int, first_batch: int):
+        """The epoch's blocks of window starts, (steps, batch) each, in the run's batching."""
+        key, config = jax.random.fold_in(self.keys.shuffle, epoch - 1), self.config
+        if self.streams:
+            return stream_blocks(key, self.split.val_start, config.batch_size, config.maxlen,
+                                 config.steps_per_call, first_batch)
+        return epoch_blocks(key, self.split, config.batch_size, config.steps_per_call, first_batch)
+
     def epoch_in_progress(self, step: int) -> int:
         """The epoch a checkpoint at ``step`` belongs to: the finished one at a boundary, else the next."""
         return -(-step // self.steps_per_epoch)
@@ -153,6 +174,9 @@ class RunState:
     # has been measured against the step time (``plan_schedule``), what fits the budget.
     schedule_steps: int = 0
     schedule_fitted: bool = False
+    # The streams' LSTM carries after the last step (batching "streams"; None for windows): zero at
+    # each epoch's start, saved with every checkpoint so a resumed run continues them exactly.
+    carries: Any = None
 
 
 @dataclass
@@ -236,6 +260,7 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                             console=console, disable=not show_progress, transient=True)
         reason = None
         timed_blocks = 0  # the first block of a process includes compiling
+        stats = EpochStats()  # the steps since the last record
         with progress, contextlib.closing(run.events):
             try:
                 while reason is None and run.epochs_done(state.step) < run.config.epochs:
@@ -243,10 +268,9 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                     first_batch = run.batch_in_epoch(state.step)
                     task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
                                              loss=float("nan"), speed="-", skipped=state.skipped_total)
-                    stats = EpochStats()
-                    for block in epoch_blocks(jax.random.fold_in(run.keys.shuffle, epoch - 1),
-                                              run.split, run.config.batch_size,
-                                              run.config.steps_per_call, first_batch):
+                    if run.streams and first_batch == 0:
+                        state.carries = zero_carries(run)
+                    for block in run.epoch_blocks(epoch, first_batch):
                         if stop_after_steps is not None:
                             block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
                         if len(block) == 0:
@@ -263,14 +287,20 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                         reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds, timed_blocks)
                         if reason is not None:
                             break
-                        if evaluation_due(run.config, state, len(block)) and state.step < epoch * run.steps_per_epoch:
-                            result.history.append(finish_epoch(run, state, epoch, stats, partial=True))
+                        if evaluation_due(run.config, state, len(block)) and (
+                                state.step < epoch * run.steps_per_epoch or not run.validates_each_epoch):
+                            result.history.append(finish_epoch(run, state, epoch, stats,
+                                                               partial=state.step < epoch * run.steps_per_epoch))
                             stats = EpochStats()
                     progress.remove_task(task)
                     if reason is not None and reason.by_signal:
                         break
                     epoch_done = state.step == epoch * run.steps_per_epoch
-                    result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
+                    last = reason is not None or run.epochs_done(state.step) >= run.config.epochs
+                    recorded = bool(result.history) and result.history[-1]["step"] == state.step
+                    if run.validates_each_epoch or (last and not recorded):
+                        result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
+                        stats = EpochStats()
                     if reason is None and stalled(run, state):
                         console.print(f"early stopping: validation has not improved for "
                                       f"{run.config.early_stopping_patience} epoch(s); best "
@@ -324,7 +354,14 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
         raise CharLMError("--resume with a different text: its characters differ from the "
                           "checkpoint's vocabulary; pass the original run's text")
     split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
-    steps_per_epoch = batches_per_epoch(split.train_windows, config.batch_size)
+    if config.batching == "streams":
+        steps_per_epoch = stream_steps_per_epoch(split.val_start, config.batch_size, config.maxlen)
+        if steps_per_epoch == 0:
+            raise CharLMError(f"{split.val_start:,} training characters cut into {config.batch_size} streams "
+                              f"leave less than two windows of {config.maxlen} per stream: pass a smaller "
+                              "--batch-size or --maxlen, or a longer text")
+    else:
+        steps_per_epoch = batches_per_epoch(split.train_windows, config.batch_size)
     if steps_per_epoch == 0:
         raise CharLMError(f"only {split.train_windows} training windows, fewer than one batch of "
                           f"{config.batch_size}: pass a smaller --batch-size or a longer text")
@@ -345,6 +382,7 @@ def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], te
         schedule_steps = meta.schedule_steps or total_steps
         state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"],
                                                    tx=make_optimizer(config, schedule_steps)),
+                         carries=items.get("carries"),
                          step=meta.step, train_seconds=meta.train_seconds,
                          skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
                          schedule_fitted=meta.schedule_steps is not None)
@@ -381,9 +419,32 @@ def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, def
         # put_global, not device_put: with several processes each must hand over its share of a global
         # array, or orbax cannot write it.
         state = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), state)
-    store.save(state.params, train_state_items(state),
+    items = train_state_items(state)
+    if config.batching == "streams":
+        items["carries"] = zero_carries_for(config, vocab.size, mesh)
+    store.save(state.params, items,
                CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
     return state
+
+
+def zero_carries_for(config: TrainConfig, vocab_size: int, mesh=None):
+    """Zero LSTM carries of the run's ``batch_size`` streams, split over ``mesh`` like the streams."""
+    zeros = jax.tree.map(np.asarray, build_model(config, vocab_size).zero_carries(config.batch_size))
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, zeros)
+    return jax.tree.map(lambda x: put_global(x, batch_sharding(mesh)), zeros)
+
+
+def zero_carries(run: "Run"):
+    return zero_carries_for(run.config, run.vocab.size, run.mesh)
+
+
+def checkpoint_items(run: "Run", state: RunState) -> dict[str, Any]:
+    """What a checkpoint saves besides the parameters: the optimizer's state, and the streams' carries."""
+    items = train_state_items(state.train)
+    if run.streams:
+        items["carries"] = state.carries if state.carries is not None else zero_carries(run)
+    return items
 
 
 def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[CheckpointMeta, tuple[Any, Any]]:
@@ -395,6 +456,10 @@ def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[Checkpoint
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), meta.config, meta.vocab.size, 1))
     placed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
                           (shapes.params, train_state_items(shapes)))
+    if meta.config.batching == "streams":
+        carries = jax.eval_shape(lambda: build_model(meta.config, meta.vocab.size).zero_carries(meta.config.batch_size))
+        placed[1]["carries"] = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries)
     return meta, store.restore(*placed, step=step)
 
 
@@ -420,7 +485,11 @@ def run_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -
     """Run one jitted block of steps and account its metrics; returns its seconds (sync included)."""
     started = run.clock()
     windows = put_windows(run.corpus, block, run.config.maxlen + 1, block_sharding(run.mesh))
-    state.train, metrics = run.steps.train_block(state.train, windows, run.keys.dropout)
+    if run.streams:
+        (state.train, state.carries), metrics = run.steps.train_streams(state.train, state.carries, windows,
+                                                                        run.keys.dropout)
+    else:
+        state.train, metrics = run.steps.train_block(state.train, windows, run.keys.dropout)
     metrics = to_host(metrics)  # the block's one host sync: (steps,) each
     seconds = run.clock() - started
     record_block(run, state, stats, metrics, seconds)
@@ -537,7 +606,7 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
     if improved:
         record["best"] = True
         with run.stop.critical():
-            run.best_store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state, bits))
+            run.best_store.save(state.train.params, checkpoint_items(run, state), checkpoint_meta(run, state, bits))
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
     if is_main_process():
         append_record(run.out_dir / METRICS_NAME, record)
@@ -587,7 +656,7 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
 def save_checkpoint(run: Run, state: RunState) -> None:
     if run.store.latest_step() != state.step:  # a stop right after an epoch's checkpoint saves nothing new
         with run.stop.critical():
-            run.store.save(state.train.params, train_state_items(state.train), checkpoint_meta(run, state))
+            run.store.save(state.train.params, checkpoint_items(run, state), checkpoint_meta(run, state))
 
 
 def evaluate(eval_fn, params, corpus: np.ndarray, val_starts: np.ndarray, mesh, stop: StopSignals | None = None, *,

@@ -55,14 +55,20 @@ class LSTMLayer(nn.Module):
     hidden_size: int
     unroll: int = 1
     recurrent_activation: str = "sigmoid"
+    weight_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, carry: Carry, gate_inputs: jax.Array,
-                 mask: jax.Array | None = None) -> tuple[Carry, jax.Array]:
+                 mask: jax.Array | None = None, deterministic: bool = True) -> tuple[Carry, jax.Array]:
         """gate_inputs (time, batch, 4H), mask (time, batch) or None -> (carry, h (time, batch, H))."""
         recurrent_kernel = self.param("recurrent_kernel", keras_orthogonal,
                                       (self.hidden_size, 4 * self.hidden_size))
         bias = self.param("bias", keras_lstm_bias_init, (4 * self.hidden_size,))
+        if self.weight_dropout > 0:
+            # DropConnect (AWD-LSTM): one mask on the kernel for the whole batch and every step. The
+            # scan receives an ordinary kernel, so its hand-written gradient is unchanged; autodiff of
+            # this product carries that gradient back to the parameter.
+            recurrent_kernel = nn.Dropout(self.weight_dropout)(recurrent_kernel, deterministic=deterministic)
         if gate_inputs.shape[0] == 1 and mask is None:
             # One step (stateful generation): the cell itself, no loop of length 1 around it.
             carry, _ = lstm_cell(carry, gate_inputs[0], recurrent_kernel, bias, self.recurrent_activation)
@@ -88,10 +94,13 @@ class CharLSTM(nn.Module):
     dropout: float = 0.0
     unroll: int = 1
     recurrent_activation: str = "sigmoid"
+    locked_dropout: bool = False  # one dropout mask per sequence, shared by every time step
+    weight_dropout: float = 0.0  # DropConnect on the recurrent kernels
 
     def zero_carries(self, batch: int, dtype=jnp.float32) -> tuple[Carry, ...]:
-        zeros = jnp.zeros((batch, self.hidden_size), dtype)
-        return tuple((zeros, zeros) for _ in range(self.num_layers))
+        # A new array for every leaf: one buffer shared by two leaves could not be donated to a jitted step.
+        return tuple((jnp.zeros((batch, self.hidden_size), dtype), jnp.zeros((batch, self.hidden_size), dtype))
+                     for _ in range(self.num_layers))
 
     @nn.compact
     def __call__(self, ids: jax.Array, carries: tuple[Carry, ...] | None = None, *,
@@ -118,14 +127,17 @@ class CharLSTM(nn.Module):
                 # Input kernel of a deeper layer: a plain matmul on the layer below's outputs.
                 x = nn.Dense(4 * self.hidden_size, use_bias=False, kernel_init=keras_glorot_uniform,
                              name=f"input_kernel_{layer}")(x)  # (time, batch, 4 * hidden)
-            carry, x = LSTMLayer(self.hidden_size, self.unroll, self.recurrent_activation,
-                                 name=f"lstm_{layer}")(carries[layer], x, mask)  # x: (time, batch, hidden)
+            carry, x = LSTMLayer(self.hidden_size, self.unroll, self.recurrent_activation, self.weight_dropout,
+                                 name=f"lstm_{layer}")(carries[layer], x, mask, deterministic)  # (time, batch, H)
             new_carries.append(carry)
             if last_only and layer == self.num_layers - 1:
                 # The top layer's h after the last (unpadded) step, (batch, hidden).
                 x = carry[1]
             if self.dropout > 0:
-                x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+                # Locked: the mask broadcast over the time axis, so a unit dropped is dropped for the
+                # whole sequence (with last_only, x has no time axis and the two are the same).
+                locked = (0,) if self.locked_dropout and x.ndim == 3 else ()
+                x = nn.Dropout(self.dropout, broadcast_dims=locked)(x, deterministic=deterministic)
         # Keras Dense: glorot_uniform kernel, zero bias.
         logits = nn.Dense(self.vocab_size, kernel_init=keras_glorot_uniform,
                           bias_init=nn.initializers.zeros, name="logits")(x)
@@ -138,7 +150,8 @@ def build_model(config: TrainConfig, vocab_size: int) -> CharLSTM:
     """The model a ``TrainConfig`` describes (the one place a config becomes a module)."""
     return CharLSTM(vocab_size=vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
                     dropout=config.dropout, unroll=config.unroll,
-                    recurrent_activation=config.recurrent_activation)
+                    recurrent_activation=config.recurrent_activation, locked_dropout=config.locked_dropout,
+                    weight_dropout=config.weight_dropout)
 
 
 def init_params(key: jax.Array, model: CharLSTM, maxlen: int = 60):

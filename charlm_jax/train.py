@@ -116,6 +116,11 @@ def train_step(state: TrainState, windows: jax.Array, dropout_key: jax.Array, *,
     step_key = jax.random.fold_in(dropout_key, state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, windows, step_key,
                                               model=model, maxlen=maxlen, objective=objective)
+    return apply_update(state, loss, grads)
+
+
+def apply_update(state: TrainState, loss: jax.Array, grads) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer update of one step, refused (parameters untouched) when it is not finite."""
     new_state = state.apply_gradients(grads=grads)
     grad_norm = optax.tree.norm(grads)
     if isinstance(new_state.opt_state, optax.ApplyIfFiniteState):
@@ -132,6 +137,36 @@ def train_step(state: TrainState, windows: jax.Array, dropout_key: jax.Array, *,
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
+def stream_loss_fn(params, windows: jax.Array, carries, dropout_key: jax.Array, *,
+                   model: CharLSTM, maxlen: int) -> tuple[jax.Array, Any]:
+    """Mean dense cross-entropy (nats) of the next ``maxlen`` characters of each stream, from ``carries``.
+
+    ``windows`` (streams, maxlen + 1): inputs and targets shifted by one. The carries come from the
+    stream's previous batch; the gradient stops at them (truncated BPTT). Returns the loss and the
+    carries after the batch, for the next.
+    """
+    carries = jax.lax.stop_gradient(carries)
+    new_carries, logits = model.apply({"params": params}, windows[:, :maxlen], carries, deterministic=False,
+                                      rngs={"dropout": dropout_key})  # (streams, maxlen, vocab)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
+    return loss, new_carries
+
+
+def train_stream_step(state: TrainState, carries, windows: jax.Array, dropout_key: jax.Array, *,
+                      model: CharLSTM, maxlen: int) -> tuple[TrainState, Any, dict[str, jax.Array]]:
+    """``train_step`` for consecutive streams: one update on their next characters, carries passed on.
+
+    A refused (non-finite) step leaves the parameters alone; the streams' carries restart from zero
+    where they stopped being finite.
+    """
+    step_key = jax.random.fold_in(dropout_key, state.step)
+    (loss, new_carries), grads = jax.value_and_grad(stream_loss_fn, has_aux=True)(
+        state.params, windows, carries, step_key, model=model, maxlen=maxlen)
+    new_state, metrics = apply_update(state, loss, grads)
+    new_carries = jax.tree.map(lambda c: jnp.where(jnp.isfinite(c), c, 0.0), new_carries)
+    return new_state, new_carries, metrics
+
+
 def train_block(state: TrainState, block_windows: jax.Array, dropout_key: jax.Array, *,
                 model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step`` over a block of batches, (steps, batch, maxlen + 1) windows, in one ``lax.scan``.
@@ -146,6 +181,19 @@ def train_block(state: TrainState, block_windows: jax.Array, dropout_key: jax.Ar
         return train_step(state, windows, dropout_key, model=model, maxlen=maxlen, objective=objective)
 
     return jax.lax.scan(one_step, state, block_windows)
+
+
+def train_stream_block(state: TrainState, carries, block_windows: jax.Array, dropout_key: jax.Array, *,
+                       model: CharLSTM, maxlen: int) -> tuple[tuple[TrainState, Any], dict[str, jax.Array]]:
+    """``train_stream_step`` over a block, (steps, streams, maxlen + 1) windows, in one ``lax.scan``:
+    returns ((state, carries), metrics stacked (steps,))."""
+
+    def one_step(state_and_carries, windows):
+        state, carries = state_and_carries
+        state, carries, metrics = train_stream_step(state, carries, windows, dropout_key, model=model, maxlen=maxlen)
+        return (state, carries), metrics
+
+    return jax.lax.scan(one_step, (state, carries), block_windows)
 
 
 def eval_step(params, windows: jax.Array, weights: jax.Array, *,
@@ -165,6 +213,7 @@ class CompiledSteps(NamedTuple):
 
     train_block: Callable
     eval_step: Callable
+    train_streams: Callable | None = None  # train_stream_block, when config.batching == "streams"
 
 
 def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSteps:
@@ -175,15 +224,21 @@ def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSt
     """
     train_fn = partial(train_block, model=model, maxlen=config.maxlen, objective=config.objective)
     eval_fn = partial(eval_step, model=model, maxlen=config.maxlen)
+    streams_fn = partial(train_stream_block, model=model, maxlen=config.maxlen)
+    streams = config.batching == "streams"
     if mesh is None:
-        return CompiledSteps(jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn))
+        return CompiledSteps(jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn),
+                             jax.jit(streams_fn, donate_argnums=(0, 1)) if streams else None)
     from charlm_jax.distributed import batch_sharding, block_sharding, replicated
 
-    repl, data = replicated(mesh), batch_sharding(mesh)
-    train_jit = jax.jit(train_fn, in_shardings=(repl, block_sharding(mesh), repl),
+    repl, data, block = replicated(mesh), batch_sharding(mesh), block_sharding(mesh)
+    train_jit = jax.jit(train_fn, in_shardings=(repl, block, repl),
                         out_shardings=(repl, repl), donate_argnums=0)
     eval_jit = jax.jit(eval_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl))
-    return CompiledSteps(train_jit, eval_jit)
+    # Streams are split over the devices like a batch's rows; their carries stay where their rows are.
+    streams_jit = jax.jit(streams_fn, in_shardings=(repl, data, block, repl), out_shardings=((repl, data), repl),
+                          donate_argnums=(0, 1)) if streams else None
+    return CompiledSteps(train_jit, eval_jit, streams_jit)
 
 
 def train_state_items(state: TrainState) -> dict[str, Any]:

@@ -79,6 +79,20 @@ loop_config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epoc
 fits = {n: fit(loop_config, text, f"{out_dir}/run{n}", console=Console(quiet=True), show_progress=False,
                mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
 
+# Consecutive streams: their carries split over the 4 devices like the rows, and restored so on resume.
+stream_config = TrainConfig(maxlen=12, hidden_size=16, batch_size=8, epochs=3, sample_length=0, steps_per_call=2,
+                            batching="streams", objective="dense", dropout=0.1, locked_dropout=True,
+                            weight_dropout=0.1)
+stream_fits = {n: fit(stream_config, text, f"{out_dir}/streams{n}", console=Console(quiet=True),
+                      show_progress=False, mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
+fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), show_progress=False,
+    stop_after_steps=9)  # inside the second epoch: the carries are restored, not zero
+resumed = fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), show_progress=False,
+              resume=True)
+stream_params_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                         zip(jax.tree.leaves(jax.device_get(resumed.state.params)),
+                             jax.tree.leaves(jax.device_get(stream_fits[4].state.params))))
+
 print(json.dumps({
     "losses_one": one, "losses_four": four, "param_max_abs_diff": param_diff,
     "param_shardings": sorted(shardings),
@@ -89,4 +103,7 @@ print(json.dumps({
     "fit_devices": len(jax.devices()),
     "fit_records": {n: [{k: r[k] for k in ("step", "train_loss", "val_bits_per_char", "grad_norm_max")}
                         for r in result.history] for n, result in fits.items()},
+    "stream_records": {n: [{k: r[k] for k in ("step", "train_loss", "val_bits_per_char")} for r in result.history]
+                       for n, result in stream_fits.items()},
+    "stream_resumed_params_diff": stream_params_diff,
 }))

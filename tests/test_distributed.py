@@ -46,3 +46,11 @@ def test_the_training_loop_on_four_devices_follows_one_device(four_device_report
     assert [r["step"] for r in one] == [r["step"] for r in four] and len(one) == 2
     for key in ("train_loss", "val_bits_per_char", "grad_norm_max"):  # float reassociation only
         np.testing.assert_allclose([r[key] for r in four], [r[key] for r in one], rtol=1e-4)
+
+
+def test_streams_split_over_four_devices_follow_one_device_and_resume_exactly(four_device_report):
+    one, four = (four_device_report["stream_records"][n] for n in ("1", "4"))
+    assert [r["step"] for r in one] == [r["step"] for r in four] and len(one) == 3
+    for key in ("train_loss", "val_bits_per_char"):
+        np.testing.assert_allclose([r[key] for r in four], [r[key] for r in one], rtol=1e-4)
+    assert four_device_report["stream_resumed_params_diff"] == 0.0
