@@ -421,22 +421,24 @@ def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, def
         state = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), state)
     items = train_state_items(state)
     if config.batching == "streams":
-        items["carries"] = zero_carries_for(config, vocab.size, mesh)
+        items["carries"] = zero_carries_for(config, mesh)
     store.save(state.params, items,
                CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
     return state
 
 
-def zero_carries_for(config: TrainConfig, vocab_size: int, mesh=None):
+def zero_carries_for(config: TrainConfig, mesh=None):
     """Zero LSTM carries of the run's ``batch_size`` streams, split over ``mesh`` like the streams."""
-    zeros = jax.tree.map(np.asarray, build_model(config, vocab_size).zero_carries(config.batch_size))
+    # Made on the host and placed once (not built on a device and copied back first).
+    zeros = tuple((np.zeros((config.batch_size, config.hidden_size), np.float32),) * 2
+                  for _ in range(config.num_layers))
     if mesh is None:
         return jax.tree.map(jnp.asarray, zeros)
     return jax.tree.map(lambda x: put_global(x, batch_sharding(mesh)), zeros)
 
 
 def zero_carries(run: "Run"):
-    return zero_carries_for(run.config, run.vocab.size, run.mesh)
+    return zero_carries_for(run.config, run.mesh)
 
 
 def checkpoint_items(run: "Run", state: RunState) -> dict[str, Any]:
