@@ -53,6 +53,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... with AWD-LSTM's regularisation: locked (variational) dropout and DropConnect.
     "streams-awd": ("fast", {"epochs": 1000, "eval_every_steps": 160, "batching": "streams",
                              "early_stopping_patience": 0, "locked_dropout": True, "weight_dropout": 0.3}),
+    # ... on a wider model (two layers of 256) that the regularisation may let a 600 s budget afford.
+    "streams-awd-wide": ("fast", {"epochs": 1000, "eval_every_steps": 120, "batching": "streams",
+                                  "early_stopping_patience": 0, "locked_dropout": True, "weight_dropout": 0.3,
+                                  "hidden_size": 256}),
     # The peer: a small GPT (gpt_peer.py, PyTorch), nanoGPT's CPU recipe for characters...
     "gpt": ("gpt", {}),
     # ... and with dropout 0.2 and a larger batch (its recipe for more data).
