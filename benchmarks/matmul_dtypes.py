@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -107,9 +108,7 @@ def main(argv=None) -> int:
             bf16 = timings[f"{framework}/{product}/bfloat16"]["median_s"]
             rows.append({"framework": framework, "product": product, "float32_ms": f32 * 1e3,
                          "bfloat16_ms": bf16 * 1e3, "bf16_over_f32": bf16 / f32})
-    import datetime
-
-    date = datetime.date.today().isoformat()
+    date = time.strftime("%Y-%m-%d")  # as the other scripts date their results
     device = device_name()
     lines = [f"# bfloat16 against float32 for the LSTM's products ({date}, {device})", "",
              f"`python matmul_dtypes.py --batch {args.batch} --hidden {args.hidden} --vocab {args.vocab} "
