@@ -459,7 +459,7 @@ def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[Checkpoint
     placed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
                           (shapes.params, train_state_items(shapes)))
     if meta.config.batching == "streams":
-        carries = jax.eval_shape(lambda: build_model(meta.config, meta.vocab.size).zero_carries(meta.config.batch_size))
+        carries = jax.eval_shape(lambda: zero_carries_for(meta.config))
         placed[1]["carries"] = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries)
     return meta, store.restore(*placed, step=step)
