@@ -41,12 +41,11 @@ from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E4
 from charlm_jax.corpus import load_text  # noqa: E402
 from charlm_jax.data import Vocab  # noqa: E402
 from charlm_jax.decode import generate_ids  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows  # noqa: E402
+from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
 from charlm_jax.model import build_model, init_params  # noqa: E402
 from charlm_jax.options import GenerationOptions  # noqa: E402
-from charlm_jax.train import compile_steps, create_train_state  # noqa: E402
 
-from common import (first_call_seconds, interleaved, platform_tag, device_name, timed, versions,  # noqa: E402
+from common import (first_call_seconds, interleaved, platform_tag, device_name, timed, training_block, versions,  # noqa: E402
                     write_results)
 
 HERE = Path(__file__).resolve().parent
@@ -233,15 +232,14 @@ def bench_training(quick: bool) -> dict:
     block = config.steps_per_call
     fns, steps_per_call, extra = {}, {}, {}
     for name, mesh in (("charlm_jax", make_mesh()), ("charlm_jax_one_device", make_mesh(jax.devices()[:1]))):
-        steps = compile_steps(build_model(config, vocab), config, mesh)
-        state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab), replicated(mesh))}
+        fresh_state, run_block = training_block(config, vocab, mesh)
+        state = fresh_state()
         starts = rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32)
 
-        def step(state=state, steps=steps, starts=starts, mesh=mesh):
+        def step(state=state, run_block=run_block, starts=starts, mesh=mesh):
             # As the loop runs a block: its windows gathered on the host and shipped, then the steps.
             windows = put_windows(corpus_np, starts, MAXLEN + 1, block_sharding(mesh))
-            state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
-            metrics["loss"].block_until_ready()
+            run_block(state, windows)["loss"].block_until_ready()
 
         fns[name], steps_per_call[name] = step, block
         extra[name] = {"devices": mesh.devices.size, "steps_per_call": block}
@@ -271,17 +269,16 @@ def bench_training(quick: bool) -> dict:
 def bench_block_sizes(config, vocab, corpus_np, quick: bool) -> dict:
     """Steps per second of one jitted call per step against blocks of steps (compile excluded)."""
     mesh, rng, out = make_mesh(), np.random.default_rng(1), {}
-    steps = compile_steps(build_model(config, vocab), config, mesh)
+    fresh_state, run_block = training_block(config, vocab, mesh)
     fns = {}
     for block in (1, 4, 16, 64):
-        state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab), replicated(mesh))}
+        state = fresh_state()
         starts = rng.integers(0, 600_000 - MAXLEN - 1, (block, BATCH), dtype=np.int32)
 
         def run(state=state, starts=starts, block=block):
             for _ in range(64 // block):
                 windows = put_windows(corpus_np, starts, MAXLEN + 1, block_sharding(mesh))  # as the loop does
-                state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
-                np.asarray(metrics["loss"])  # the loop's one host sync per call
+                np.asarray(run_block(state, windows)["loss"])  # the loop's one host sync per call
 
         fns[block] = run
     for block, stats in interleaved(fns, rounds=2 if quick else 4).items():

@@ -110,3 +110,31 @@ def peak_rss_bytes() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def training_block(config, vocab_size: int, mesh):
+    """The training loop's compiled block as ``fit`` runs it: returns (fresh state, run(state, windows) -> metrics).
+
+    ``state`` is a dict (train state and carries, replicated / split over ``mesh``) that ``run`` updates
+    in place, since the block donates both.
+    """
+    import jax
+
+    from charlm_jax.distributed import replicated
+    from charlm_jax.model import build_model
+    from charlm_jax.run_dir import zero_carries
+    from charlm_jax.train import compiled_train_block, create_train_state
+
+    model, block = build_model(config, vocab_size), compiled_train_block(mesh)
+
+    def fresh_state() -> dict:
+        train = create_train_state(jax.random.key(0), config, vocab_size, total_steps=1000)
+        return {"train": jax.device_put(train, replicated(mesh)), "carries": zero_carries(config, mesh)}
+
+    def run(state: dict, windows):
+        (state["train"], state["carries"]), metrics = block(
+            state["train"], state["carries"], windows, jax.random.key(1), model=model, maxlen=config.maxlen,
+            objective=config.objective, carry_over=config.batching == "streams")
+        return metrics
+
+    return fresh_state, run

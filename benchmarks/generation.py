@@ -45,14 +45,12 @@ import numpy as np  # noqa: E402
 import charlm_jax  # noqa: E402
 from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
 from charlm_jax.decode import DECODE_UNROLL, _decode_step, _row_noise, generate_ids, start  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows  # noqa: E402
-from charlm_jax.model import build_model  # noqa: E402
+from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
 from charlm_jax.options import GenerationOptions  # noqa: E402
 from charlm_jax.recipes import recipe_config  # noqa: E402
-from charlm_jax.train import compile_steps, create_train_state  # noqa: E402
 
 from bench import BOOK_LOOP_CHARS, LENGTH, MAXLEN, TEMPERATURES, book_language_model, keras_book_loop  # noqa: E402
-from common import device_name, interleaved, timed, versions, write_results  # noqa: E402
+from common import device_name, interleaved, timed, training_block, versions, write_results  # noqa: E402
 
 LEVER_LENGTH = 2000
 STREAMS = (1, 8, 64, 512, 1024, 4096, 8192)
@@ -258,18 +256,16 @@ def bench_roofline(lm, quick: bool) -> dict:
     for recipe in ("book", "fast"):
         config = recipe_config(recipe)
         vocab = lm.model.vocab_size
-        steps = compile_steps(build_model(config, vocab), config, mesh)
-        state = {"train": jax.device_put(create_train_state(jax.random.key(0), config, vocab, total_steps=1000),
-                                         replicated(mesh))}
+        fresh_state, run_block = training_block(config, vocab, mesh)
+        state = fresh_state()
         rng = np.random.default_rng(0)
         corpus = rng.integers(0, vocab, 200_000, dtype=np.int32)
         block = config.steps_per_call
         starts = rng.integers(0, 200_000 - config.maxlen - 1, (block, config.batch_size), dtype=np.int32)
         windows = put_windows(corpus, starts, config.maxlen + 1, block_sharding(mesh))  # compute only is timed
 
-        def run(state=state, steps=steps, windows=windows):
-            state["train"], metrics = steps.train_block(state["train"], windows, jax.random.key(1))
-            metrics["loss"].block_until_ready()
+        def run(state=state, run_block=run_block, windows=windows):
+            run_block(state, windows)["loss"].block_until_ready()
 
         stats = timed(run, repeats=3 if quick else 8, warmup=1)
         step_s = stats["median_s"] / block

@@ -74,7 +74,7 @@ def run_variant(name: str, text: str, args) -> list[dict]:
     shutil.rmtree(out, ignore_errors=True)
     config = variant_config(name, args.epochs, args.seed)
     start = time.perf_counter()
-    result = fit(config, text, out, show_progress=False)
+    result = fit(config, text, out)
     print(f"{name}: {time.perf_counter() - start:.0f} s, {len(result.history)} epochs", flush=True)
     target = RESULTS / f"{args.tag}-long-run-{name}.jsonl"
     shutil.copyfile(out / "metrics.jsonl", target)

@@ -31,7 +31,7 @@ configure_cpu_devices(auto_cpu_devices(128))  # as `charlm-jax train` does
 from rich.console import Console  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax import fit, load_text, recipe_config  # noqa: E402
+from charlm_jax import Limits, fit, load_text, recipe_config  # noqa: E402
 from charlm_jax.data import Vocab, prepare_text, split_windows  # noqa: E402
 
 from common import RESULTS, device_name, platform_tag, versions  # noqa: E402
@@ -89,7 +89,7 @@ def run_variant(variant: str, text_name: str, text: str, args) -> dict:
     # costs ~30 s of a 2x192 model per validation); the best checkpoint is scored on the whole tail below.
     config = recipe_config(recipe, **{"val_chars": RACE_VAL_CHARS, **overrides})
     wall = time.perf_counter()
-    result = fit(config, text, out, stop_after_seconds=args.seconds, show_progress=False, console=Console(quiet=True))
+    result = fit(config, text, out, limits=Limits(max_seconds=args.seconds), console=Console(quiet=True))
     points = [{"epoch": r["epoch"], "partial_epoch": r.get("partial_epoch", False), "step": r["step"],
                "train_seconds": r["train_seconds"], "val_bits_per_char": r["val_bits_per_char"],
                "train_loss": r["train_loss"], "learning_rate": r["learning_rate"],

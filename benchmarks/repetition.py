@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     if checkpoint is None:
         checkpoint = Path(args.work_dir)
         if not (checkpoint / "metrics.jsonl").exists():
-            charlm_jax.fit(charlm_jax.TrainConfig(epochs=1, sample_length=0), text, checkpoint, show_progress=False,
+            charlm_jax.fit(charlm_jax.TrainConfig(epochs=1, sample_length=0), text, checkpoint,
                            console=Console(quiet=True))
     lm = charlm_jax.load(checkpoint)
     rng = np.random.default_rng(0)

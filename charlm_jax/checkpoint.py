@@ -11,7 +11,6 @@ A checkpoint directory holds numbered steps; three items per step:
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -115,17 +114,29 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, create: bool = True):
         ocp = _ocp()
         self.directory = Path(directory).absolute()
-        if create:
-            make_run_directory(directory)
-        elif (blocker := file_in_the_way(directory)) is not None:
+        # With ``create`` orbax makes the directory (a run directory is made and checked first, by
+        # run_dir.make_run_directory); without, it must already be a checkpoint directory.
+        if not create and (blocker := file_in_the_way(directory)) is not None:
             raise CharLMError(f"{str(blocker)!r} is a file, not a checkpoint directory: pass the --out "
                               "directory of a training run")
-        elif not self.directory.is_dir():
+        if not create and not self.directory.is_dir():
             raise CharLMError(f"no checkpoint directory at {str(directory)!r}: pass the --out "
                               "directory of a finished or interrupted training run")
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+
+    def item_keys(self, step: int, item: str) -> set[str]:
+        """The top-level keys a step's ``item`` holds, read from orbax's tree metadata (no arrays are read)."""
+        ocp = _ocp()
+        from etils import epath  # orbax's own path type
+
+        try:
+            metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory / str(step) / item))
+        except Exception:  # orbax raises many types for a damaged directory; the restore then reports it
+            return set()
+        tree = getattr(metadata, "tree", metadata)
+        return set(tree) if isinstance(tree, dict) else set()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -170,10 +181,10 @@ class CheckpointStore:
             except DamagedCheckpoint as error:
                 problems.append((candidate, error))
                 continue
-            for damaged, error in problems:
+            for damaged, problem in problems:
                 moved = self._set_aside(damaged) if set_aside else None
                 warnings.warn(CheckpointFallbackWarning(
-                    f"checkpoint step {damaged} in {str(self.directory)!r} is damaged ({error.cause}); using step "
+                    f"checkpoint step {damaged} in {str(self.directory)!r} is damaged ({problem.cause}); using step "
                     f"{candidate}" + (f"; the damaged step moved to {str(moved)!r}" if moved else "")), stacklevel=2)
             return value
         raise CharLMError(f"no intact checkpoint in {str(self.directory)!r}: {problems[0][1]}")
@@ -268,22 +279,3 @@ def file_in_the_way(directory: str | os.PathLike) -> Path | None:
     """The first of ``directory`` and its parents that exists but is not a directory, if any."""
     path = Path(directory)
     return next((part for part in (path, *path.parents) if part.exists() and not part.is_dir()), None)
-
-
-def make_run_directory(directory: str | os.PathLike) -> Path:
-    """Create ``directory`` (and parents) for a run, or say in one line why it cannot be one."""
-    path = Path(directory)
-    if (blocker := file_in_the_way(path)) is not None:
-        raise CharLMError(f"{str(blocker)!r} is a file, so {str(path)!r} cannot be a run directory: "
-                          "pass another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MachineError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
-                           "pass an --out you can write to") from None
-    if not os.access(path, os.W_OK):
-        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
-        raise MachineError(f"the run directory {str(path)!r} is not writable "
-                           f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
-                           "write to")
-    return path

@@ -234,19 +234,16 @@ def sha256_without_file(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
-    from charlm_jax.loop import fit
+    from charlm_jax.loop import Limits, fit
 
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise CharLMError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise CharLMError(f"--max-steps must be > 0, got {args.max_steps}")
+    limits = Limits(max_steps=args.max_steps, max_seconds=args.time_limit, signals=stop)  # checked here, once
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
     refuse_ineffective([
         sha256_without_file(args),
         (given(args, "lr_final_fraction") and fresh.lr_schedule != "cosine",
          "--lr-final-fraction has no effect with a constant learning rate: drop it or pass --lr-schedule cosine"),
-        (given(args, "early_stopping_patience") and fresh.early_stopping_patience and fresh.val_fraction == 0,
+        (given(args, "early_stopping_patience") and bool(fresh.early_stopping_patience) and fresh.val_fraction == 0,
          "--early-stopping-patience needs a validation split, but --val-fraction is 0: drop one of them"),
         ((given(args, "temperatures") or given(args, "sample_mode")) and fresh.sample_length == 0,
          "--temperatures/--sample-mode have no effect with --sample-length 0: drop them or sample"),
@@ -262,10 +259,14 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     saved = peek_saved_config(args.out) if args.resume else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
     text = training_text(args, (saved or fresh).lowercase)
-    result = fit(None, text, args.out, resume=args.resume, overrides=overrides,
-                 show_progress=not args.no_progress, stop_after_seconds=args.time_limit,
-                 stop_after_steps=args.max_steps, stop=stop)
-    return 128 + stop.received if result.stop_reason.by_signal else 0
+    from rich.console import Console
+
+    from charlm_jax.distributed import is_main_process
+
+    # --no-progress: a console that is not interactive, where the progress bar never shows.
+    console = Console(soft_wrap=True, quiet=not is_main_process(), force_interactive=False if args.no_progress else None)
+    result = fit(None, text, args.out, resume=args.resume, overrides=overrides, limits=limits, console=console)
+    return 128 + (stop.received or 0) if result.stop_reason.by_signal else 0
 
 
 def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
@@ -369,9 +370,10 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
 
-    from charlm_jax.prepared import open_prepared
+    from charlm_jax.prepared import PreparedCorpus, open_prepared
 
     lm = load(args.checkpoint, step=args.step)
+    text: str | PreparedCorpus
     if args.data is not None:
         text = open_prepared(args.data)
     else:

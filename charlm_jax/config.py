@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 from charlm_jax.errors import CharLMError
 
 BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
@@ -28,10 +30,24 @@ DEFAULT_REPETITION_WINDOW = 20
 # carried in the generation scan, so their cost per character does not grow with the text.
 DEFAULT_HISTORY_WINDOW = 512
 DEFAULT_VAL_CHARS = 200_000
-# The LSTM gates' activation (lstm.RECURRENT_ACTIVATIONS). Keras 3 and PyTorch: sigmoid. Keras
+# The LSTM gates' activation (the functions: lstm.ACTIVATION_FUNCTIONS). Keras 3 and PyTorch: sigmoid. Keras
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
 RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
+
+
+def check_temperatures(temperatures: Any) -> np.ndarray:
+    """Temperatures as a (rows,) float32 array, refused in one line unless finite and >= 0 (0: greedy).
+
+    The one rule, for ``--temperatures`` of ``generate`` and of ``train``'s per-epoch samples alike.
+    """
+    values = np.atleast_1d(np.asarray(temperatures, np.float64))
+    if values.ndim != 1 or values.size == 0:
+        raise CharLMError(f"temperatures must be a non-empty list of numbers, got {temperatures!r}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise CharLMError(f"temperature must be >= 0 and finite (0 means greedy), got {values.tolist()}: "
+                          "pass e.g. --temperatures 0.5")
+    return values.astype(np.float32)
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -122,6 +138,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         validate_config(self)
 
+    def sample_options(self) -> Any:
+        """The per-epoch samples' ``GenerationOptions`` (checked with generation's own rules)."""
+        from charlm_jax.options import GenerationOptions  # options imports this module
+
+        return GenerationOptions(length=self.sample_length, temperatures=self.temperatures, mode=self.sample_mode)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["temperatures"] = list(self.temperatures)
@@ -200,8 +222,8 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.clip_norm is None or config.clip_norm > 0,
              f"clip_norm must be > 0 (or unset), got {config.clip_norm}")
     _require(config.sample_length >= 0, f"sample_length must be >= 0, got {config.sample_length}")
-    _require(all(t >= 0 for t in config.temperatures),
-             f"temperatures must be >= 0 (0 means greedy), got {list(config.temperatures)}")
+    if config.temperatures:
+        check_temperatures(config.temperatures)
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
     _require(config.steps_per_call >= 1, f"steps_per_call must be >= 1, got {config.steps_per_call}")
     _require(config.eval_every_steps >= 0, f"eval_every_steps must be >= 0 (0: each epoch), got {config.eval_every_steps}")

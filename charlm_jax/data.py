@@ -189,52 +189,101 @@ def batches_per_epoch(num_windows: int, batch_size: int) -> int:
     return num_windows // batch_size
 
 
-def epoch_blocks(key: jax.Array, split: Split, batch_size: int, block_steps: int,
-                 first_batch: int = 0) -> Iterator[np.ndarray]:
-    """The epoch's shuffled batches of training window starts, grouped into blocks, (steps, batch) int32.
-
-    Batch b holds the windows at positions ``b * batch_size ...`` of the epoch's permutation
-    (``shuffled``), computed when the block is reached. Blocks begin at multiples of
-    ``block_steps`` from the epoch's first batch, so a run compiles at most two block sizes (full,
-    and the epoch's remainder), and a run resumed inside a block (from ``first_batch``) first
-    finishes that block and then falls back into step with an uninterrupted one.
-    """
-    total = batches_per_epoch(split.train_windows, batch_size)
+def _blocks_of(total: int, block_steps: int, first_batch: int) -> Iterator[tuple[int, int]]:
+    """(first, end) batch of each block: blocks begin at multiples of ``block_steps``, so a run compiles
+    at most two block sizes (full, and the epoch's remainder), and a run resumed inside a block first
+    finishes that block and then falls back into step with an uninterrupted one."""
     batch = first_batch
     while batch < total:
         end = min((batch // block_steps + 1) * block_steps, total)
-        windows = shuffled(key, split.train_windows, np.arange(batch * batch_size, end * batch_size))
-        yield (windows * split.step).astype(np.int32).reshape(end - batch, batch_size)
+        yield batch, end
         batch = end
 
 
-def stream_steps_per_epoch(train_chars: int, streams: int, maxlen: int) -> int:
-    """Batches of consecutive streams in one epoch (``stream_blocks``): the training text cut into
-    ``streams`` equal streams, each read ``maxlen`` characters at a time after an offset below ``maxlen``."""
-    return max(train_chars // streams - maxlen, 0) // maxlen
+@dataclass(frozen=True)
+class ShuffledWindows:
+    """The book's batches: windows of the training head in a shuffled order, each read from a zero state.
 
-
-def stream_blocks(key: jax.Array, train_chars: int, streams: int, maxlen: int, block_steps: int,
-                  first_batch: int = 0) -> Iterator[np.ndarray]:
-    """The epoch's batches of consecutive streams (truncated BPTT), grouped into blocks, (steps, streams) int32.
-
-    The first ``train_chars`` characters are cut into ``streams`` equal streams; batch k holds the
-    window (``maxlen + 1`` ids) at ``offset + k * maxlen`` of every stream, so each batch continues
-    where the one before it stopped and the LSTM state can be carried between them. The offset, drawn
-    from ``key`` below ``maxlen``, moves the cuts between batches from epoch to epoch. Every window ends
-    inside its stream, so no target reaches the held-out tail. Blocks begin at multiples of
-    ``block_steps``, as ``epoch_blocks``'.
+    Batch b of an epoch holds the windows at positions ``b * batch_size ...`` of the epoch's
+    permutation (``shuffled``), computed when its block is reached. The last partial batch is
+    dropped (reshuffled next epoch) to keep one shape.
     """
-    length = train_chars // streams
-    total = stream_steps_per_epoch(train_chars, streams, maxlen)
-    offset = int(jax.random.randint(key, (), 0, maxlen))
-    stream_starts = np.arange(streams, dtype=np.int64) * length + offset  # (streams,)
-    batch = first_batch
-    while batch < total:
-        end = min((batch // block_steps + 1) * block_steps, total)
-        steps = np.arange(batch, end, dtype=np.int64) * maxlen  # (steps,)
-        yield (steps[:, None] + stream_starts[None, :]).astype(np.int32)
-        batch = end
+
+    split: Split
+    batch_size: int
+    block_steps: int
+    carry_over = False  # every window starts from a zero state
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch == 0:
+            raise CharLMError(f"only {self.split.train_windows} training windows, fewer than one batch of "
+                              f"{self.batch_size}: pass a smaller --batch-size or a longer text")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return batches_per_epoch(self.split.train_windows, self.batch_size)
+
+    def records_each_epoch(self, eval_every_steps: int) -> bool:
+        """Whether every epoch's end is validated and recorded: always (an epoch is a pass over ~text/step windows)."""
+        return True
+
+    def blocks(self, key: jax.Array, first_batch: int = 0) -> Iterator[np.ndarray]:
+        """The epoch's window starts from ``first_batch`` on, in blocks of (steps, batch) int32."""
+        split = self.split
+        for batch, end in _blocks_of(self.steps_per_epoch, self.block_steps, first_batch):
+            windows = shuffled(key, split.train_windows, np.arange(batch * self.batch_size, end * self.batch_size))
+            yield (windows * split.step).astype(np.int32).reshape(end - batch, self.batch_size)
+
+
+@dataclass(frozen=True)
+class ConsecutiveStreams:
+    """Truncated BPTT, as char-rnn trains: the training head cut into ``batch_size`` equal streams.
+
+    Batch k holds the window (``maxlen + 1`` ids) at ``offset + k * maxlen`` of every stream, so each
+    batch continues where the one before it stopped and the LSTM state is carried between them
+    (``carry_over``). The offset, drawn per epoch below ``maxlen``, moves the cuts between batches from
+    epoch to epoch. Every window ends inside its stream, so no target reaches the held-out tail.
+    """
+
+    train_chars: int
+    batch_size: int
+    maxlen: int
+    block_steps: int
+    carry_over = True
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch == 0:
+            raise CharLMError(f"{self.train_chars:,} training characters cut into {self.batch_size} streams "
+                              f"leave less than two windows of {self.maxlen} per stream: pass a smaller "
+                              "--batch-size or --maxlen, or a longer text")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(self.train_chars // self.batch_size - self.maxlen, 0) // self.maxlen
+
+    def records_each_epoch(self, eval_every_steps: int) -> bool:
+        """An epoch of streams is one pass over the text (seconds on a small one) while a validation reads
+        every held-out character ``maxlen`` times: with ``eval_every_steps`` set, only that schedule records."""
+        return not eval_every_steps
+
+    def blocks(self, key: jax.Array, first_batch: int = 0) -> Iterator[np.ndarray]:
+        """The epoch's window starts from ``first_batch`` on, in blocks of (steps, streams) int32."""
+        length = self.train_chars // self.batch_size
+        offset = int(jax.random.randint(key, (), 0, self.maxlen))
+        stream_starts = np.arange(self.batch_size, dtype=np.int64) * length + offset  # (streams,)
+        for batch, end in _blocks_of(self.steps_per_epoch, self.block_steps, first_batch):
+            steps = np.arange(batch, end, dtype=np.int64) * self.maxlen  # (steps,)
+            yield (steps[:, None] + stream_starts[None, :]).astype(np.int32)
+
+
+Batching = ShuffledWindows | ConsecutiveStreams
+
+
+def make_batching(kind: str, split: Split, batch_size: int, maxlen: int, block_steps: int) -> Batching:
+    """How a run of batching ``kind`` ("windows" or "streams") cuts the training head of ``split``."""
+    if kind == "streams":
+        return ConsecutiveStreams(split.val_start, batch_size, maxlen, block_steps)
+    return ShuffledWindows(split, batch_size, block_steps)
 
 
 def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -246,3 +295,10 @@ def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[n
             weights[len(chunk):] = 0.0
             chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
         yield chunk, weights
+
+
+def sample_prompt(key: jax.Array, vocab: Vocab, ids: np.ndarray, train_chars: int, maxlen: int) -> str:
+    """A random window of the training text (its first ``train_chars`` ids) as a prompt, as the book picks
+    ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
+    start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
+    return vocab.decode(ids[start:start + maxlen])

@@ -33,7 +33,7 @@ never grows with the text; new values of them never recompile and cost no Python
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,8 @@ def start(params, key: jax.Array, prompt_ids: jax.Array, options: GenerationOpti
     return state
 
 
-def _empty_history(batch: int, length: int, vocab: int, options: GenerationOptions) -> tuple:
+def _empty_history(batch: int, length: int, vocab: int,
+                   options: GenerationOptions) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Ring, matches, counts and pushed for a text of ``length`` ids (prompt + steps) before any id."""
     width = min(options.history_window, length) if options.keeps_history else 0
     recent = jnp.full((batch, width), -1, jnp.int32)
@@ -278,3 +279,21 @@ generate_ids = jax.jit(_generate_ids, static_argnames=("model", "maxlen", "unrol
 # model=, count=) -> (state, ids (batch, count)) as often as needed; identical text.
 stream_start = jax.jit(start, static_argnames=("model", "steps", "maxlen"))
 stream_chunk = jax.jit(run_steps, static_argnames=("model", "count", "unroll"))
+
+
+def sample_in_chunks(params, key, prompt_ids, options: GenerationOptions, first_row=0, *, model, maxlen: int,
+                     chunk: int) -> Iterator[np.ndarray]:
+    """The ids ``generate_ids`` would return, yielded ``chunk`` steps at a time: (batch, <= chunk) host arrays.
+
+    One compiled ``stream_chunk`` call per piece, carrying the decoding state; the text is the same
+    whatever ``chunk`` is. The public ``stream`` and the training loop's per-epoch samples (which give
+    way to a stop request between pieces) both read a sample this way.
+    """
+    from charlm_jax.distributed import to_host
+
+    length = options.length
+    steps = -(-length // chunk) * chunk  # whole chunks; the last one's extra ids are dropped
+    state = stream_start(params, key, prompt_ids, options, first_row, model=model, steps=steps, maxlen=maxlen)
+    for begin in range(0, length, chunk):
+        state, ids = stream_chunk(params, state, options, model=model, count=chunk)
+        yield to_host(ids)[:, :length - begin]

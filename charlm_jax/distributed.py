@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import jax
 import numpy as np
@@ -119,8 +120,10 @@ def put_windows(ids: np.ndarray, starts: np.ndarray, width: int, sharding: Named
     starts = np.asarray(starts)
     if jax.process_count() == 1:
         return jax.device_put(host_windows(ids, starts, width), sharding)
-    return jax.make_array_from_callback(starts.shape + (width,), sharding,
-                                        lambda index: host_windows(ids, starts[index[:-1]], width)[..., index[-1]])
+    def rows(index: Any) -> np.ndarray:  # the shard at ``index`` (a tuple of slices), from this process's ids
+        return host_windows(ids, starts[index[:-1]], width)[..., index[-1]]
+
+    return jax.make_array_from_callback(starts.shape + (width,), sharding, rows)
 
 
 def to_host(tree):

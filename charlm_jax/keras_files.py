@@ -169,7 +169,8 @@ def _assemble(layers: list[dict], weights_of, keras_version: str) -> KerasModel:
             if len(weights) != 3:
                 raise CharLMError(f"LSTM layer {cfg.get('name')!r} has {len(weights)} weight arrays, not kernel, "
                                   "recurrent kernel and bias (use_bias=False is not supported)")
-            lstm_weights.append(tuple(np.asarray(w, np.float32) for w in weights))
+            kernel, recurrent, bias = (np.asarray(w, np.float32) for w in weights)
+            lstm_weights.append((kernel, recurrent, bias))
         elif kind == "Dense":
             if cfg.get("activation") not in ("softmax", "linear", None):
                 raise CharLMError(f"the output Dense layer's activation is {cfg.get('activation')!r}: only softmax "
@@ -187,6 +188,7 @@ def _assemble(layers: list[dict], weights_of, keras_version: str) -> KerasModel:
     if len(units) != 1:
         raise CharLMError(f"the LSTM layers have different sizes {sorted(units)}: stacked layers must share one "
                           "size to import")
+    assert activation is not None  # set by the first LSTM layer, and there is one
     return KerasModel(lstm_weights=lstm_weights, dense_kernel=dense[0], dense_bias=dense[1], maxlen=maxlen,
                       recurrent_activation=activation, dropout=dropout, keras_version=keras_version)
 
@@ -214,7 +216,7 @@ def _recurrent_activation(name: str, keras_version: str) -> str:
 def keras_vocab(model: KerasModel, text: str | None = None, chars: str | None = None,
                 lowercase: bool = True) -> Vocab:
     """The book's vocabulary, ``sorted(set(text.lower()))``, checked against the output layer's size."""
-    source = prepare_text(text if text is not None else chars, lowercase)
+    source = prepare_text(text if text is not None else chars or "", lowercase)
     vocab = Vocab.from_text(source)
     if vocab.size != model.vocab_size:
         hint = "" if not lowercase else " (or --no-lowercase if it was trained on text that was not lower-cased)"

@@ -1,7 +1,7 @@
 """Import a model of the book's Keras code as a run directory (``charlm-jax import-keras``).
 
 The file is read by ``keras_files`` (a pure reader); the run starts as every run does, through
-``loop.write_new_run`` (a step-0 checkpoint with a fresh optimizer state) and ``loop.new_run_prompt``.
+``run_dir.write_new_run`` (a step-0 checkpoint with a fresh optimizer state) and ``run_dir.new_run_prompt``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from charlm_jax.data import prepare_text
 from charlm_jax.errors import CharLMError
 from charlm_jax.keras_files import keras_config, keras_params, keras_vocab, read_keras_model
 from charlm_jax.lm import LanguageModel, load
-from charlm_jax.loop import new_run_prompt, write_new_run
 from charlm_jax.model import build_model, init_params
+from charlm_jax.run_dir import make_run_directory, new_run_prompt, write_new_run
 
 
 def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, text: str | None = None,
@@ -36,7 +36,7 @@ def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
     imported = keras_params(model)
     shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), build_model(config, vocab.size), config.maxlen))
     expected = jax.tree.map(lambda p: p.shape, shapes)
-    if jax.tree.structure(imported) != jax.tree.structure(shapes) or \
+    if str(jax.tree.structure(imported)) != str(jax.tree.structure(shapes)) or \
             jax.tree.map(lambda p: p.shape, imported) != expected:
         raise CharLMError(f"the model's weight shapes {jax.tree.map(lambda p: p.shape, imported)} do not fit "
                           f"an LSTM of its size {expected}: the file is damaged or not the book's model")
@@ -49,6 +49,6 @@ def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
         raise CharLMError(f"{str(blocker)!r} is a file, so {str(out)!r} cannot be a run directory: pass another --out")
     if out.is_dir() and any(out.iterdir()):
         raise CharLMError(f"{str(out)!r} is not empty: pass a new --out for the imported model")
-    with CheckpointStore(out) as store:
+    with CheckpointStore(make_run_directory(out)) as store:
         write_new_run(store, config, vocab, default_prompt, params=imported)
     return load(out)

@@ -26,7 +26,7 @@ import numpy as np
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, prepare_text, split_windows
-from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, stream_chunk, stream_start
+from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, sample_in_chunks
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.options import GenerationOptions
@@ -161,13 +161,9 @@ def stream(lm: LanguageModel, prompt: str | None = None, options: GenerationOpti
 
 def _stream(lm: LanguageModel, prompt_ids: np.ndarray, options: GenerationOptions, key, row: int,
             chunk: int) -> Iterator[str]:
-    length = options.length
-    steps = -(-length // chunk) * chunk  # whole chunks; the last one's extra ids are dropped
-    state = stream_start(lm.params, key, prompt_ids, options, np.int32(row), model=lm.model, steps=steps,
-                         maxlen=lm.config.maxlen)
-    for begin in range(0, length, chunk):
-        state, ids = stream_chunk(lm.params, state, options, model=lm.model, count=chunk)
-        yield lm.vocab.decode(np.asarray(ids)[0, :length - begin])
+    for ids in sample_in_chunks(lm.params, key, prompt_ids, options, np.int32(row), model=lm.model,
+                                maxlen=lm.config.maxlen, chunk=chunk):
+        yield lm.vocab.decode(ids[0])
 
 
 def _seed(seed: int | jax.Array):

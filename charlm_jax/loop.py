@@ -1,59 +1,52 @@
 """The training loop: the one place that prints, shows progress, logs and checkpoints.
 
-Read ``fit`` top to bottom: restore or start a run, then one flat loop over blocks of
-batches (each block one jitted call of several optimizer steps), and at the end of every
-epoch (and every ``eval_every_steps``) one call of ``finish_epoch``: validation bits per
-character on the held-out tail, the book's four-temperature sample, a line in
-``metrics.jsonl``, an orbax checkpoint, and the best so far kept in ``<out>/best``.
+Read ``fit`` top to bottom: open the run directory, start or restore the run, then one flat loop
+over blocks of batches (each block one jitted call of several optimizer steps, ``train.train_block``).
+After each block the periodic work runs, each piece when its own rule says it is due: the
+learning-rate schedule fitted to a time budget (once, after the second block), a record
+(validation bits per character on the held-out tail, the book's four-temperature sample, an orbax
+checkpoint, the best so far kept in ``<out>/best``, a line in ``metrics.jsonl``), and early stopping.
 
-Batches are shuffled full batches (the last partial batch of an epoch is dropped and
-reshuffled next epoch, so the step keeps one shape). Ctrl-C saves a checkpoint at the
-current step before exiting; ``resume=True`` continues from the latest checkpoint and
-reaches the same parameters as an uninterrupted run, because every random choice is a
-pure function of (seed, epoch, step).
+Batches are the book's shuffled windows or consecutive streams (``data.make_batching``); the loop
+does not tell them apart. Ctrl-C or SIGTERM saves a checkpoint at the current step before exiting;
+``resume=True`` continues from the latest checkpoint and reaches the same parameters as an
+uninterrupted run, because every random choice is a pure function of (seed, epoch, step).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import errno
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from charlm_jax.checkpoint import CheckpointMeta, CheckpointStore, make_run_directory
+from charlm_jax.checkpoint import CheckpointMeta
 from charlm_jax.config import TrainConfig, resume_config
-from charlm_jax.data import (Split, Vocab, batches_per_epoch, epoch_blocks, padded_eval_batches, split_windows,
-                             stream_blocks, stream_steps_per_epoch)
-from charlm_jax.decode import SAMPLE_CHUNK, stream_chunk, stream_start
-from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, check_batch_divides,
-                                    is_main_process, make_mesh, put_global, put_windows, replicated, shard_rows,
-                                    to_host)
+from charlm_jax.data import Batching, Split, Vocab, make_batching, padded_eval_batches, sample_prompt, split_windows
+from charlm_jax.decode import SAMPLE_CHUNK, sample_in_chunks
+from charlm_jax.distributed import (agreed_stop, batch_sharding, check_batch_divides, block_sharding, is_main_process,
+                                    make_mesh, put_global, put_windows, shard_rows, to_host)
 from charlm_jax.errors import CharLMError
 from charlm_jax.event_log import EVENTS_SUBDIR, EventLog
 from charlm_jax.model import CharLSTM, build_model
 from charlm_jax.options import GenerationOptions
 from charlm_jax.prepared import PreparedCorpus, corpus_ids
-from charlm_jax.run_lock import RunLock
+from charlm_jax.report import ProgressBar, opening_line, print_record, print_samples
+from charlm_jax.run_dir import (BEST_SUBDIR, RunDirectory, checkpoint_items, new_run_prompt, read_checkpoint,
+                                write_new_run, zero_carries)
 from charlm_jax.scoring import nats_to_bits
 from charlm_jax.stopping import StopSignals, Stopped
-from charlm_jax.train import (CompiledSteps, TrainState, compile_steps, create_train_state,
-                              learning_rate_schedule, make_optimizer, train_state_items)
+from charlm_jax.train import (RunKeys, TrainState, compiled_train_block, eval_step, learning_rate_schedule,
+                              make_optimizer)
 
-BEST_SUBDIR = "best"
-METRICS_NAME = "metrics.jsonl"
 # Windows per validation batch. The input projection of a batch is materialised for all 60 steps
 # (batch x 60 x 4 * hidden floats: 126 MB at 1024 for the book's model), the largest temporary of a
 # run; 256 keeps it at 31 MB and the matmuls at 128 rows per device.
@@ -84,113 +77,104 @@ class StopReason(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class RunKeys:
-    """Independent PRNG streams of a run, all derived from its seed."""
+class Limits:
+    """When ``fit`` stops before the run's planned epochs: after ``max_steps`` optimizer steps (counted
+    over the whole run), after ``max_seconds`` of training (validation excluded, counted across
+    resumes), or at a signal. Either limit ends the run at a block boundary with a record and a
+    checkpoint, and ``resume=True`` continues it.
 
-    init: jax.Array
-    shuffle: jax.Array
-    dropout: jax.Array
-    sample: jax.Array
+    ``signals`` is the caller's own ``StopSignals`` (the CLI's, installed for the whole command); by
+    default ``fit`` routes SIGINT and SIGTERM to a new one while it runs. ``clock`` times the training
+    (the budget, and the schedule fitted to it): injectable, so tests need no real seconds.
+    """
 
-    @classmethod
-    def from_seed(cls, seed: int) -> "RunKeys":
-        return cls(*jax.random.split(jax.random.key(seed), 4))
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    signals: StopSignals | None = None
+    clock: Callable[[], float] = time.perf_counter
 
-    def sample_keys(self, epoch: int) -> tuple[jax.Array, jax.Array]:
-        """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
-        prompt_key, generation_key = jax.random.split(jax.random.fold_in(self.sample, epoch))
-        return prompt_key, generation_key
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps <= 0):
+            raise CharLMError(f"--max-steps (Limits.max_steps) must be > 0, got {self.max_steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise CharLMError(f"--time-limit (Limits.max_seconds) must be > 0 seconds, got {self.max_seconds:g}")
 
 
 @dataclass(frozen=True)
 class Run:
-    """What stays fixed while a run trains: its settings, data, model, compiled steps and stores."""
+    """What stays fixed while a run trains: its settings, data, model, batching and directory."""
 
     config: TrainConfig
     vocab: Vocab
     split: Split
     corpus: np.ndarray  # (chars,) ids on the host: int32, or a prepared corpus's memory map
+    batching: Batching
     keys: RunKeys
     model: CharLSTM
-    steps: CompiledSteps
     mesh: Any
-    store: CheckpointStore
-    best_store: CheckpointStore
-    out_dir: Path
+    directory: RunDirectory
     console: Console
-    stop: StopSignals
+    limits: Limits  # its signals are always set (fit's own, or the caller's)
     default_prompt: str
-    steps_per_epoch: int
-    total_steps: int
-    clock: Callable[[], float]  # seconds, for the training clock
     events: EventLog = field(default_factory=EventLog)  # TensorBoard, when the extra is installed
 
-    def epochs_done(self, step: int) -> int:
-        """Finished epochs after ``step`` optimizer steps (the one epoch arithmetic of the loop)."""
-        return step // self.steps_per_epoch
-
-    def batch_in_epoch(self, step: int) -> int:
-        """Batches of the epoch in progress already taken after ``step`` steps."""
-        return step % self.steps_per_epoch
+    @property
+    def signals(self) -> StopSignals:
+        return self.limits.signals or StopSignals()
 
     @property
-    def streams(self) -> bool:
-        """Consecutive streams with carried state (truncated BPTT) rather than the book's windows."""
-        return self.config.batching == "streams"
+    def steps_per_epoch(self) -> int:
+        return self.batching.steps_per_epoch
 
     @property
-    def validates_each_epoch(self) -> bool:
-        """Whether every epoch's end is validated and recorded. A streams epoch is one pass over the text, a
-        few seconds for a small one, while a validation reads every held-out character ``maxlen`` times:
-        with ``eval_every_steps`` set, a streams run validates on that schedule (and at its end) only."""
-        return not (self.streams and self.config.eval_every_steps)
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
 
-    def epoch_blocks(self, epoch: int, first_batch: int):
-        """The epoch's blocks of window starts, (steps, batch) each, in the run's batching."""
-        key, config = jax.random.fold_in(self.keys.shuffle, epoch - 1), self.config
-        if self.streams:
-            return stream_blocks(key, self.split.val_start, config.batch_size, config.maxlen,
-                                 config.steps_per_call, first_batch)
-        return epoch_blocks(key, self.split, config.batch_size, config.steps_per_call, first_batch)
-
-    def epoch_in_progress(self, step: int) -> int:
-        """The epoch a checkpoint at ``step`` belongs to: the finished one at a boundary, else the next."""
+    def epoch_of(self, step: int) -> int:
+        """The epoch a checkpoint or record at ``step`` belongs to: the finished one at a boundary, else the next."""
         return -(-step // self.steps_per_epoch)
+
+    def blocks_from(self, step: int) -> Iterator[np.ndarray]:
+        """Every block of window starts, (steps, batch), from ``step`` to the run's end or ``max_steps``."""
+        end = min(self.total_steps, self.limits.max_steps or self.total_steps)
+        while step < end:
+            epoch, first_batch = step // self.steps_per_epoch + 1, step % self.steps_per_epoch
+            for block in self.batching.blocks(self.keys.epoch_key(epoch), first_batch):
+                block = block[:end - step]
+                yield block
+                step += len(block)
+                if step >= end:
+                    return
 
 
 @dataclass
 class RunState:
-    """What the loop carries from block to block. A checkpoint saves all of it but ``skipped_in_row``
-    (a resumed run starts a new count); the epoch follows from ``step`` (``Run.epochs_done``)."""
+    """What the loop carries from block to block. A checkpoint saves the fields up to ``schedule_fitted``
+    (the best ones in ``<out>/best``); the rest belong to this call of ``fit``."""
 
     train: TrainState
+    carries: Any  # the LSTM carries the next batch starts from: zero for windows, the streams' state
     step: int  # optimizer steps taken (host copy of train.step)
     train_seconds: float = 0.0  # training clock, validation excluded, across resumes
     skipped_total: int = 0  # updates the non-finite guard refused
-    skipped_in_row: int = 0
     best_epoch: int | None = None
     best_val_bits_per_char: float | None = None
     # Length of the learning-rate schedule in steps: the planned epochs', or, once a time budget
-    # has been measured against the step time (``plan_schedule``), what fits the budget.
+    # has been measured against the step time (``fit_schedule``), what fits the budget.
     schedule_steps: int = 0
     schedule_fitted: bool = False
-    # The streams' LSTM carries after the last step (batching "streams"; None for windows): zero at
-    # each epoch's start, saved with every checkpoint so a resumed run continues them exactly.
-    carries: Any = None
-
-
-@dataclass
-class EpochStats:
-    """Per-step metrics of the epoch in progress (finite steps only)."""
-
+    skipped_in_row: int = 0
+    blocks_run: int = 0  # blocks this process ran (the first one includes compiling)
+    # Per-step metrics since the last record (finite steps only), for the next record.
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds_since_record: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class FitResult:
-    """What a run produced: the final state, its vocabulary and one record per finished epoch.
+    """What a run produced: the final state, its vocabulary and one record per validation.
 
     ``best_epoch`` / ``best_val_bits_per_char`` describe the checkpoint kept in ``<out>/best``
     (None without a validation split).
@@ -216,388 +200,273 @@ class FitResult:
 
 
 def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | os.PathLike, *, resume: bool = False,
-        overrides: Mapping[str, Any] | None = None, console: Console | None = None, mesh=None,
-        stop_after_steps: int | None = None, stop_after_seconds: float | None = None,
-        show_progress: bool = True, stop: StopSignals | None = None,
-        clock: Callable[[], float] = time.perf_counter) -> FitResult:
+        overrides: Mapping[str, Any] | None = None, limits: Limits | None = None, console: Console | None = None,
+        mesh=None) -> FitResult:
     """Train on ``text`` (a string, or a ``PreparedCorpus`` read from its memory map), checkpointing into
     ``out_dir``; see the module docstring.
 
     ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
     (TrainConfig fields) go on top of it, or, when resuming, on top of the saved run's config,
     where only the fields in ``config.RESUMABLE_FIELDS`` may change; a full ``config`` given
-    with ``resume=True`` must match the saved one in every other field.
-    ``stop_after_steps`` / ``stop_after_seconds`` (training time, validation excluded, counted
-    across resumes) stop the run there: the partial epoch is validated, recorded and
-    checkpointed, and ``resume=True`` continues it. SIGINT and SIGTERM stop it too (see
-    ``charlm_jax.stopping``): the checkpoint is saved at the last completed step. ``stop``
-    is the caller's own ``StopSignals`` (the CLI's, installed for the whole command); by
-    default ``fit`` routes both signals to a new one while it runs. ``clock`` times the training
-    (the time budget and the schedule fitted to it): injectable, so tests need no real seconds.
+    with ``resume=True`` must match the saved one in every other field. ``limits``: when to stop
+    early (``Limits``). The progress bar shows on an interactive ``console`` only.
     """
+    limits = limits or Limits()
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
-    mesh = mesh or make_mesh()
-    out_dir = Path(out_dir)
-    own_signals = stop is None
-    stop = stop or StopSignals()
-    make_run_directory(out_dir)
-    with (stop.installed() if own_signals else contextlib.nullcontext()), stop.deferred(), \
-            (RunLock(out_dir) if is_main_process() else contextlib.nullcontext()), \
-            CheckpointStore(out_dir) as store, CheckpointStore(out_dir / BEST_SUBDIR, max_to_keep=1) as best_store:
-        run, state = restore_or_init(config, overrides or {}, text, store, best_store, resume, mesh, console, stop,
-                                     clock)
-        result = FitResult(state=state.train, vocab=run.vocab, config=run.config)
-        run = replace(run, events=EventLog.open(out_dir) if is_main_process() else EventLog())
-        if run.events.enabled:
-            console.print(f"TensorBoard events in {out_dir / EVENTS_SUBDIR}: tensorboard --logdir {out_dir}")
-        console.print(f"[bold]charlm-jax[/] {len(run.corpus):,} characters, vocabulary {run.vocab.size}, "
-                      f"{run.split.train_windows:,} training windows, {len(run.split.val_starts):,} "
-                      f"validation windows{describe_val_cap(run.split)}; {describe_mesh(mesh)}"
-                      + (f"; resuming at step {state.step}" if state.step else ""))
-        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
-                            TextColumn("skipped {task.fields[skipped]}"), TimeRemainingColumn(),
-                            console=console, disable=not show_progress, transient=True)
+    signals = limits.signals or StopSignals()
+    with (signals.installed() if limits.signals is None else contextlib.nullcontext()), signals.deferred(), \
+            RunDirectory.opened(out_dir, lock=is_main_process()) as directory:
+        run, state = start_run(config, overrides or {}, text, directory, resume, mesh or make_mesh(), console,
+                               replace(limits, signals=signals))
         reason = None
-        timed_blocks = 0  # the first block of a process includes compiling
-        stats = EpochStats()  # the steps since the last record
-        with progress, contextlib.closing(run.events):
+        with ProgressBar(console, run.steps_per_epoch) as bar, contextlib.closing(run.events):
             try:
-                while reason is None and run.epochs_done(state.step) < run.config.epochs:
-                    epoch = run.epochs_done(state.step) + 1
-                    first_batch = run.batch_in_epoch(state.step)
-                    task = progress.add_task("train", total=run.steps_per_epoch, completed=first_batch, epoch=epoch,
-                                             loss=float("nan"), speed="-", skipped=state.skipped_total)
-                    if run.streams and first_batch == 0:
-                        state.carries = zero_carries(run)
-                    for block in run.epoch_blocks(epoch, first_batch):
-                        if stop_after_steps is not None:
-                            block = block[:max(stop_after_steps - state.step, 0)]  # (steps, batch)
-                        if len(block) == 0:
-                            reason = StopReason.STEP_LIMIT
-                            break
-                        seconds = run_block(run, state, stats, block)
-                        timed_blocks += 1
-                        if timed_blocks == 2 and stop_after_seconds is not None and not state.schedule_fitted:
-                            plan_schedule(run, state, stop_after_seconds, seconds / len(block))
-                        progress.update(task, completed=state.step - (epoch - 1) * run.steps_per_epoch,
-                                        loss=float(np.mean(stats.losses[-len(block):] or [np.nan])),
-                                        speed=f"{len(block) * run.config.batch_size / seconds:,.0f}",
-                                        skipped=state.skipped_total)
-                        reason = stop_reason(stop, state, stop_after_steps, stop_after_seconds, timed_blocks)
-                        if reason is not None:
-                            break
-                        if evaluation_due(run.config, state, len(block)) and (
-                                state.step < epoch * run.steps_per_epoch or not run.validates_each_epoch):
-                            result.history.append(finish_epoch(run, state, epoch, stats,
-                                                               partial=state.step < epoch * run.steps_per_epoch))
-                            stats = EpochStats()
-                    progress.remove_task(task)
-                    if reason is not None and reason.by_signal:
-                        break
-                    epoch_done = state.step == epoch * run.steps_per_epoch
-                    last = reason is not None or run.epochs_done(state.step) >= run.config.epochs
-                    recorded = bool(result.history) and result.history[-1]["step"] == state.step
-                    if run.validates_each_epoch or (last and not recorded):
-                        result.history.append(finish_epoch(run, state, epoch, stats, partial=not epoch_done))
-                        stats = EpochStats()
+                for block in run.blocks_from(state.step):
+                    if state.step % run.steps_per_epoch == 0:
+                        state.carries = zero_carries(run.config, run.mesh)  # each epoch's streams start afresh
+                    seconds = train_one_block(run, state, block)
+                    bar.update(state.step, state.losses[-len(block):], block.size / seconds, state.skipped_total)
+                    if schedule_fit_due(run, state):
+                        fit_schedule(run, state, seconds / len(block))
+                    reason = stop_reason(run, state)
+                    if record_due(run, state, len(block), reason):
+                        state.history.append(write_record(run, state))
                     if reason is None and stalled(run, state):
-                        console.print(f"early stopping: validation has not improved for "
-                                      f"{run.config.early_stopping_patience} epoch(s); best "
-                                      f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, "
-                                      f"kept in {out_dir / BEST_SUBDIR}")
                         reason = StopReason.EARLY_STOPPING
+                    if reason is not None:
+                        break
             except Stopped as stopped:  # a validation or sample that a stop request abandoned
                 if stopped.forced:
                     raise
-                reason = signal_reason(stop)
+                reason = signal_reason(signals)
         if reason is not None and reason.by_signal:
             save_checkpoint(run, state)
-            console.print(f"stopped by {stop.name} at step {state.step}; checkpoint in {out_dir}; resume with "
-                          f"charlm-jax train --out {out_dir} --resume")
-    if state.best_epoch is not None and reason is not StopReason.EARLY_STOPPING:
-        console.print(f"best validation {state.best_val_bits_per_char:.3f} bits/char at epoch "
-                      f"{state.best_epoch}, kept in {out_dir / BEST_SUBDIR}")
-    result.state, result.stop_reason = state.train, reason or StopReason.COMPLETED
-    result.best_epoch, result.best_val_bits_per_char = state.best_epoch, state.best_val_bits_per_char
-    return result
+            console.print(f"stopped by {signals.name} at step {state.step}; checkpoint in {directory.path}; resume "
+                          f"with charlm-jax train --out {directory.path} --resume")
+    say_best(run, state, reason)
+    return FitResult(state=state.train, vocab=run.vocab, config=run.config, history=state.history,
+                     stop_reason=reason or StopReason.COMPLETED, best_epoch=state.best_epoch,
+                     best_val_bits_per_char=state.best_val_bits_per_char)
 
 
-def restore_or_init(config: TrainConfig | None, overrides: Mapping[str, Any], text: str | PreparedCorpus,
-                    store: CheckpointStore,
-                    best_store: CheckpointStore, resume: bool, mesh, console: Console,
-                    stop: StopSignals | None = None,
-                    clock: Callable[[], float] = time.perf_counter) -> tuple[Run, RunState]:
-    """The run's fixed parts and its state: fresh, or restored from the latest checkpoint.
+# ----------------------------------------------------------------------------------- starting a run
 
-    On resume the run's config is the saved one with ``overrides`` (and, given a full
-    ``config``, its resumable fields) on top, refused if anything else differs; the text must
-    have the saved vocabulary.
+def start_run(config: TrainConfig | None, overrides: Mapping[str, Any], text: str | PreparedCorpus,
+              directory: RunDirectory, resume: bool, mesh, console: Console, limits: Limits) -> tuple[Run, RunState]:
+    """The run's fixed parts and its state: fresh, or restored from the latest readable checkpoint.
+
+    Everything a user passed is checked here, before the first block is trained.
     """
-    latest = store.latest_step()
-    if latest is not None and not resume:
-        raise CharLMError(f"{str(store.directory)!r} already holds a run (step {latest}): pass --resume to "
-                          "continue it, or choose another --out")
-    meta, saved = None, None
-    if latest is not None:
-        meta, saved = store.newest_readable(partial(read_checkpoint, store, mesh), set_aside=True)
-        dropped = drop_records_after(Path(store.directory) / METRICS_NAME, meta.step) if is_main_process() else 0
-        if dropped:
-            console.print(f"{dropped} record(s) past step {meta.step} removed from {METRICS_NAME}")
-    if meta is None:
-        config = replace(config or TrainConfig(), **overrides)
-    else:
-        config = resume_config(meta.config, config, overrides)
+    saved = restore_latest(directory, mesh, console, resume)
+    meta = saved[0] if saved is not None else None
+    config = replace(config or TrainConfig(), **overrides) if meta is None else resume_config(meta.config, config,
+                                                                                            overrides)
     check_batch_divides(config.batch_size, mesh)
     vocab, corpus = corpus_ids(text, config.lowercase)
     if meta is not None and meta.vocab != vocab:
         raise CharLMError("--resume with a different text: its characters differ from the "
                           "checkpoint's vocabulary; pass the original run's text")
     split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
-    if config.batching == "streams":
-        steps_per_epoch = stream_steps_per_epoch(split.val_start, config.batch_size, config.maxlen)
-        if steps_per_epoch == 0:
-            raise CharLMError(f"{split.val_start:,} training characters cut into {config.batch_size} streams "
-                              f"leave less than two windows of {config.maxlen} per stream: pass a smaller "
-                              "--batch-size or --maxlen, or a longer text")
-    else:
-        steps_per_epoch = batches_per_epoch(split.train_windows, config.batch_size)
-    if steps_per_epoch == 0:
-        raise CharLMError(f"only {split.train_windows} training windows, fewer than one batch of "
-                          f"{config.batch_size}: pass a smaller --batch-size or a longer text")
-    if meta is not None and meta.step >= config.epochs * steps_per_epoch:
-        done = meta.step // steps_per_epoch
-        raise CharLMError(f"the run in {str(store.directory)!r} already has {done} epoch(s): pass --epochs "
-                          f"greater than {done} to train it further")
-    keys = RunKeys.from_seed(config.seed)
-    total_steps = config.epochs * steps_per_epoch
-    if meta is None:
-        default_prompt = new_run_prompt(config, vocab, corpus, split)
-        state = RunState(train=write_new_run(store, config, vocab, default_prompt, mesh, total_steps=total_steps),
-                         step=0, schedule_steps=total_steps)
-    else:
-        default_prompt = meta.default_prompt
-        train_state = jax.device_put(create_train_state(keys.init, config, vocab.size, total_steps), replicated(mesh))
-        params, items = saved
-        schedule_steps = meta.schedule_steps or total_steps
-        state = RunState(train=train_state.replace(params=params, step=items["step"], opt_state=items["opt_state"],
-                                                   tx=make_optimizer(config, schedule_steps)),
-                         carries=items.get("carries"),
-                         step=meta.step, train_seconds=meta.train_seconds,
-                         skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
-                         schedule_fitted=meta.schedule_steps is not None)
-        if best_store.latest_step() is not None:
-            best = best_store.restore_meta()
-            state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char
-    model = build_model(config, vocab.size)
-    run = Run(config=config, vocab=vocab, split=split, corpus=corpus, keys=keys, model=model,
-              steps=compile_steps(model, config, mesh), mesh=mesh, store=store, best_store=best_store,
-              out_dir=Path(store.directory), console=console, stop=stop or StopSignals(),
-              default_prompt=default_prompt, steps_per_epoch=steps_per_epoch, total_steps=total_steps, clock=clock)
+    batching = make_batching(config.batching, split, config.batch_size, config.maxlen, config.steps_per_call)
+    run = Run(config=config, vocab=vocab, split=split, corpus=corpus, batching=batching,
+              keys=RunKeys.from_seed(config.seed), model=build_model(config, vocab.size), mesh=mesh,
+              directory=directory, console=console, limits=limits,
+              default_prompt=meta.default_prompt if meta is not None else new_run_prompt(config, vocab, corpus, split))
+    check_work_left(run, meta.step if meta is not None else 0, meta.train_seconds if meta is not None else 0.0)
+    state = restored_state(run, *saved) if saved is not None else new_state(run)
+    run = replace(run, events=EventLog.open(directory.path) if is_main_process() else EventLog())
+    if run.events.enabled:
+        console.print(f"TensorBoard events in {directory.path / EVENTS_SUBDIR}: tensorboard --logdir {directory.path}")
+    console.print(opening_line(len(corpus), vocab.size, split, mesh, state.step))
     return run, state
 
 
-def new_run_prompt(config: TrainConfig, vocab: Vocab, ids: np.ndarray, split: Split | None = None) -> str:
-    """The prompt saved with a new run (``generate``'s default): a window of the training part of the
-    text's ``ids``, drawn with the key of epoch 1's samples. The one rule, for trained and imported runs."""
-    split = split or split_windows(len(ids), config.maxlen, config.step, config.val_fraction)
-    return sample_prompt(RunKeys.from_seed(config.seed).sample_keys(1)[0], vocab, ids, split.val_start, config.maxlen)
+def restore_latest(directory: RunDirectory, mesh, console: Console, resume: bool):
+    """(meta, (params, items)) of the newest readable checkpoint to resume from, or None for a new run."""
+    latest = directory.store.latest_step()
+    if latest is None:
+        return None
+    if not resume:
+        raise CharLMError(f"{str(directory.path)!r} already holds a run (step {latest}): pass --resume to "
+                          "continue it, or choose another --out")
+    meta, saved = directory.store.newest_readable(partial(read_checkpoint, directory.store, mesh), set_aside=True)
+    dropped = directory.drop_records_after(meta.step) if is_main_process() else 0
+    if dropped:
+        console.print(f"{dropped} record(s) past step {meta.step} removed from {directory.metrics_path.name}")
+    return meta, saved
 
 
-def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, default_prompt: str, mesh=None, *,
-                  params=None, total_steps: int | None = None) -> TrainState:
-    """Start a run directory: its step-0 checkpoint, which ``load``, ``generate`` and ``--resume`` read.
+def check_work_left(run: Run, step: int, train_seconds: float) -> None:
+    """Refuse, before any work, a resume that has nothing left to train within its epochs and limits."""
+    if step >= run.total_steps:
+        done = step // run.steps_per_epoch
+        raise CharLMError(f"the run in {str(run.directory.path)!r} already has {done} epoch(s): pass --epochs "
+                          f"greater than {done} to train it further")
+    limits = run.limits
+    if limits.max_steps is not None and step >= limits.max_steps:
+        raise CharLMError(f"the run in {str(run.directory.path)!r} is at step {step}, already at its step limit "
+                          f"{limits.max_steps}: pass a larger --max-steps to train it further")
+    if limits.max_seconds is not None and train_seconds >= limits.max_seconds:
+        raise CharLMError(f"the run in {str(run.directory.path)!r} has trained {train_seconds:.0f} s, already its "
+                          f"time limit of {limits.max_seconds:g} s: pass a larger --time-limit to train it further")
 
-    The parameters are the seed's initialisation, or ``params`` (an imported model's weights); the
-    optimizer state is fresh. A new training run and ``import_keras`` both begin here. Returns the
-    train state, replicated over ``mesh`` when one is given.
-    """
-    state = create_train_state(RunKeys.from_seed(config.seed).init, config, vocab.size, total_steps)
-    if params is not None:
-        state = state.replace(params=jax.tree.map(jnp.asarray, params))
-    if mesh is not None:
-        # put_global, not device_put: with several processes each must hand over its share of a global
-        # array, or orbax cannot write it.
-        state = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), state)
-    items = train_state_items(state)
-    if config.batching == "streams":
-        items["carries"] = zero_carries_for(config, mesh)
-    store.save(state.params, items,
-               CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
+
+def new_state(run: Run) -> RunState:
+    train, carries = write_new_run(run.directory.store, run.config, run.vocab, run.default_prompt, run.mesh,
+                                   total_steps=run.total_steps)
+    return RunState(train=train, carries=carries, step=0, schedule_steps=run.total_steps)
+
+
+def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, Any]]) -> RunState:
+    params, items = saved
+    schedule_steps = meta.schedule_steps or run.total_steps
+    # The optimizer is rebuilt for the schedule's length; its state comes from the checkpoint.
+    # apply_fn=None: the model is a static argument of the compiled block (see train.create_train_state).
+    train = TrainState(step=items["step"], apply_fn=None, params=params,  # type: ignore[arg-type]
+                       tx=make_optimizer(run.config, schedule_steps), opt_state=items["opt_state"])
+    state = RunState(train=train, carries=items["carries"], step=meta.step, train_seconds=meta.train_seconds,
+                     skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
+                     schedule_fitted=meta.schedule_steps is not None)
+    if run.directory.best_store.latest_step() is not None:
+        best = run.directory.best_store.restore_meta()
+        state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char
     return state
 
 
-def zero_carries_for(config: TrainConfig, mesh=None):
-    """Zero LSTM carries of the run's ``batch_size`` streams, split over ``mesh`` like the streams."""
-    # Made on the host and placed once (not built on a device and copied back first).
-    zeros = tuple((np.zeros((config.batch_size, config.hidden_size), np.float32),) * 2
-                  for _ in range(config.num_layers))
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, zeros)
-    return jax.tree.map(lambda x: put_global(x, batch_sharding(mesh)), zeros)
+# ----------------------------------------------------------------------------------- one block
+
+def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
+    """Run one jitted block of steps and account its metrics; returns its seconds (host sync included)."""
+    started = run.limits.clock()
+    windows = put_windows(run.corpus, block, run.config.maxlen + 1, block_sharding(run.mesh))
+    (state.train, state.carries), metrics = compiled_train_block(run.mesh)(
+        state.train, state.carries, windows, run.keys.dropout, model=run.model, maxlen=run.config.maxlen,
+        objective=run.config.objective, carry_over=run.batching.carry_over)
+    metrics = to_host(metrics)  # the block's one host sync: (steps,) each
+    seconds = run.limits.clock() - started
+    account_steps(run, state, metrics)
+    state.train_seconds += seconds
+    state.seconds_since_record += seconds
+    state.blocks_run += 1
+    if run.events.enabled:
+        rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
+        run.events.block(state.step, metrics, seconds, block.size, block.size * run.config.maxlen, rate,
+                         state.skipped_total)
+    return seconds
 
 
-def zero_carries(run: "Run"):
-    return zero_carries_for(run.config, run.mesh)
+def account_steps(run: Run, state: RunState, metrics: dict[str, np.ndarray]) -> None:
+    """Count one block's steps; stop the run after too many non-finite steps in a row."""
+    for loss, skipped, grad_norm in zip(metrics["loss"], metrics["skipped"], metrics["grad_norm"]):
+        state.step += 1
+        if not skipped:
+            state.skipped_in_row = 0
+            state.losses.append(float(loss))
+            state.grad_norms.append(float(grad_norm))
+            continue
+        state.skipped_total += 1
+        state.skipped_in_row += 1
+        limit = run.config.max_nonfinite_in_row
+        if limit and state.skipped_in_row >= limit:
+            raise CharLMError(
+                f"{state.skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
+                f"parameters untouched) at step {state.step}; stopped. The last good checkpoint in "
+                f"{run.directory.path} is step {run.directory.store.latest_step()}: lower --learning-rate or set "
+                "--clip-norm, then --resume")
 
 
-def checkpoint_items(run: "Run", state: RunState) -> dict[str, Any]:
-    """What a checkpoint saves besides the parameters: the optimizer's state, and the streams' carries."""
-    items = train_state_items(state.train)
-    if run.streams:
-        items["carries"] = state.carries if state.carries is not None else zero_carries(run)
-    return items
+# ----------------------------------------------------------------------------------- periodic work
+
+def schedule_fit_due(run: Run, state: RunState) -> bool:
+    """Once per run, after this process's second block (the first includes compiling), under a time budget."""
+    return (state.blocks_run == 2 and run.limits.max_seconds is not None and not state.schedule_fitted
+            and run.config.lr_schedule == "cosine")
 
 
-def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[CheckpointMeta, tuple[Any, Any]]:
-    """A resumable checkpoint's meta, parameters and optimizer items, replicated over ``mesh``.
-
-    The shapes come from the saved config (the fields a resume may change leave them alone).
-    """
-    meta = store.restore_meta(step)
-    shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), meta.config, meta.vocab.size, 1))
-    placed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
-                          (shapes.params, train_state_items(shapes)))
-    if meta.config.batching == "streams":
-        carries = jax.eval_shape(lambda: zero_carries_for(meta.config))
-        placed[1]["carries"] = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries)
-    return meta, store.restore(*placed, step=step)
-
-
-def plan_schedule(run: Run, state: RunState, budget_seconds: float, step_seconds: float) -> None:
-    """Fit the learning-rate schedule to a time budget, from the measured seconds per step.
+def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
+    """Fit the learning-rate schedule to the time budget, from the measured seconds per step.
 
     A cosine schedule planned over ``--epochs`` that the budget cannot reach is cut while the
     rate is still high; planned over the steps the remaining budget holds (2 % spare), the run
     ends on its final rate. The warm-up does not depend on the length, so switching during it
     changes no rate already used. The plan is saved with the checkpoints: a resumed run keeps it.
     """
-    if run.config.lr_schedule != "cosine":
-        return
-    remaining = max(budget_seconds - state.train_seconds, 0.0)
+    budget = run.limits.max_seconds or 0.0
+    remaining = max(budget - state.train_seconds, 0.0)
     fitted = min(run.total_steps, state.step + max(int(0.98 * remaining / step_seconds), 1))
     state.schedule_steps, state.schedule_fitted = fitted, True
     state.train = state.train.replace(tx=make_optimizer(run.config, fitted))
-    run.console.print(f"learning-rate schedule fitted to the {budget_seconds:g} s budget: {fitted:,} steps "
+    run.console.print(f"learning-rate schedule fitted to the {budget:g} s budget: {fitted:,} steps "
                       f"({step_seconds * 1e3:.1f} ms per step measured)")
 
 
-def run_block(run: Run, state: RunState, stats: EpochStats, block: np.ndarray) -> float:
-    """Run one jitted block of steps and account its metrics; returns its seconds (sync included)."""
-    started = run.clock()
-    windows = put_windows(run.corpus, block, run.config.maxlen + 1, block_sharding(run.mesh))
-    if run.streams:
-        (state.train, state.carries), metrics = run.steps.train_streams(state.train, state.carries, windows,
-                                                                        run.keys.dropout)
-    else:
-        state.train, metrics = run.steps.train_block(state.train, windows, run.keys.dropout)
-    metrics = to_host(metrics)  # the block's one host sync: (steps,) each
-    seconds = run.clock() - started
-    record_block(run, state, stats, metrics, seconds)
-    if run.events.enabled:
-        windows = block.size
-        rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
-        run.events.block(state.step, metrics, seconds, windows, windows * run.config.maxlen, rate, state.skipped_total)
-    return seconds
-
-
-def record_block(run: Run, state: RunState, stats: EpochStats, metrics: dict[str, np.ndarray],
-                 seconds: float) -> None:
-    """Account one block's per-step metrics; stop the run after too many non-finite steps in a row."""
-    for loss, skipped, grad_norm in zip(metrics["loss"], metrics["skipped"], metrics["grad_norm"]):
-        state.step += 1
-        if skipped:
-            state.skipped_total += 1
-            state.skipped_in_row += 1
-            limit = run.config.max_nonfinite_in_row
-            if limit and state.skipped_in_row >= limit:
-                raise CharLMError(
-                    f"{state.skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
-                    f"parameters untouched) at step {state.step}; stopped. The last good checkpoint in "
-                    f"{run.out_dir} is step {run.store.latest_step()}: lower --learning-rate or set "
-                    "--clip-norm, then --resume")
-        else:
-            state.skipped_in_row = 0
-            stats.losses.append(float(loss))
-            stats.grad_norms.append(float(grad_norm))
-    state.train_seconds += seconds
-    stats.seconds += seconds
-
-
-def evaluation_due(config: TrainConfig, state: RunState, block_steps: int) -> bool:
-    """Whether the block just run reached a multiple of ``eval_every_steps``."""
-    every = config.eval_every_steps
-    return bool(every) and state.step // every > (state.step - block_steps) // every
-
-
-def stop_reason(stop: StopSignals, state: RunState, max_steps: int | None, max_seconds: float | None,
-                blocks_run: int) -> StopReason | None:
+def stop_reason(run: Run, state: RunState) -> StopReason | None:
     """Whether to stop at this block boundary, and why.
 
     With several processes every one must stop at the same block: a signal one of them got is
     agreed on through a collective (``distributed.agreed_stop``, which also asks JAX's preemption
     service, the owner of SIGTERM in a multi-process run, whether this block is its sync point).
     """
-    if agreed_stop(stop, blocks_run):
-        return signal_reason(stop)
-    if max_steps is not None and state.step >= max_steps:
+    limits = run.limits
+    if agreed_stop(run.signals, state.blocks_run):
+        return signal_reason(run.signals)
+    if limits.max_steps is not None and state.step >= limits.max_steps:
         return StopReason.STEP_LIMIT
-    if max_seconds is not None and state.train_seconds >= max_seconds:
+    if limits.max_seconds is not None and state.train_seconds >= limits.max_seconds:
         return StopReason.TIME_LIMIT
     return None
 
 
-def signal_reason(stop: StopSignals) -> StopReason:
-    return StopReason.TERMINATED if stop.name == "SIGTERM" else StopReason.INTERRUPTED
+def signal_reason(signals: StopSignals) -> StopReason:
+    return StopReason.TERMINATED if signals.name == "SIGTERM" else StopReason.INTERRUPTED
+
+
+def record_due(run: Run, state: RunState, block_steps: int, reason: StopReason | None) -> bool:
+    """Whether the block just run ends with a record: at the run's end or a limit (never at a signal, whose
+    checkpoint alone is saved), every ``eval_every_steps``, and at each epoch's end if the batching says so."""
+    if reason is not None:
+        return not reason.by_signal
+    every = run.config.eval_every_steps
+    crossed = bool(every) and state.step // every > (state.step - block_steps) // every
+    epoch_end = state.step % run.steps_per_epoch == 0
+    return (state.step >= run.total_steps or crossed
+            or (epoch_end and run.batching.records_each_epoch(every)))
 
 
 def stalled(run: Run, state: RunState) -> bool:
-    """Early stopping: ``early_stopping_patience`` finished epochs without a new best."""
+    """Early stopping, at an epoch's end: ``early_stopping_patience`` finished epochs without a new best."""
     patience = run.config.early_stopping_patience
-    return bool(patience) and state.best_epoch is not None and \
-        run.epochs_done(state.step) - state.best_epoch >= patience
+    return bool(patience) and state.best_epoch is not None and state.step % run.steps_per_epoch == 0 and \
+        state.step // run.steps_per_epoch - state.best_epoch >= patience
 
 
-def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, partial: bool) -> dict[str, Any]:
-    """Validate, sample, log and checkpoint the epoch (or the part of it a limit or ``eval_every_steps``
-    ended); keep the best."""
-    config, console = run.config, run.console
-    train_loss = float(np.mean(stats.losses)) if stats.losses else float("nan")
+def write_record(run: Run, state: RunState) -> dict[str, Any]:
+    """Validate, sample, checkpoint and log the steps since the last record; keep the best."""
+    config, epoch = run.config, run.epoch_of(state.step)
+    train_loss = float(np.mean(state.losses)) if state.losses else float("nan")
+    seconds = state.seconds_since_record
     record: dict[str, Any] = {
-        "epoch": epoch, "step": state.step, "train_loss": train_loss, "epoch_seconds": round(stats.seconds, 3),
-        "windows_per_second": round(len(stats.losses) * config.batch_size / max(stats.seconds, 1e-9), 1),
+        "epoch": epoch, "step": state.step, "train_loss": train_loss, "epoch_seconds": round(seconds, 3),
+        "windows_per_second": round(len(state.losses) * config.batch_size / max(seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
         "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
         "schedule_steps": state.schedule_steps,
         "skipped_steps_total": state.skipped_total}
-    if partial:
+    if state.step % run.steps_per_epoch:
         record["partial_epoch"] = True
-    if stats.grad_norms:
-        record.update(grad_norm_mean=float(np.mean(stats.grad_norms)), grad_norm_max=float(np.max(stats.grad_norms)))
+    if state.grad_norms:
+        record.update(grad_norm_mean=float(np.mean(state.grad_norms)), grad_norm_max=float(np.max(state.grad_norms)))
     if len(run.split.val_starts):
-        started = run.clock()
-        if len(run.split.val_starts) >= ANNOUNCED_VALIDATION:
-            console.print(f"validating on {len(run.split.val_starts):,} held-out windows (a stop request "
-                          "drops it and saves the last completed step)")
-        val_loss = evaluate(run.steps.eval_step, state.train.params, run.corpus, run.split.val_starts, run.mesh,
-                            run.stop, maxlen=config.maxlen)
+        started = run.limits.clock()
+        val_loss = validate(run, state.train.params)
         record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
-                      eval_seconds=round(run.clock() - started, 3))
-    console.print(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
-                  + (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
-                     if "val_loss" in record else "")
-                  + f" ({stats.seconds:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
-    if not math.isfinite(train_loss):
-        console.print("[red]training loss is not finite[/]")
+                      eval_seconds=round(run.limits.clock() - started, 3))
+    print_record(run.console, record, config.epochs)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
     samples = epoch_samples(run, state.train.params, prompt, generation_key)
     if samples:
-        console.print(f'--- Generating with seed: "{prompt}"', markup=False, highlight=False)
-        for temperature, sample in samples.items():
-            console.print(f"------ temperature: {temperature}", markup=False, highlight=False)
-            console.print(prompt + sample, markup=False, highlight=False)
+        print_samples(run.console, prompt, samples)
         record.update(prompt=prompt, samples=samples)
     bits = record.get("val_bits_per_char")
     improved = bits is not None and math.isfinite(bits) and (
@@ -607,126 +476,92 @@ def finish_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, parti
     save_checkpoint(run, state)
     if improved:
         record["best"] = True
-        with run.stop.critical():
-            run.best_store.save(state.train.params, checkpoint_items(run, state), checkpoint_meta(run, state, bits))
+        with run.signals.critical():
+            run.directory.best_store.save(state.train.params, checkpoint_items(state.train, state.carries),
+                                          checkpoint_meta(run, state, bits))
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
     if is_main_process():
-        append_record(run.out_dir / METRICS_NAME, record)
+        run.directory.append_record(record)
         run.events.record(record)
+    state.losses, state.grad_norms, state.seconds_since_record = [], [], 0.0
     return record
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    """One line of ``metrics.jsonl``, written whole (a short write on a full disk is an OSError, not half a line)."""
-    line = (json.dumps(record) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.write(descriptor, line) != len(line):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    finally:
-        os.close(descriptor)
-
-
-def drop_records_after(path: Path, step: int) -> int:
-    """Remove ``metrics.jsonl`` records past ``step`` (a resume from an older checkpoint than the newest
-    record: the damaged newest was skipped); returns how many went. Rewritten atomically."""
-    if not path.exists():
-        return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if _record_step(line) <= step]
-    if len(kept) != len(lines):
-        temporary = path.with_suffix(".jsonl.tmp")
-        temporary.write_text("".join(kept))
-        os.replace(temporary, path)
-    return len(lines) - len(kept)
-
-
-def _record_step(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")  # a torn last line from a crash: dropped with the records past the checkpoint
-
-
 def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:
-    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=run.epoch_in_progress(state.step),
+    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=run.epoch_of(state.step),
                           default_prompt=run.default_prompt, val_bits_per_char=val_bits,
                           train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total,
                           schedule_steps=state.schedule_steps if state.schedule_fitted else None)
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
-    if run.store.latest_step() != state.step:  # a stop right after an epoch's checkpoint saves nothing new
-        with run.stop.critical():
-            run.store.save(state.train.params, checkpoint_items(run, state), checkpoint_meta(run, state))
+    if run.directory.store.latest_step() != state.step:  # a stop right after a record's checkpoint saves nothing new
+        with run.signals.critical():
+            run.directory.store.save(state.train.params, checkpoint_items(state.train, state.carries),
+                                     checkpoint_meta(run, state))
 
 
-def evaluate(eval_fn, params, corpus: np.ndarray, val_starts: np.ndarray, mesh, stop: StopSignals | None = None, *,
-             maxlen: int) -> float:
-    """Mean next-character NLL (nats) over the validation windows (``val_starts``, already capped).
+def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
+    """The run's last line: where its best validation is kept (and why it stopped early, if it did)."""
+    if state.best_epoch is None:
+        return
+    kept = f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, kept in " \
+           f"{run.directory.path / BEST_SUBDIR}"
+    if reason is StopReason.EARLY_STOPPING:
+        run.console.print(f"early stopping: validation has not improved for {run.config.early_stopping_patience} "
+                          f"epoch(s); best {kept}")
+    else:
+        run.console.print(f"best validation {kept}")
+
+
+def validate(run: Run, params) -> float:
+    """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``).
 
     A stop request abandons it between batches (``Stopped``); with several processes the
     batches are collectives every process must run, so there it runs to the end.
     """
-    devices = mesh.devices.size
+    starts = run.split.val_starts
+    if len(starts) >= ANNOUNCED_VALIDATION:
+        run.console.print(f"validating on {len(starts):,} held-out windows (a stop request drops it and saves "
+                          "the last completed step)")
+    devices = run.mesh.devices.size
     batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
-    data = batch_sharding(mesh)
-    poll = local_poll(stop)
-    for starts, weights in padded_eval_batches(val_starts, batch):
+    data = batch_sharding(run.mesh)
+    poll = local_poll(run.signals)
+    for batch_starts, weights in padded_eval_batches(starts, batch):
         poll()
-        nll_sum, n = eval_fn(params, put_windows(corpus, starts, maxlen + 1, data), put_global(weights, data))
+        windows = put_windows(run.corpus, batch_starts, run.config.maxlen + 1, data)
+        nll_sum, n = eval_step(params, windows, put_global(weights, data), model=run.model, maxlen=run.config.maxlen)
         total += float(to_host(nll_sum))
         count += float(to_host(n))
     return total / max(count, 1.0)
 
 
-def local_poll(stop: StopSignals | None) -> Callable[[], None]:
-    """What abandons a validation or a sample between batches: ``stop.check`` in a single process; nothing
-    with several, whose batches are collectives every process must run to the end."""
-    return stop.check if stop is not None and jax.process_count() == 1 else (lambda: None)
-
-
-def sample_prompt(key: jax.Array, vocab: Vocab, ids: np.ndarray, train_chars: int, maxlen: int) -> str:
-    """A random window of the training text (its first ``train_chars``) as the prompt, as the book picks
-    ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
-    start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
-    return vocab.decode(ids[start:start + maxlen])
+def local_poll(signals: StopSignals | None) -> Callable[[], None]:
+    """What abandons a validation or a sample between batches: ``signals.check`` in a single process;
+    nothing with several, whose batches are collectives every process must run to the end."""
+    return signals.check if signals is not None and jax.process_count() == 1 else (lambda: None)
 
 
 def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, str]:
     """The book's per-epoch samples, all temperatures as rows of one batch split over the mesh.
 
-    Generated in chunks of ``SAMPLE_CHUNK`` steps (the text is the same as one whole call's) so
-    that a stop request is honoured between chunks however long the samples are.
+    Read in pieces of ``SAMPLE_CHUNK`` steps (the text is the same as one whole call's) so that a
+    stop request is honoured between pieces however long the samples are.
     """
     config = run.config
     if config.sample_length == 0 or not config.temperatures:
         return {}
-    options = GenerationOptions(length=config.sample_length, temperatures=config.temperatures, mode=config.sample_mode)
+    options = config.sample_options()
     prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (options.rows, len(prompt)))
-    prompt_rows, temp_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
-    options = options.with_rows(temp_rows)
-    length, chunk = options.length, min(SAMPLE_CHUNK, options.length)
-    poll = local_poll(run.stop)
-    state = stream_start(params, key, prompt_rows, options, model=run.model, steps=-(-length // chunk) * chunk,
-                         maxlen=config.maxlen)
-    pieces = []
-    for begin in range(0, length, chunk):
-        poll()
-        state, ids = stream_chunk(params, state, options, model=run.model, count=chunk)
-        pieces.append(to_host(ids)[:, :length - begin])
+    prompt_rows, temperature_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
+    poll = local_poll(run.signals)
+    chunk, pieces = min(SAMPLE_CHUNK, options.length), []
+    for ids in sample_in_chunks(params, key, prompt_rows, options.with_rows(temperature_rows), model=run.model,
+                                maxlen=config.maxlen, chunk=chunk):
+        pieces.append(ids)
+        if len(pieces) * chunk < options.length:
+            poll()
     ids = np.concatenate(pieces, axis=1)  # (temperatures, length)
     return {f"{t:g}": run.vocab.decode(row) for t, row in zip(config.temperatures, ids)}
-
-
-def describe_val_cap(split: Split) -> str:
-    if split.val_windows_all <= len(split.val_starts):
-        return ""
-    return f" (1 in {split.val_stride} of the tail's {split.val_windows_all:,}: --val-chars)"
-
-
-def describe_mesh(mesh) -> str:
-    devices = mesh.devices.size
-    platform = mesh.devices.flat[0].platform
-    return f"{devices} {platform} device(s), {jax.process_count()} process(es)"

@@ -48,8 +48,8 @@ def _hard_sigmoid_keras3(z: jax.Array) -> jax.Array:
     return jnp.clip(z / 6.0 + 0.5, 0.0, 1.0)
 
 
-# name -> (activation, its derivative written in terms of the activation's output s)
-RECURRENT_ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+# config.RECURRENT_ACTIVATIONS name -> (activation, its derivative written in terms of the activation's output s)
+ACTIVATION_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
     "sigmoid": (jax.nn.sigmoid, lambda s: s * (1.0 - s)),
     "hard_sigmoid_keras2": (_hard_sigmoid_keras2, lambda s: jnp.where((s > 0) & (s < 1), 0.2, 0.0)),
     "hard_sigmoid": (_hard_sigmoid_keras3, lambda s: jnp.where((s > 0) & (s < 1), 1.0 / 6.0, 0.0)),
@@ -60,7 +60,7 @@ def lstm_cell(carry: Carry, gate_inputs: jax.Array, recurrent_kernel: jax.Array,
               activation: str = "sigmoid") -> tuple[Carry, jax.Array]:
     """One step of the equations above; returns the new carry and the activated gates (batch, 4H)."""
     c, h = carry  # (batch, hidden) each
-    act = RECURRENT_ACTIVATIONS[activation][0]
+    act = ACTIVATION_FUNCTIONS[activation][0]
     z = gate_inputs + h @ recurrent_kernel + bias  # (batch, 4 * hidden)
     z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
     i, f, g, o = act(z_i), act(z_f), jnp.tanh(z_g), act(z_o)
@@ -109,7 +109,7 @@ def _lstm_scan_fwd(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unr
 def _lstm_scan_bwd(unroll, activation, residuals, cotangents):
     recurrent_kernel, (c0, h0), h_seq, c_seq, gates, mask = residuals
     (dc_final, dh_final), dh_seq = cotangents
-    act_grad = RECURRENT_ACTIVATIONS[activation][1]
+    act_grad = ACTIVATION_FUNCTIONS[activation][1]
     c_prev_seq = jnp.concatenate([c0[None], c_seq[:-1]])  # (time, batch, H): c_{t-1}
     kernel_t = recurrent_kernel.T  # (4H, H)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER,
-                               GENERATION_MODES, SAMPLERS)
+                               GENERATION_MODES, SAMPLERS, check_temperatures)
 from charlm_jax.errors import CharLMError
 
 STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window")
@@ -31,17 +31,6 @@ TRACED_FIELDS = ("temperatures", "top_p", "min_p", "repetition_penalty", "repeti
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_temperatures(temperatures: Any) -> np.ndarray:
-    """Temperatures as a (rows,) float32 array, refused in one line unless finite and >= 0 (0: greedy)."""
-    values = np.atleast_1d(np.asarray(temperatures, np.float64))
-    if values.ndim != 1 or values.size == 0:
-        raise CharLMError(f"temperatures must be a non-empty list of numbers, got {temperatures!r}")
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise CharLMError(f"temperature must be >= 0 and finite (0 means greedy), got {values.tolist()}: "
-                          "pass e.g. --temperatures 0.5")
-    return values.astype(np.float32)
 
 
 def check_top_k(top_k: Any) -> None:

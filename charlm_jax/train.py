@@ -1,14 +1,17 @@
-"""Pure training pieces: the optimizer, the state, the loss, one train step, one eval step.
+"""Pure training pieces: a run's keys, the optimizer, the state, the loss, one train step, one eval step.
 
-Nothing here reads files or prints; ``loop.py`` drives these functions. The
-train step is jit-compiled once per run with the state donated, so the
-optimizer update happens in place on the device.
+Nothing here reads files or prints; ``loop.py`` drives these functions. One step serves both
+batchings (the book's windows are streams whose carries are zero at every step); a block of steps
+and the eval step are jit-compiled once per process and shape, with the state donated, so the
+optimizer update happens in place on the device and a second run of the same shapes compiles nothing.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable, NamedTuple
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,29 @@ from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.scoring import window_nll
 
 TrainState = train_state.TrainState
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """Independent PRNG streams of a run, all derived from its seed."""
+
+    init: jax.Array
+    shuffle: jax.Array
+    dropout: jax.Array
+    sample: jax.Array
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "RunKeys":
+        return cls(*jax.random.split(jax.random.key(seed), 4))
+
+    def epoch_key(self, epoch: int) -> jax.Array:
+        """The key that orders epoch ``epoch``'s batches (1-based)."""
+        return jax.random.fold_in(self.shuffle, epoch - 1)
+
+    def sample_keys(self, epoch: int) -> tuple[jax.Array, jax.Array]:
+        """(prompt key, generation key) of an epoch's samples; epoch 1's prompt is also the saved default."""
+        prompt_key, generation_key = jax.random.split(jax.random.fold_in(self.sample, epoch))
+        return prompt_key, generation_key
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) -> optax.Schedule:
@@ -37,7 +63,7 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) 
     warmup = config.warmup_steps if total_steps is None else min(config.warmup_steps, max(total_steps - 1, 0))
     if config.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+            init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(int(total_steps or 0), warmup + 1),
             end_value=peak * config.lr_final_fraction)
     if warmup == 0:
         return optax.constant_schedule(peak)
@@ -45,7 +71,25 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) 
                                 [warmup])
 
 
+# The fields of a TrainConfig that the optimizer reads.
+OPTIMIZER_FIELDS = ("learning_rate", "lr_schedule", "warmup_steps", "lr_final_fraction", "clip_norm", "weight_decay",
+                    "rmsprop_decay", "rmsprop_eps", "rmsprop_eps_in_sqrt", "max_nonfinite_in_row")
+
+
 def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+    """The run's optimizer; one object per setting and length (see ``build_optimizer``).
+
+    The train state holds its optimizer as static data, part of what the compiled block is keyed on:
+    two runs with equal settings get the same object, so the second compiles nothing.
+    """
+    settings = dataclasses.replace(TrainConfig(), **{name: getattr(config, name) for name in OPTIMIZER_FIELDS})
+    if config.lr_schedule == "constant" and config.warmup_steps == 0:
+        total_steps = None  # the book's fixed rate does not depend on the run's length
+    return build_optimizer(settings, total_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
     """RMSprop with Keras 3's constants, optionally behind global-norm clipping, on a schedule.
 
     Keras 3: ``v = rho * v + (1 - rho) * g**2``; ``w -= lr * g / sqrt(v + epsilon)`` with
@@ -89,34 +133,49 @@ def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
     """Initial params and optimizer state; ``total_steps`` sets the cosine schedule's length."""
     model = build_model(config, vocab_size)
     params = init_params(key, model, config.maxlen)
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, total_steps))
+    # No apply_fn: the model is a static argument of the compiled block, and a bound method (compared by
+    # the identity of its module) in the state would give every run's state its own compile cache entry.
+    state = TrainState.create(apply_fn=None, params=params, tx=make_optimizer(config, total_steps))
     # TrainState.create stores step as the Python int 0; an int32 array keeps the jitted
     # step's input types identical from the first call on (no second compilation).
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def loss_fn(params, windows: jax.Array, dropout_key: jax.Array, *,
-            model: CharLSTM, maxlen: int, objective: str, deterministic: bool = False) -> jax.Array:
-    """Mean cross-entropy (nats) of a batch of windows, (batch, maxlen + 1) ids each.
+def loss_fn(params, windows: jax.Array, carries, dropout_key: jax.Array, *,
+            model: CharLSTM, maxlen: int, objective: str) -> tuple[jax.Array, Any]:
+    """Mean cross-entropy (nats) of a batch of windows, (batch, maxlen + 1) ids each, read from ``carries``.
 
     A window's first ``maxlen`` ids are the input; the book's target is its last id, the dense
-    objective's targets are its ids shifted by one.
+    objective's targets are its ids shifted by one. Returns the loss and the carries after the
+    window (what a stream's next batch starts from). ``carries`` are inputs, not parameters: no
+    gradient flows into them (truncated BPTT).
     """
     inputs = windows[:, :maxlen]
     last_only = objective == "next_char"
-    _, logits = model.apply({"params": params}, inputs, last_only=last_only,
-                            deterministic=deterministic, rngs={"dropout": dropout_key})
+    new_carries, logits = model.apply({"params": params}, inputs, carries, last_only=last_only,
+                                      deterministic=False, rngs={"dropout": dropout_key})
     targets = windows[:, maxlen] if last_only else windows[:, 1:]  # (batch,) or (batch, maxlen)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), new_carries
 
 
-def train_step(state: TrainState, windows: jax.Array, dropout_key: jax.Array, *,
-               model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a batch of windows, (batch, maxlen + 1)."""
+def train_step(state: TrainState, carries, windows: jax.Array, dropout_key: jax.Array, *, model: CharLSTM,
+               maxlen: int, objective: str, carry_over: bool) -> tuple[TrainState, Any, dict[str, jax.Array]]:
+    """One optimizer update on a batch, (batch, maxlen + 1) windows, from ``carries``.
+
+    The one step of both batchings. Consecutive streams (``carry_over``) start from the carries the
+    previous batch left and pass theirs on; the book's windows are streams whose carries are zero
+    at every step and never passed on. A refused (non-finite) step leaves the parameters alone; a
+    stream's carry restarts from zero where it stopped being finite.
+    """
+    if not carry_over:
+        carries = jax.tree.map(jnp.zeros_like, carries)  # a constant: XLA folds it, as for a fresh window
     step_key = jax.random.fold_in(dropout_key, state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, windows, step_key,
-                                              model=model, maxlen=maxlen, objective=objective)
-    return apply_update(state, loss, grads)
+    (loss, new_carries), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, windows, carries, step_key, model=model, maxlen=maxlen, objective=objective)
+    new_state, metrics = apply_update(state, loss, grads)
+    if carry_over:
+        carries = jax.tree.map(lambda c: jnp.where(jnp.isfinite(c), c, 0.0), new_carries)
+    return new_state, carries, metrics
 
 
 def apply_update(state: TrainState, loss: jax.Array, grads) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -137,67 +196,28 @@ def apply_update(state: TrainState, loss: jax.Array, grads) -> tuple[TrainState,
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
-def stream_loss_fn(params, windows: jax.Array, carries, dropout_key: jax.Array, *,
-                   model: CharLSTM, maxlen: int) -> tuple[jax.Array, Any]:
-    """Mean dense cross-entropy (nats) of the next ``maxlen`` characters of each stream, from ``carries``.
-
-    ``windows`` (streams, maxlen + 1): inputs and targets shifted by one. The carries come from the
-    stream's previous batch; the gradient stops at them (truncated BPTT). Returns the loss and the
-    carries after the batch, for the next.
-    """
-    carries = jax.lax.stop_gradient(carries)
-    new_carries, logits = model.apply({"params": params}, windows[:, :maxlen], carries, deterministic=False,
-                                      rngs={"dropout": dropout_key})  # (streams, maxlen, vocab)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
-    return loss, new_carries
-
-
-def train_stream_step(state: TrainState, carries, windows: jax.Array, dropout_key: jax.Array, *,
-                      model: CharLSTM, maxlen: int) -> tuple[TrainState, Any, dict[str, jax.Array]]:
-    """``train_step`` for consecutive streams: one update on their next characters, carries passed on.
-
-    A refused (non-finite) step leaves the parameters alone; the streams' carries restart from zero
-    where they stopped being finite.
-    """
-    step_key = jax.random.fold_in(dropout_key, state.step)
-    (loss, new_carries), grads = jax.value_and_grad(stream_loss_fn, has_aux=True)(
-        state.params, windows, carries, step_key, model=model, maxlen=maxlen)
-    new_state, metrics = apply_update(state, loss, grads)
-    new_carries = jax.tree.map(lambda c: jnp.where(jnp.isfinite(c), c, 0.0), new_carries)
-    return new_state, new_carries, metrics
-
-
-def train_block(state: TrainState, block_windows: jax.Array, dropout_key: jax.Array, *,
-                model: CharLSTM, maxlen: int, objective: str) -> tuple[TrainState, dict[str, jax.Array]]:
+def _train_block(state: TrainState, carries, block_windows: jax.Array, dropout_key: jax.Array, *,
+                 model: CharLSTM, maxlen: int, objective: str,
+                 carry_over: bool) -> tuple[tuple[TrainState, Any], dict[str, jax.Array]]:
     """``train_step`` over a block of batches, (steps, batch, maxlen + 1) windows, in one ``lax.scan``.
 
     One call per block instead of one per batch: Python, the host sync for the metrics and
     the runtime's allocation of the step's temporary buffers happen once per block. Each
     step is exactly ``train_step`` (same dropout key per step, same guard), so the block size
-    changes speed, not results. Metrics come back stacked, (steps,) each.
+    changes speed, not results. Returns ((state, carries), metrics stacked (steps,) each).
     """
-
-    def one_step(state, windows):
-        return train_step(state, windows, dropout_key, model=model, maxlen=maxlen, objective=objective)
-
-    return jax.lax.scan(one_step, state, block_windows)
-
-
-def train_stream_block(state: TrainState, carries, block_windows: jax.Array, dropout_key: jax.Array, *,
-                       model: CharLSTM, maxlen: int) -> tuple[tuple[TrainState, Any], dict[str, jax.Array]]:
-    """``train_stream_step`` over a block, (steps, streams, maxlen + 1) windows, in one ``lax.scan``:
-    returns ((state, carries), metrics stacked (steps,))."""
 
     def one_step(state_and_carries, windows):
         state, carries = state_and_carries
-        state, carries, metrics = train_stream_step(state, carries, windows, dropout_key, model=model, maxlen=maxlen)
+        state, carries, metrics = train_step(state, carries, windows, dropout_key, model=model, maxlen=maxlen,
+                                             objective=objective, carry_over=carry_over)
         return (state, carries), metrics
 
     return jax.lax.scan(one_step, (state, carries), block_windows)
 
 
-def eval_step(params, windows: jax.Array, weights: jax.Array, *,
-              model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
+def _eval_step(params, windows: jax.Array, weights: jax.Array, *,
+               model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
     """Summed next-character NLL (nats) and count over weighted windows.
 
     Always the book's objective (each character predicted from the ``maxlen``
@@ -208,37 +228,42 @@ def eval_step(params, windows: jax.Array, weights: jax.Array, *,
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-class CompiledSteps(NamedTuple):
-    """The jitted train block and eval step of one run (see ``compile_steps``)."""
-
-    train_block: Callable
-    eval_step: Callable
-    train_streams: Callable | None = None  # train_stream_block, when config.batching == "streams"
-
-
-def compile_steps(model: CharLSTM, config: TrainConfig, mesh=None) -> CompiledSteps:
-    """jit the train block and the eval step once, state donated, batches sharded over ``mesh``.
-
-    With a mesh, params and optimizer state are replicated and the batch axis (the second axis
-    of a block of windows, the first of an evaluation batch) is split along the mesh's ``data`` axis.
+@functools.lru_cache(maxsize=None)
+def compiled_train_block(mesh=None) -> Callable:
+    """``train_block`` jitted for ``mesh``: one compiled function per process and mesh, as generation's
+    scans are, so every run (the CLI's, a script's, a test's) with the same model and shapes shares one
+    cache entry. The state is replicated, the carries and each step's batch split along the mesh's
+    ``data`` axis, in and out (fixed here, so a block's output is a valid input of the next without a
+    second compile); the state and the carries are donated. ``mesh=None``: placement follows the inputs.
     """
-    train_fn = partial(train_block, model=model, maxlen=config.maxlen, objective=config.objective)
-    eval_fn = partial(eval_step, model=model, maxlen=config.maxlen)
-    streams_fn = partial(train_stream_block, model=model, maxlen=config.maxlen)
-    streams = config.batching == "streams"
+    static = (4, 5, 6, 7)  # model, maxlen, objective, carry_over: positional, as jit's shardings require
     if mesh is None:
-        return CompiledSteps(jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn),
-                             jax.jit(streams_fn, donate_argnums=(0, 1)) if streams else None)
-    from charlm_jax.distributed import batch_sharding, block_sharding, replicated
+        jitted = jax.jit(_positional_block, static_argnums=static, donate_argnums=(0, 1))
+    else:
+        from charlm_jax.distributed import batch_sharding, block_sharding, replicated
 
-    repl, data, block = replicated(mesh), batch_sharding(mesh), block_sharding(mesh)
-    train_jit = jax.jit(train_fn, in_shardings=(repl, block, repl),
-                        out_shardings=(repl, repl), donate_argnums=0)
-    eval_jit = jax.jit(eval_fn, in_shardings=(repl, data, data), out_shardings=(repl, repl))
-    # Streams are split over the devices like a batch's rows; their carries stay where their rows are.
-    streams_jit = jax.jit(streams_fn, in_shardings=(repl, data, block, repl), out_shardings=((repl, data), repl),
-                          donate_argnums=(0, 1)) if streams else None
-    return CompiledSteps(train_jit, eval_jit, streams_jit)
+        repl, rows = replicated(mesh), batch_sharding(mesh)
+        jitted = jax.jit(_positional_block, static_argnums=static, donate_argnums=(0, 1),
+                         in_shardings=(repl, rows, block_sharding(mesh), repl), out_shardings=((repl, rows), repl))
+
+    @functools.wraps(_train_block)
+    def block(state, carries, block_windows, dropout_key, *, model, maxlen, objective, carry_over):
+        return jitted(state, carries, block_windows, dropout_key, model, maxlen, objective, carry_over)
+
+    block._cache_size = jitted._cache_size  # type: ignore[attr-defined]  # for the compile-count tests
+    return block
+
+
+def _positional_block(state, carries, block_windows, dropout_key, model, maxlen, objective, carry_over):
+    return _train_block(state, carries, block_windows, dropout_key, model=model, maxlen=maxlen, objective=objective,
+                        carry_over=carry_over)
+
+
+# train_block(state, carries, block_windows (steps, batch, maxlen + 1), dropout_key, *, model, maxlen, objective,
+#             carry_over) -> ((state, carries), metrics (steps,) each), placed as its inputs are.
+train_block = compiled_train_block()
+# eval_step(params, windows (batch, maxlen + 1), weights (batch,), *, model, maxlen) -> (nll sum, count)
+eval_step = jax.jit(_eval_step, static_argnames=("model", "maxlen"))
 
 
 def train_state_items(state: TrainState) -> dict[str, Any]:

@@ -32,3 +32,13 @@ def assert_trees_equal(a, b) -> None:
 def assert_trees_close(a, b, rtol: float, atol: float) -> None:
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
+
+
+def train_windows(state, block_windows, key, config, model):
+    """The loop's jitted block on the book's windows, (steps, batch, maxlen + 1): (state, metrics)."""
+    from charlm_jax.train import train_block
+
+    carries = model.zero_carries(np.shape(block_windows)[1])
+    (state, _), metrics = train_block(state, carries, block_windows, key, model=model, maxlen=config.maxlen,
+                                      objective=config.objective, carry_over=False)
+    return state, metrics

@@ -17,9 +17,10 @@ from charlm_jax.distributed import block_sharding, make_mesh, put_windows, repli
 from charlm_jax.errors import CharLMError
 from charlm_jax.decode import generate_ids
 from charlm_jax.options import GenerationOptions
-from charlm_jax.loop import fit
+from charlm_jax.loop import Limits, fit
 from charlm_jax.model import build_model
-from charlm_jax.train import compile_steps, create_train_state
+from charlm_jax.run_dir import zero_carries
+from charlm_jax.train import compiled_train_block, create_train_state
 
 text = ("the quick brown fox jumps over the lazy dog. a stitch in time saves nine. " * 12)
 out_dir = sys.argv[1]
@@ -33,20 +34,22 @@ model = build_model(config, vocab.size)
 def loss_trajectory(mesh, steps=12):
     state = jax.device_put(create_train_state(jax.random.key(0), config, vocab.size), replicated(mesh))
     corpus = vocab.encode(text)
-    train_block = compile_steps(model, config, mesh).train_block
-    losses = []
+    carries = zero_carries(config, mesh)
+    losses, carry_specs = [], set()
     for i in range(0, steps, 3):  # blocks of 3 steps
         starts = np.stack([split.train_starts[(np.arange(16) * 7 + j * 16) % len(split.train_starts)]
                            for j in range(i, i + 3)])  # (3, 16)
         windows = put_windows(corpus, starts, config.maxlen + 1, block_sharding(mesh))
-        state, metrics = train_block(state, windows, jax.random.key(1))
+        (state, carries), metrics = compiled_train_block(mesh)(state, carries, windows, jax.random.key(1), model=model,
+                                                maxlen=config.maxlen, objective=config.objective, carry_over=False)
         losses.extend(float(loss) for loss in np.asarray(metrics["loss"]))
-    shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
-    return losses, state.params, shardings
+        carry_specs |= {str(leaf.sharding.spec) for leaf in jax.tree.leaves(carries)}
+    shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves((state.params, state.opt_state))}
+    return losses, state.params, shardings, carry_specs, compiled_train_block(mesh)._cache_size()
 
 
-one, params_one, _ = loss_trajectory(make_mesh(jax.devices()[:1]))
-four, params_four, shardings = loss_trajectory(make_mesh())
+one, params_one, *_ = loss_trajectory(make_mesh(jax.devices()[:1]))
+four, params_four, shardings, carry_specs, compiled_blocks = loss_trajectory(make_mesh())
 param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                  zip(jax.tree.leaves(params_one), jax.tree.leaves(params_four)))
 
@@ -68,7 +71,7 @@ sharded_w = generate_ids(sharded_params, jax.random.key(4), sharded_prompts, win
 # A global batch that does not divide over 4 devices is refused with a clear error.
 try:
     fit(TrainConfig(maxlen=12, hidden_size=16, batch_size=18, epochs=1, sample_length=0), text,
-        out_dir + "/bad", console=Console(quiet=True), show_progress=False)
+        out_dir + "/bad", console=Console(quiet=True))
     bad_batch_error = None
 except CharLMError as error:
     bad_batch_error = str(error)
@@ -76,18 +79,17 @@ except CharLMError as error:
 # The whole loop on 4 devices (with per-epoch samples split over them) and on 1 device.
 loop_config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=2, sample_length=10,
                           steps_per_call=4)
-fits = {n: fit(loop_config, text, f"{out_dir}/run{n}", console=Console(quiet=True), show_progress=False,
+fits = {n: fit(loop_config, text, f"{out_dir}/run{n}", console=Console(quiet=True),
                mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
 
 # Consecutive streams: their carries split over the 4 devices like the rows, and restored so on resume.
 stream_config = TrainConfig(maxlen=12, hidden_size=16, batch_size=8, epochs=3, sample_length=0, steps_per_call=2,
                             batching="streams", objective="dense", dropout=0.1, locked_dropout=True,
                             weight_dropout=0.1)
-stream_fits = {n: fit(stream_config, text, f"{out_dir}/streams{n}", console=Console(quiet=True),
-                      show_progress=False, mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
-fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), show_progress=False,
-    stop_after_steps=9)  # inside the second epoch: the carries are restored, not zero
-resumed = fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), show_progress=False,
+stream_fits = {n: fit(stream_config, text, f"{out_dir}/streams{n}", console=Console(quiet=True), mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
+fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True),
+    limits=Limits(max_steps=9))  # inside the second epoch: the carries are restored, not zero
+resumed = fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True),
               resume=True)
 stream_params_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                          zip(jax.tree.leaves(jax.device_get(resumed.state.params)),
@@ -96,9 +98,11 @@ stream_params_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) fo
 print(json.dumps({
     "losses_one": one, "losses_four": four, "param_max_abs_diff": param_diff,
     "param_shardings": sorted(shardings),
+    "carry_shardings": sorted(carry_specs),
+    "compiled_blocks": compiled_blocks,
     "sharded_output_spec": str(sharded.sharding.spec),
-    "generation_equal": bool(np.array_equal(np.asarray(plain), np.asarray(sharded))),
-    "window_generation_equal": bool(np.array_equal(np.asarray(plain_w), np.asarray(sharded_w))),
+    "generation": {"plain": np.asarray(plain).tolist(), "sharded": np.asarray(sharded).tolist()},
+    "window_generation": {"plain": np.asarray(plain_w).tolist(), "sharded": np.asarray(sharded_w).tolist()},
     "bad_batch_error": bad_batch_error,
     "fit_devices": len(jax.devices()),
     "fit_records": {n: [{k: r[k] for k in ("step", "train_loss", "val_bits_per_char", "grad_norm_max")}

@@ -9,7 +9,7 @@ import pytest
 import charlm_jax
 from charlm_jax.checkpoint import CheckpointFallbackWarning, CheckpointStore
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import fit
+from charlm_jax.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -30,10 +30,10 @@ def test_load_returns_the_trained_params_vocab_and_config(trained_run):
 
 def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_text):
     config = tiny_config(epochs=2, dropout=0.1, sample_length=0)
-    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
-    first = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, stop_after_steps=7)
+    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET)
+    first = fit(config, tiny_text, tmp_path / "split", console=QUIET, limits=Limits(max_steps=7))
     assert first.resumable and not first.interrupted and int(first.state.step) == 7
-    resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, resume=True)
+    resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, resume=True)
     assert int(resumed.state.step) == int(whole.state.step)
     assert_trees_equal(resumed.state.params, whole.state.params)
     assert_trees_equal(resumed.state.opt_state, whole.state.opt_state)
@@ -42,7 +42,7 @@ def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_t
 def test_an_existing_run_is_never_overwritten_without_resume(trained_run, tiny_text):
     out, _ = trained_run
     with pytest.raises(CharLMError, match="already holds a run"):
-        fit(tiny_config(), tiny_text, out, console=QUIET, show_progress=False)
+        fit(tiny_config(), tiny_text, out, console=QUIET)
 
 
 def test_resume_with_other_settings_or_text_is_refused(tmp_path, trained_run, tiny_text):
@@ -100,7 +100,7 @@ def test_incompatible_checkpoint_version_is_a_clear_error(tmp_path, trained_run)
 
 def test_store_lists_steps_and_keeps_the_latest_three(tmp_path, tiny_text):
     config = tiny_config(epochs=5, sample_length=0, val_fraction=0.0)
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
     steps_per_epoch = int(result.state.step) // 5
     with CheckpointStore(tmp_path, create=False) as store:
         assert store.all_steps() == [3 * steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch]

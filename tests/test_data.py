@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.data import (Vocab, batches_per_epoch, epoch_blocks, gather_windows, host_windows,
+from charlm_jax.data import (ShuffledWindows, Vocab, batches_per_epoch, gather_windows, host_windows,
                              padded_eval_batches, shuffled, split_windows)
 from charlm_jax.errors import CharLMError
 
@@ -104,28 +104,28 @@ def test_shuffled_is_a_permutation_fixed_by_the_key(num_items):
         assert np.median(np.abs(np.diff(order))) > num_items / 10
 
 
-def test_epoch_blocks_are_a_permutation_fixed_by_the_key():
+def test_shuffled_windows_are_a_permutation_fixed_by_the_key():
     split, starts = SPLIT, SPLIT.train_starts
     assert split.train_windows == 100 and starts[-1] == 297
     key = jax.random.key(3)
-    blocks = list(epoch_blocks(key, split, 16, block_steps=4))
+    blocks = list(ShuffledWindows(split, 16, 4).blocks(key))
     assert [b.shape for b in blocks] == [(4, 16), (2, 16)]  # a full block and the epoch's remainder
     first = np.concatenate(blocks).reshape(-1)
-    again = np.concatenate(list(epoch_blocks(key, split, 16, block_steps=4))).reshape(-1)
-    other = np.concatenate(list(epoch_blocks(jax.random.key(4), split, 16, block_steps=4))).reshape(-1)
+    again = np.concatenate(list(ShuffledWindows(split, 16, 4).blocks(key))).reshape(-1)
+    other = np.concatenate(list(ShuffledWindows(split, 16, 4).blocks(jax.random.key(4)))).reshape(-1)
     assert batches_per_epoch(100, 16) == 6 and len(first) == 96  # last partial batch dropped
     assert len(set(first.tolist())) == 96 and set(first.tolist()) <= set(starts.tolist())
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     # The block size changes the grouping, never the order of batches.
-    one_by_one = np.concatenate(list(epoch_blocks(key, split, 16, block_steps=1))).reshape(-1)
+    one_by_one = np.concatenate(list(ShuffledWindows(split, 16, 1).blocks(key))).reshape(-1)
     np.testing.assert_array_equal(one_by_one, first)
 
 
 def test_a_resumed_epoch_finishes_its_block_then_falls_back_into_step():
     key = jax.random.key(3)
-    whole = np.concatenate(list(epoch_blocks(key, SPLIT, 16, block_steps=4))).reshape(-1)
-    resumed = list(epoch_blocks(key, SPLIT, 16, block_steps=4, first_batch=1))
+    whole = np.concatenate(list(ShuffledWindows(SPLIT, 16, 4).blocks(key))).reshape(-1)
+    resumed = list(ShuffledWindows(SPLIT, 16, 4).blocks(key, 1))
     assert [b.shape[0] for b in resumed] == [3, 2]  # batches 1-3, then 4-5 as uninterrupted
     np.testing.assert_array_equal(np.concatenate(resumed).reshape(-1), whole[16:])
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import charlm_jax
-from charlm_jax.loop import fit
+from charlm_jax.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -120,8 +120,7 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
     saved = charlm_jax.load(out)
     assert saved.step == step and all(s <= step for s in record_steps(out))  # metrics never ahead of checkpoints
     # The checkpoint is what an uninterrupted run holds at that step, bit for bit.
-    reference = fit(tiny_config(epochs=100000, sample_length=0), tiny_text, tmp_path / "reference", console=QUIET,
-                    show_progress=False, stop_after_steps=step)
+    reference = fit(tiny_config(epochs=100000, sample_length=0), tiny_text, tmp_path / "reference", console=QUIET, limits=Limits(max_steps=step))
     assert_trees_equal(saved.params, reference.state.params)
     code, stdout, stderr = run("train", "--text", text_file, "--out", out, "--resume", "--epochs",
                                str(step // 35 + 2), *TINY_FLAGS)

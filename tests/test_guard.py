@@ -9,8 +9,8 @@ import pytest
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import RunKeys, fit
-from charlm_jax.train import create_train_state
+from charlm_jax.loop import Limits, fit
+from charlm_jax.train import RunKeys, create_train_state
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -49,13 +49,12 @@ def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, ti
     # A learning rate beyond float32's range makes every update non-finite (inf * g, 0 * inf).
     config = tiny_config(learning_rate=1e39, max_nonfinite_in_row=5, epochs=3)
     with pytest.raises(CharLMError, match="5 steps in a row had non-finite"):
-        fit(config, tiny_text, tmp_path / "run", console=QUIET, show_progress=False)
+        fit(config, tiny_text, tmp_path / "run", console=QUIET)
     # Stopped before the limit, the run still holds its initial parameters, untouched and finite...
-    guarded = fit(config, tiny_text, tmp_path / "short", console=QUIET, show_progress=False, stop_after_steps=4)
+    guarded = fit(config, tiny_text, tmp_path / "short", console=QUIET, limits=Limits(max_steps=4))
     initial = create_train_state(RunKeys.from_seed(config.seed).init, config, guarded.vocab.size).params
     assert_trees_equal(guarded.state.params, initial)
     assert guarded.history[-1]["skipped_steps_total"] == 4
     # ...while the same four steps without the guard destroy them.
-    unguarded = fit(replace(config, max_nonfinite_in_row=0), tiny_text, tmp_path / "off", console=QUIET,
-                    show_progress=False, stop_after_steps=4)
+    unguarded = fit(replace(config, max_nonfinite_in_row=0), tiny_text, tmp_path / "off", console=QUIET, limits=Limits(max_steps=4))
     assert not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(unguarded.state.params))

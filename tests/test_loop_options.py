@@ -8,7 +8,7 @@ import pytest
 import charlm_jax
 from charlm_jax.checkpoint import CheckpointStore
 from charlm_jax.cli import main
-from charlm_jax.loop import fit
+from charlm_jax.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -20,7 +20,7 @@ def records_of(out):
 def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation(tmp_path, tiny_text):
     # A rate high enough that validation gets worse after it first improves, so best != last.
     config = tiny_config(epochs=4, learning_rate=0.05, sample_length=0)
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
     bits = [r["val_bits_per_char"] for r in result.history]
     best_epoch = int(np.argmin(bits)) + 1
     assert (result.best_epoch, result.best_val_bits_per_char) == (best_epoch, min(bits))
@@ -33,7 +33,7 @@ def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation(tmp_path, ti
     assert (meta.epoch, meta.val_bits_per_char) == (best_epoch, min(bits))
     # Its params are that epoch's: re-training to that epoch reproduces them exactly.
     again = fit(tiny_config(epochs=best_epoch, learning_rate=0.05, sample_length=0), tiny_text,
-                tmp_path / "again", console=QUIET, show_progress=False)
+                tmp_path / "again", console=QUIET)
     assert_trees_equal(best.params, again.state.params)
     assert [r.get("best", False) for r in result.history] == \
         [b < min(bits[:i], default=np.inf) for i, b in enumerate(bits)]
@@ -43,7 +43,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     # A learning rate far below float32 resolution leaves the params bit-identical, so
     # validation never improves after epoch 1.
     config = tiny_config(epochs=10, learning_rate=1e-30, early_stopping_patience=2, sample_length=0)
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
     assert result.stop_reason == "early_stopping" and not result.resumable
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.best_epoch == 1
@@ -52,28 +52,28 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
 
 def test_early_stopping_is_off_by_default(tmp_path, tiny_text):
     config = tiny_config(epochs=4, learning_rate=1e-30, sample_length=0)
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
     assert result.stop_reason == "completed" and len(result.history) == 4
 
 
 def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_path, tiny_text):
     config = tiny_config(epochs=2, sample_length=0)
-    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=1e-9)
+    first = fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=1e-9))
     assert first.stop_reason == "time_limit" and first.resumable and not first.interrupted
     partial = records_of(tmp_path)[-1]
     assert partial["partial_epoch"] and partial["epoch"] == 1 and np.isfinite(partial["val_bits_per_char"])
     assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == config.steps_per_call  # one block
-    done = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, resume=True)
+    done = fit(config, tiny_text, tmp_path, console=QUIET, resume=True)
     assert done.stop_reason == "completed"
     seconds = [r["train_seconds"] for r in records_of(tmp_path)]
     assert seconds == sorted(seconds)  # the training clock continues across the resume
-    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
+    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET)
     assert_trees_equal(done.state.params, whole.state.params)
 
 
 def test_records_carry_the_learning_rate_and_gradient_norms(tmp_path, tiny_text):
     config = tiny_config(epochs=2, lr_schedule="cosine", lr_final_fraction=0.1, sample_length=0)
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
     first, last = result.history
     assert last["learning_rate"] == pytest.approx(0.001, rel=1e-5)  # cosine reached its end value
     assert first["learning_rate"] > last["learning_rate"]
@@ -103,7 +103,7 @@ def test_cli_recipe_fast_trains_with_its_values_and_flags_override(capsys, tmp_p
 def test_cli_time_limit_must_be_positive(capsys, tmp_path):
     code = main(["train", "--time-limit", "0", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("charlm-jax: error: --time-limit must be > 0")
+    assert code == 2 and err.startswith("charlm-jax: error: --time-limit (Limits.max_seconds) must be > 0") and err.count("\n") == 1
 
 
 class TickingClock:
@@ -120,8 +120,7 @@ class TickingClock:
 def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_path, tiny_text):
     """With an injected clock (0.1 s per block of 4 steps) the plan is exact, whatever the machine's speed."""
     config = tiny_config(epochs=500, lr_schedule="cosine", warmup_steps=0, sample_length=0, steps_per_call=4)
-    first = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=3.0,
-                clock=TickingClock(0.1))
+    first = fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=3.0, clock=TickingClock(0.1)),)
     planned = records_of(tmp_path)[-1]
     assert first.stop_reason == "time_limit" and 3.0 <= planned["train_seconds"] < 3.2
     # Planned after the second block: 8 steps + 98 % of the 2.8 s left at 0.025 s per step, not 500 epochs.
@@ -129,18 +128,17 @@ def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_pa
     assert planned["learning_rate"] < config.learning_rate  # the cosine has decayed within the budget
     with CheckpointStore(tmp_path, create=False) as store:
         assert store.restore_meta().schedule_steps == planned["schedule_steps"]
-    fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False, stop_after_seconds=4.0, resume=True,
-        clock=TickingClock(0.1))
+    fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=4.0, clock=TickingClock(0.1)), resume=True,)
     assert records_of(tmp_path)[-1]["schedule_steps"] == planned["schedule_steps"]  # the plan is kept
 
 
 def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_text):
     config = tiny_config(epochs=2, sample_length=0, steps_per_call=4, eval_every_steps=10)
-    result = fit(config, tiny_text, tmp_path / "often", console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path / "often", console=QUIET)
     steps = [(r["step"], r.get("partial_epoch", False)) for r in result.history]
     # 35 steps per epoch in blocks of 4: evaluations after the blocks that reach 10, 20, 30, 40, 50, 60.
     assert steps == [(12, True), (20, True), (32, True), (35, False), (43, True), (51, True), (63, True), (70, False)]
     plain = fit(tiny_config(epochs=2, sample_length=0, steps_per_call=4), tiny_text, tmp_path / "plain",
-                console=QUIET, show_progress=False)
+                console=QUIET)
     assert_trees_equal(result.state.params, plain.state.params)
     assert result.history[-1]["val_bits_per_char"] == plain.history[-1]["val_bits_per_char"]

@@ -29,10 +29,10 @@ def autodiff_scan(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unro
 
 
 def test_the_config_names_every_activation_the_layer_has():
-    assert set(RECURRENT_ACTIVATIONS) == set(lstm.RECURRENT_ACTIVATIONS)
+    assert set(RECURRENT_ACTIVATIONS) == set(lstm.ACTIVATION_FUNCTIONS)
 
 
-@pytest.mark.parametrize("activation", sorted(lstm.RECURRENT_ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(lstm.ACTIVATION_FUNCTIONS))
 @pytest.mark.parametrize("padded", [False, True])
 def test_gradients_equal_autodiff_in_float64(activation, padded):
     with jax.enable_x64(True):

@@ -14,9 +14,9 @@ from charlm_jax.data import Vocab, host_windows, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.recipes import RECIPES, recipe_config
 from charlm_jax.model import build_model
-from charlm_jax.train import compile_steps, create_train_state, learning_rate_schedule, loss_fn, make_optimizer
+from charlm_jax.train import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
 
-from helpers import tiny_config
+from helpers import tiny_config, train_windows
 
 
 def _log_softmax64(logits) -> np.ndarray:
@@ -33,8 +33,8 @@ def test_loss_is_the_mean_cross_entropy_of_the_objective_s_targets(tiny_text, ob
     model = build_model(config, vocab.size)
     params = create_train_state(jax.random.key(0), config, vocab.size).params
     starts = np.array([0, 5, 17, 40], np.int32)
-    loss = loss_fn(params, jnp.asarray(host_windows(ids, starts, config.maxlen + 1)), jax.random.key(1), model=model,
-                   maxlen=config.maxlen, objective=objective, deterministic=True)
+    loss, _ = loss_fn(params, jnp.asarray(host_windows(ids, starts, config.maxlen + 1)), model.zero_carries(4),
+                      jax.random.key(1), model=model, maxlen=config.maxlen, objective=objective)  # no dropout
     windows = np.stack([ids[s:s + config.maxlen] for s in starts])  # (batch, maxlen)
     _, logits = model.apply({"params": params}, jnp.asarray(windows))  # (batch, maxlen, vocab)
     log_probs = _log_softmax64(logits)
@@ -116,11 +116,11 @@ def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
     corpus = vocab.encode(tiny_text)
     windows = jnp.asarray(host_windows(corpus, split.train_starts[:16], config.maxlen + 1))
     loss = partial(loss_fn, model=model, maxlen=config.maxlen, objective="next_char")
-    loss_a, loss_b = loss(state.params, windows, jax.random.key(1)), loss(state.params, windows, jax.random.key(2))
+    carries = model.zero_carries(16)
+    loss_a, loss_b = (loss(state.params, windows, carries, jax.random.key(k))[0] for k in (1, 2))
     assert np.isfinite(float(loss_a)) and float(loss_a) != float(loss_b)  # dropout is active in training
-    steps = compile_steps(model, config)
     block = host_windows(corpus, np.resize(split.train_starts, (30, 16)), config.maxlen + 1)  # 30 steps, same windows
-    state, metrics = steps.train_block(state, block, jax.random.key(3))
+    state, metrics = train_windows(state, block, jax.random.key(3), config, model)
     losses = np.asarray(metrics["loss"])
     assert np.all(np.isfinite(losses)) and losses[-5:].mean() < 0.9 * losses[:5].mean()  # measured: 0.84
 

@@ -77,14 +77,14 @@ def test_training_on_a_prepared_corpus_equals_training_on_the_text(tmp_path, tin
     source.write_text(tiny_text)
     corpus = prepare(source, tmp_path / "prepared", block_chars=100)
     config = tiny_config(epochs=2)
-    from_text = fit(config, tiny_text, tmp_path / "a", console=QUIET, show_progress=False)
-    from_ids = fit(config, corpus, tmp_path / "b", console=QUIET, show_progress=False)
+    from_text = fit(config, tiny_text, tmp_path / "a", console=QUIET)
+    from_ids = fit(config, corpus, tmp_path / "b", console=QUIET)
     for a, b in zip(from_text.history, from_ids.history):
         timing = ("seconds", "per_second")
         assert ({k: v for k, v in a.items() if not k.endswith(timing)} == {k: v for k, v in b.items() if not k.endswith(timing)})
     assert charlm_jax.load(tmp_path / "a").default_prompt == charlm_jax.load(tmp_path / "b").default_prompt
     with pytest.raises(CharLMError, match="was lower-cased but this run's --lowercase is False"):
-        fit(tiny_config(lowercase=False), corpus, tmp_path / "c", console=QUIET, show_progress=False)
+        fit(tiny_config(lowercase=False), corpus, tmp_path / "c", console=QUIET)
 
 
 def test_the_validation_cap_scores_the_same_evenly_spaced_windows(tmp_path, tiny_text):
@@ -97,7 +97,7 @@ def test_the_validation_cap_scores_the_same_evenly_spaced_windows(tmp_path, tiny
     assert len(split_windows(10_000, 60, 3, 0.1, val_chars=5_000).val_starts) == 940  # under the cap: all
     # The loop validates on the capped windows: its number is the mean score of exactly those.
     config = tiny_config(val_fraction=0.3, val_chars=50, sample_length=0)
-    result = fit(config, tiny_text, tmp_path / "run", console=QUIET, show_progress=False)
+    result = fit(config, tiny_text, tmp_path / "run", console=QUIET)
     lm = charlm_jax.load(tmp_path / "run")
     split = split_windows(len(tiny_text), config.maxlen, config.step, config.val_fraction, config.val_chars)
     assert split.val_stride > 1
@@ -138,7 +138,7 @@ def test_a_large_text_file_trains_through_a_prepared_corpus_by_itself(tmp_path, 
 def test_tensorboard_reads_back_what_the_run_recorded(tmp_path, tiny_text):
     pytest.importorskip("tensorboardX")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    result = fit(tiny_config(epochs=2, steps_per_call=4), tiny_text, tmp_path, console=QUIET, show_progress=False)
+    result = fit(tiny_config(epochs=2, steps_per_call=4), tiny_text, tmp_path, console=QUIET)
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     scalars = events.Tags()["scalars"]

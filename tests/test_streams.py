@@ -1,5 +1,7 @@
 """Consecutive streams with carried state (truncated BPTT) and the recurrent regularisers."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,26 +9,26 @@ import optax
 import pytest
 
 from charlm_jax import model as model_module
-from charlm_jax.data import stream_blocks, stream_steps_per_epoch
+from charlm_jax.data import ConsecutiveStreams
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import fit
+from charlm_jax.loop import Limits, fit
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.recipes import recipe_config
-from charlm_jax.train import compile_steps, create_train_state
+from charlm_jax.train import create_train_state, train_block
 
 from helpers import QUIET, assert_trees_close, assert_trees_equal, tiny_config
 from test_lstm import autodiff_scan
 
 
 def all_blocks(key, train_chars, streams, maxlen, block_steps, first_batch=0):
-    blocks = list(stream_blocks(key, train_chars, streams, maxlen, block_steps, first_batch))
+    blocks = list(ConsecutiveStreams(train_chars, streams, maxlen, block_steps).blocks(key, first_batch))
     return np.concatenate(blocks) if blocks else np.zeros((0, streams), np.int32)
 
 
 def test_each_batch_continues_every_stream_where_the_last_one_stopped():
     train_chars, streams, maxlen = 10_000, 7, 20
     starts = all_blocks(jax.random.key(3), train_chars, streams, maxlen, block_steps=5)  # (steps, streams)
-    assert len(starts) == stream_steps_per_epoch(train_chars, streams, maxlen)
+    assert len(starts) == ConsecutiveStreams(train_chars, streams, maxlen, 5).steps_per_epoch
     assert (np.diff(starts, axis=0) == maxlen).all()  # batch k + 1 starts where batch k's inputs end
     length = train_chars // streams
     offset = starts[0, 0]
@@ -48,14 +50,14 @@ def test_the_carries_passed_on_are_the_model_state_after_the_batch(tiny_text):
     # over the batch's inputs from the carries it received, and the next step's loss starts from them.
     config = tiny_config(batching="streams", objective="dense", batch_size=4)
     model = build_model(config, 20)
-    steps = compile_steps(model, config)
     state = create_train_state(jax.random.key(0), config, 20, total_steps=10)
     windows = jax.random.randint(jax.random.key(1), (2, 4, config.maxlen + 1), 0, 20)  # (steps, streams, width)
     expected, _ = model.apply({"params": state.params}, windows[0, :, :config.maxlen], model.zero_carries(4))
     # The train state and carries are donated: each call gets its own.
-    (_, carries_two), metrics = steps.train_streams(state, model.zero_carries(4), windows, jax.random.key(2))
-    (after_one, carries_one), first = steps.train_streams(create_train_state(jax.random.key(0), config, 20, 10),
-                                                          model.zero_carries(4), windows[:1], jax.random.key(2))
+    block = partial(train_block, model=model, maxlen=config.maxlen, objective="dense", carry_over=True)
+    (_, carries_two), metrics = block(state, model.zero_carries(4), windows, jax.random.key(2))
+    (after_one, carries_one), first = block(create_train_state(jax.random.key(0), config, 20, 10),
+                                            model.zero_carries(4), windows[:1], jax.random.key(2))
     assert_trees_close(carries_one, expected, rtol=1e-5, atol=1e-6)
     carried, logits = model.apply({"params": after_one.params}, windows[1, :, :config.maxlen], carries_one)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, windows[1, :, 1:]).mean()
@@ -72,19 +74,19 @@ def test_streams_need_the_dense_objective():
 def test_a_text_too_short_for_the_streams_is_a_clear_error(tmp_path, tiny_text):
     with pytest.raises(CharLMError, match="smaller --batch-size"):
         fit(tiny_config(batching="streams", objective="dense", batch_size=128), tiny_text, tmp_path,
-            console=QUIET, show_progress=False)
+            console=QUIET)
 
 
 def test_a_streams_run_resumed_mid_epoch_reaches_the_same_parameters(tmp_path, tiny_text):
     config = tiny_config(batching="streams", objective="dense", batch_size=8, epochs=3, steps_per_call=3,
                          dropout=0.2, locked_dropout=True, weight_dropout=0.2, sample_length=0)
-    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET, show_progress=False)
-    per_epoch = stream_steps_per_epoch(1134, 8, config.maxlen)
+    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET)
+    per_epoch = ConsecutiveStreams(1134, 8, config.maxlen, 1).steps_per_epoch
     assert int(whole.state.step) == 3 * per_epoch
-    first = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False,
-                stop_after_steps=per_epoch + 2)
+    first = fit(config, tiny_text, tmp_path / "split", console=QUIET,
+                limits=Limits(max_steps=per_epoch + 2))
     assert first.resumable
-    resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, show_progress=False, resume=True)
+    resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, resume=True)
     assert_trees_equal(resumed.state.params, whole.state.params)
     assert all(np.isfinite(r["val_bits_per_char"]) for r in resumed.history)
 
@@ -137,8 +139,8 @@ def test_a_streams_run_validates_on_its_step_schedule_not_at_each_short_epoch(tm
     config = recipe_config("streams", maxlen=12, hidden_size=16, num_layers=1, batch_size=8, epochs=3,
                            eval_every_steps=4, steps_per_call=2, sample_length=0)
     assert config.batching == "streams" and config.objective == "dense"
-    result = fit(config, tiny_text, tmp_path, console=QUIET, show_progress=False)
-    per_epoch = stream_steps_per_epoch(1134, 8, 12)  # 10 steps: the schedule and the epochs' ends differ
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
+    per_epoch = ConsecutiveStreams(1134, 8, 12, 1).steps_per_epoch  # 10 steps: the schedule and the epochs' ends differ
     total = 3 * per_epoch
     expected = sorted({*range(4, total + 1, 4), total})
     assert [r["step"] for r in result.history] == expected
