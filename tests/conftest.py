@@ -14,6 +14,13 @@ if _cache:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The tests' models are tiny: compiling them costs far more than running them, and XLA's optimisation
+# passes are most of the compile (measured: test_loop_options + test_train 97 s -> 64 s without them). JAX's
+# own test suite switches them off the same way. Every bit-for-bit comparison here is between programs
+# compiled alike; benchmarks, scripts and users run fully optimised code. CHARLM_JAX_TEST_OPTIMIZE=1 keeps
+# the optimisations (the CI runs the slow set that way).
+if os.environ.get("CHARLM_JAX_TEST_OPTIMIZE") != "1":
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pytest  # noqa: E402
 

@@ -36,9 +36,9 @@ def loss_trajectory(mesh, steps=12):
     corpus = vocab.encode(text)
     carries = zero_carries(config, mesh)
     losses, carry_specs = [], set()
-    for i in range(0, steps, 3):  # blocks of 3 steps
+    for i in range(0, steps, 4):  # blocks of 4 steps, as the loop below runs them (one compile for both)
         starts = np.stack([split.train_starts[(np.arange(16) * 7 + j * 16) % len(split.train_starts)]
-                           for j in range(i, i + 3)])  # (3, 16)
+                           for j in range(i, i + 4)])  # (4, 16)
         windows = put_windows(corpus, starts, config.maxlen + 1, block_sharding(mesh))
         (state, carries), metrics = compiled_train_block(mesh)(state, carries, windows, jax.random.key(1), model=model,
                                                 maxlen=config.maxlen, objective=config.objective, carry_over=False)
@@ -78,7 +78,7 @@ except CharLMError as error:
 
 # The whole loop on 4 devices (with per-epoch samples split over them) and on 1 device.
 loop_config = TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=2, sample_length=10,
-                          steps_per_call=4)
+                          steps_per_call=4, dropout=0.1)
 fits = {n: fit(loop_config, text, f"{out_dir}/run{n}", console=Console(quiet=True),
                mesh=make_mesh(jax.devices()[:n])) for n in (1, 4)}
 

