@@ -25,7 +25,7 @@ _EXPORTS = {
     "CharLMError": "errors",
     "import_keras": "keras_import",
     "LanguageModel": "lm", "bits_per_char": "lm", "generate": "lm", "load": "lm", "score": "lm", "stream": "lm",
-    "FitResult": "loop", "Limits": "loop", "fit": "loop",
+    "FitResult": "run", "Limits": "run", "fit": "loop",
     "GenerationOptions": "options",
     "RECIPES": "recipes", "recipe_config": "recipes",
     "sample": "sampling",
