@@ -45,8 +45,16 @@ from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard
 from charlm_jax.model import build_model, init_params  # noqa: E402
 from charlm_jax.options import GenerationOptions  # noqa: E402
 
-from common import (first_call_seconds, interleaved, platform_tag, device_name, timed, training_block, versions,  # noqa: E402
-                    write_results)
+from common import (  # noqa: E402
+    device_name,
+    first_call_seconds,
+    interleaved,
+    platform_tag,
+    timed,
+    training_block,
+    versions,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 MAXLEN, HIDDEN, BATCH = 60, 128, 128  # the book's configuration
@@ -69,29 +77,37 @@ def per_char(stats: dict, chars: int, streams: int = 1) -> dict:
 
 # ---------------------------------------------------------------- generation
 
+
 def bench_public_api(lm, quick: bool) -> dict:
     """charlm_jax.generate as a script calls it, against the book's loop in the same rounds."""
     prompt, mesh = lm.default_prompt, make_mesh()
     fns = {}
     for sampler in SAMPLERS:
-        fns[f"stateful_1_{sampler}"] = lambda s=sampler: charlm_jax.generate(lm, prompt, length=LENGTH,
-                                                                              temperatures=[1.0], seed=1, sampler=s)
+        fns[f"stateful_1_{sampler}"] = lambda s=sampler: charlm_jax.generate(
+            lm, prompt, length=LENGTH, temperatures=[1.0], seed=1, sampler=s
+        )
         fns[f"stateful_4temps_{sampler}"] = lambda s=sampler: charlm_jax.generate(
-            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s, mesh=mesh)
+            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s, mesh=mesh
+        )
         fns[f"stateful_4temps_one_device_{sampler}"] = lambda s=sampler: charlm_jax.generate(
-            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s)
+            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, sampler=s
+        )
     window_length = 100 if quick else LENGTH
-    fns["window_1"] = lambda: charlm_jax.generate(lm, prompt, length=window_length, temperatures=[1.0], seed=1,
-                                                  mode="window")
-    fns["window_4temps"] = lambda: charlm_jax.generate(lm, prompt, length=window_length, temperatures=TEMPERATURES, seed=1,
-                                                       mode="window", mesh=mesh)
+    fns["window_1"] = lambda: charlm_jax.generate(
+        lm, prompt, length=window_length, temperatures=[1.0], seed=1, mode="window"
+    )
+    fns["window_4temps"] = lambda: charlm_jax.generate(
+        lm, prompt, length=window_length, temperatures=TEMPERATURES, seed=1, mode="window", mesh=mesh
+    )
     book = keras_book_loop(quick)
     if book is not None:
         fns["book_loop"] = book
     results = interleaved(fns, rounds=3 if quick else 7)
     out = {}
     for name, stats in results.items():
-        chars = BOOK_LOOP_CHARS[quick] if name == "book_loop" else window_length if name.startswith("window") else LENGTH
+        chars = (
+            BOOK_LOOP_CHARS[quick] if name == "book_loop" else window_length if name.startswith("window") else LENGTH
+        )
         out[name] = per_char(stats, chars)
     if book is None:
         out["book_loop"] = {"skipped": "keras not installed; pip install -e '.[peers]'"}
@@ -108,8 +124,9 @@ def keras_book_loop(quick: bool):
     except ImportError:
         return None
     vocab = 77
-    model = keras.Sequential([keras.Input((MAXLEN, vocab)), keras.layers.LSTM(HIDDEN),
-                              keras.layers.Dense(vocab, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((MAXLEN, vocab)), keras.layers.LSTM(HIDDEN), keras.layers.Dense(vocab, activation="softmax")]
+    )
     rng = np.random.default_rng(0)
 
     def sample(preds, temperature=1.0):  # the book's function
@@ -152,14 +169,18 @@ def bench_generate_ids(lm, quick: bool) -> dict:
             options = GenerationOptions(length=length, temperatures=temps, sampler=sampler).with_rows(rows[1])
 
             def call(options=options, run_params=run_params, prompts=rows[0]):
-                return generate_ids(run_params, jax.random.key(1), prompts, options, model=lm.model,
-                                    maxlen=MAXLEN).block_until_ready()
+                return generate_ids(
+                    run_params, jax.random.key(1), prompts, options, model=lm.model, maxlen=MAXLEN
+                ).block_until_ready()
 
             compile_s[sampler], calls[sampler] = first_call_seconds(call), call
         rounds = 2 if streams >= 1024 else (3 if quick else 9)
         for sampler, stats in interleaved(calls, rounds=rounds).items():
-            out[f"{sampler}_{streams}"] = {**per_char(stats, length, streams), "streams": streams,
-                                           "compile_s": compile_s[sampler]}
+            out[f"{sampler}_{streams}"] = {
+                **per_char(stats, length, streams),
+                "streams": streams,
+                "compile_s": compile_s[sampler],
+            }
     return out
 
 
@@ -168,7 +189,9 @@ def bench_streaming(lm, quick: bool) -> dict:
     prompt = lm.default_prompt
     fns = {"generate": lambda: charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[1.0], seed=1)}
     for chunk in STREAM_CHUNKS:
-        fns[f"stream_{chunk}"] = lambda c=chunk: list(charlm_jax.stream(lm, prompt, length=LENGTH, temperature=1.0, seed=1, chunk=c))
+        fns[f"stream_{chunk}"] = lambda c=chunk: list(
+            charlm_jax.stream(lm, prompt, length=LENGTH, temperature=1.0, seed=1, chunk=c)
+        )
     results = interleaved(fns, rounds=5 if quick else 10)
     out = {name: per_char(stats, LENGTH) for name, stats in results.items()}
     for chunk in STREAM_CHUNKS:
@@ -219,6 +242,7 @@ def torch_model():
 
 
 # ---------------------------------------------------------------- training
+
 
 def bench_training(quick: bool) -> dict:
     """One optimizer step of the book's configuration, every library in the same rounds.
@@ -321,8 +345,9 @@ def keras_training_step():
         import keras
     except ImportError:
         return None
-    model = keras.Sequential([keras.Input((MAXLEN, 77)), keras.layers.LSTM(HIDDEN),
-                              keras.layers.Dense(77, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((MAXLEN, 77)), keras.layers.LSTM(HIDDEN), keras.layers.Dense(77, activation="softmax")]
+    )
     model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(learning_rate=0.01))
     rng = np.random.default_rng(0)
     x = np.eye(77, dtype=np.float32)[rng.integers(0, 77, (BATCH, MAXLEN))]
@@ -341,12 +366,30 @@ def bench_epoch_throughput(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "text.txt"
         path.write_text(text)
-        command = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(path), "--epochs", "2",
-                   "--sample-length", "0", "--no-progress", "--out", str(Path(folder) / "run")]
+        command = [
+            sys.executable,
+            "-m",
+            "charlm_jax.cli",
+            "train",
+            "--text",
+            str(path),
+            "--epochs",
+            "2",
+            "--sample-length",
+            "0",
+            "--no-progress",
+            "--out",
+            str(Path(folder) / "run"),
+        ]
         subprocess.run(command, check=True, capture_output=True)
         records = [json.loads(line) for line in (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()]
-    out = {"chars": chars, "charlm_jax": {"windows_per_s": records[-1]["windows_per_second"],
-                                          "epoch_seconds": records[-1]["epoch_seconds"]}}
+    out = {
+        "chars": chars,
+        "charlm_jax": {
+            "windows_per_s": records[-1]["windows_per_second"],
+            "epoch_seconds": records[-1]["epoch_seconds"],
+        },
+    }
     out["torch"] = torch_epoch(text)
     return out
 
@@ -372,7 +415,7 @@ def torch_epoch(text: str) -> dict:
         start = time.perf_counter()
         batches = len(order) // BATCH
         for b in range(batches):
-            batch = order[b * BATCH:(b + 1) * BATCH]
+            batch = order[b * BATCH : (b + 1) * BATCH]
             windows = ids[batch[:, None] + torch.arange(MAXLEN)]
             optimizer.zero_grad()
             out, _ = lstm(eye[windows])
@@ -381,17 +424,26 @@ def torch_epoch(text: str) -> dict:
             optimizer.step()
         loss.item()
         seconds.append(time.perf_counter() - start)
-    return {"windows_per_s": batches * BATCH / seconds[-1], "epoch_seconds": seconds[-1],
-            "threads": torch.get_num_threads()}
+    return {
+        "windows_per_s": batches * BATCH / seconds[-1],
+        "epoch_seconds": seconds[-1],
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ---------------------------------------------------------------- memory
 
+
 def bench_memory() -> dict:
     out = {}
     for kind in ("charlm", "book", "score"):
-        result = subprocess.run([sys.executable, str(HERE / "memory_child.py"), kind], capture_output=True,
-                                text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=HERE)
+        result = subprocess.run(
+            [sys.executable, str(HERE / "memory_child.py"), kind],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            cwd=HERE,
+        )
         if result.returncode != 0:
             out[kind] = {"error": result.stderr[-500:]}
         else:
@@ -400,6 +452,7 @@ def bench_memory() -> dict:
 
 
 # ---------------------------------------------------------------- report
+
 
 def targets(results: dict) -> list[dict]:
     api, ids, stream = results["public_api"], results["generate_ids"], results["streaming"]
@@ -411,42 +464,78 @@ def targets(results: dict) -> list[dict]:
             rows.append({"target": name, "status": "SKIP", "detail": detail})
             return
         ok = ratio >= limit if better == "higher" else ratio <= limit
-        rows.append({"target": name, "status": "PASS" if ok else "MISS", "ratio": ratio, "limit": limit,
-                     "detail": detail})
+        rows.append(
+            {"target": name, "status": "PASS" if ok else "MISS", "ratio": ratio, "limit": limit, "detail": detail}
+        )
 
     book, ours = api["book_loop"], api[f"stateful_1_{DEFAULT_SAMPLER}"]
-    target("stateful single stream through charlm_jax.generate >= 100x faster per character than the book's "
-           "loop (moonshot: 5 us)", book["per_char_s"] / ours["per_char_s"] if "per_char_s" in book else None, 100,
-           "higher", book.get("skipped", f"{book.get('per_char_s', 0) * 1e6:.0f} us vs {ours['per_char_s'] * 1e6:.1f} us"))
+    target(
+        "stateful single stream through charlm_jax.generate >= 100x faster per character than the book's "
+        "loop (moonshot: 5 us)",
+        book["per_char_s"] / ours["per_char_s"] if "per_char_s" in book else None,
+        100,
+        "higher",
+        book.get("skipped", f"{book.get('per_char_s', 0) * 1e6:.0f} us vs {ours['per_char_s'] * 1e6:.1f} us"),
+    )
     four, one = api[f"stateful_4temps_{DEFAULT_SAMPLER}"], api[f"stateful_1_{DEFAULT_SAMPLER}"]
-    target("four temperatures in one generate call <= 1.5x one temperature", four["median_s"] / one["median_s"], 1.5,
-           "lower", f"{four['median_s'] * 1e3:.2f} ms vs {one['median_s'] * 1e3:.2f} ms for {LENGTH} characters "
-           "(rows over the CPU devices, as the CLI runs them)")
-    faster = [key for key in ids if key.startswith("inverse_cdf_")
-              if ids[key]["median_s"] < ids[key.replace("inverse_cdf", "gumbel")]["median_s"]]
-    target("inverse_cdf faster than gumbel at every batch (then it is the default)",
-           len(faster) / max(len([k for k in ids if k.startswith("inverse_cdf_")]), 1), 1.0, "higher",
-           f"faster at {[int(k.split('_')[-1]) for k in faster]} streams")
+    target(
+        "four temperatures in one generate call <= 1.5x one temperature",
+        four["median_s"] / one["median_s"],
+        1.5,
+        "lower",
+        f"{four['median_s'] * 1e3:.2f} ms vs {one['median_s'] * 1e3:.2f} ms for {LENGTH} characters "
+        "(rows over the CPU devices, as the CLI runs them)",
+    )
+    faster = [
+        key
+        for key in ids
+        if key.startswith("inverse_cdf_")
+        if ids[key]["median_s"] < ids[key.replace("inverse_cdf", "gumbel")]["median_s"]
+    ]
+    target(
+        "inverse_cdf faster than gumbel at every batch (then it is the default)",
+        len(faster) / max(len([k for k in ids if k.startswith("inverse_cdf_")]), 1),
+        1.0,
+        "higher",
+        f"faster at {[int(k.split('_')[-1]) for k in faster]} streams",
+    )
     best_chunk = min((c for c in STREAM_CHUNKS if stream[f"stream_{c}"]["ratio_to_generate"] <= 1.2), default=None)
     chosen = stream[f"stream_{best_chunk or max(STREAM_CHUNKS)}"]
-    target("streaming costs <= 1.2x one generate call per character (smallest chunk that does)",
-           chosen["ratio_to_generate"], 1.2, "lower",
-           f"chunk {best_chunk or max(STREAM_CHUNKS)}: first piece after {chosen['first_piece_s'] * 1e3:.1f} ms")
+    target(
+        "streaming costs <= 1.2x one generate call per character (smallest chunk that does)",
+        chosen["ratio_to_generate"],
+        1.2,
+        "lower",
+        f"chunk {best_chunk or max(STREAM_CHUNKS)}: first piece after {chosen['first_piece_s'] * 1e3:.1f} ms",
+    )
     torch_step = train["torch"]
-    target("training step no slower than PyTorch nn.LSTM with default threads (ratio = ours / torch; "
-           "moonshot <= 0.77)", train["charlm_jax"]["median_s"] / torch_step["median_s"]
-           if "median_s" in torch_step else None, 1.0, "lower",
-           f"{train['charlm_jax']['median_s'] * 1e3:.1f} ms vs {torch_step.get('median_s', 0) * 1e3:.1f} ms")
+    target(
+        "training step no slower than PyTorch nn.LSTM with default threads (ratio = ours / torch; moonshot <= 0.77)",
+        train["charlm_jax"]["median_s"] / torch_step["median_s"] if "median_s" in torch_step else None,
+        1.0,
+        "lower",
+        f"{train['charlm_jax']['median_s'] * 1e3:.1f} ms vs {torch_step.get('median_s', 0) * 1e3:.1f} ms",
+    )
     torch_epoch_ = epochs["torch"]
-    target("charlm-jax train epoch throughput no lower than a PyTorch loop (ratio = ours / torch windows/s)",
-           epochs["charlm_jax"]["windows_per_s"] / torch_epoch_["windows_per_s"]
-           if "windows_per_s" in torch_epoch_ else None, 1.0, "higher",
-           f"{epochs['charlm_jax']['windows_per_s']:,.0f} vs {torch_epoch_.get('windows_per_s', 0):,.0f} windows/s")
+    target(
+        "charlm-jax train epoch throughput no lower than a PyTorch loop (ratio = ours / torch windows/s)",
+        epochs["charlm_jax"]["windows_per_s"] / torch_epoch_["windows_per_s"]
+        if "windows_per_s" in torch_epoch_
+        else None,
+        1.0,
+        "higher",
+        f"{epochs['charlm_jax']['windows_per_s']:,.0f} vs {torch_epoch_.get('windows_per_s', 0):,.0f} windows/s",
+    )
     if all("peak_rss_increase_bytes" in memory.get(k, {}) for k in ("charlm", "book")):
         ratio = memory["charlm"]["peak_rss_increase_bytes"] / memory["book"]["peak_rss_increase_bytes"]
-        target("data-pipeline memory <= 5% of the book's one-hot arrays", ratio, 0.05, "lower",
-               f"{memory['charlm']['peak_rss_increase_bytes'] / 2**20:.1f} MiB vs "
-               f"{memory['book']['peak_rss_increase_bytes'] / 2**20:.1f} MiB")
+        target(
+            "data-pipeline memory <= 5% of the book's one-hot arrays",
+            ratio,
+            0.05,
+            "lower",
+            f"{memory['charlm']['peak_rss_increase_bytes'] / 2**20:.1f} MiB vs "
+            f"{memory['book']['peak_rss_increase_bytes'] / 2**20:.1f} MiB",
+        )
     if "peak_rss_increase_bytes" in memory.get("score", {}):
         mib = memory["score"]["peak_rss_increase_bytes"] / 2**20
         target("scoring a 1M-character text needs <= 300 MiB more memory", mib / 300, 1.0, "lower", f"{mib:.0f} MiB")
@@ -458,63 +547,110 @@ def us(seconds: float) -> str:
 
 
 def markdown(results: dict) -> str:
-    api, ids, stream, train, epochs = (results[k] for k in ("public_api", "generate_ids", "streaming", "training",
-                                                               "epochs"))
-    lines = [f"# Benchmark {results['date']} on {results['device']}", "",
-             f"Command: `{results['command']}`; {results['jax_devices']} JAX CPU device(s); versions "
-             f"{json.dumps(results['versions'])}", "",
-             "## Generation through the public API (`charlm_jax.generate`, 400 characters, per character)", "",
-             "| what | per character | vs book loop |", "|---|---|---|"]
+    api, ids, stream, train, epochs = (
+        results[k] for k in ("public_api", "generate_ids", "streaming", "training", "epochs")
+    )
+    lines = [
+        f"# Benchmark {results['date']} on {results['device']}",
+        "",
+        f"Command: `{results['command']}`; {results['jax_devices']} JAX CPU device(s); versions "
+        f"{json.dumps(results['versions'])}",
+        "",
+        "## Generation through the public API (`charlm_jax.generate`, 400 characters, per character)",
+        "",
+        "| what | per character | vs book loop |",
+        "|---|---|---|",
+    ]
     book = api["book_loop"].get("per_char_s")
-    for name, label in [("book_loop", "book loop (Keras `model.predict` per character)"),
-                        (f"stateful_1_{DEFAULT_SAMPLER}", f"stateful, 1 stream, {DEFAULT_SAMPLER} (default)"),
-                        ("stateful_1_gumbel", "stateful, 1 stream, gumbel"),
-                        (f"stateful_4temps_{DEFAULT_SAMPLER}", "stateful, 4 temperatures, rows over the devices"),
-                        (f"stateful_4temps_one_device_{DEFAULT_SAMPLER}", "stateful, 4 temperatures, one device"),
-                        ("stateful_4temps_gumbel", "stateful, 4 temperatures, gumbel, rows over the devices"),
-                        ("window_1", "window mode, 1 stream"), ("window_4temps", "window mode, 4 temperatures")]:
+    for name, label in [
+        ("book_loop", "book loop (Keras `model.predict` per character)"),
+        (f"stateful_1_{DEFAULT_SAMPLER}", f"stateful, 1 stream, {DEFAULT_SAMPLER} (default)"),
+        ("stateful_1_gumbel", "stateful, 1 stream, gumbel"),
+        (f"stateful_4temps_{DEFAULT_SAMPLER}", "stateful, 4 temperatures, rows over the devices"),
+        (f"stateful_4temps_one_device_{DEFAULT_SAMPLER}", "stateful, 4 temperatures, one device"),
+        ("stateful_4temps_gumbel", "stateful, 4 temperatures, gumbel, rows over the devices"),
+        ("window_1", "window mode, 1 stream"),
+        ("window_4temps", "window mode, 4 temperatures"),
+    ]:
         r = api.get(name, {})
         if "per_char_s" in r:
             ratio = f"{book / r['per_char_s']:.0f}x" if book and name != "book_loop" else ""
             lines.append(f"| {label} | {us(r['per_char_s'])} | {ratio} |")
     torch_gen = results["torch_generation"]
     if "per_char_s" in torch_gen:
-        lines.append(f"| PyTorch nn.LSTM, Python loop carrying the state | {us(torch_gen['per_char_s'])} | "
-                     f"{book / torch_gen['per_char_s']:.1f}x |" if book else "")
-    lines += ["", "## `generate_ids` (the jitted scan), rows split over the devices", "",
-              "| streams | inverse_cdf per step | gumbel per step | inverse_cdf chars/s | gumbel chars/s |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| PyTorch nn.LSTM, Python loop carrying the state | {us(torch_gen['per_char_s'])} | "
+            f"{book / torch_gen['per_char_s']:.1f}x |"
+            if book
+            else ""
+        )
+    lines += [
+        "",
+        "## `generate_ids` (the jitted scan), rows split over the devices",
+        "",
+        "| streams | inverse_cdf per step | gumbel per step | inverse_cdf chars/s | gumbel chars/s |",
+        "|---|---|---|---|---|",
+    ]
     for streams in (1, 4, 64, 1024, 8192):
         a, b = ids[f"inverse_cdf_{streams}"], ids[f"gumbel_{streams}"]
-        lines.append(f"| {streams} | {us(a['per_char_s'])} | {us(b['per_char_s'])} | {a['chars_per_s']:,.0f} | "
-                     f"{b['chars_per_s']:,.0f} |")
-    lines += ["", "## Streaming (`charlm_jax.stream`, 400 characters)", "",
-              "| chunk | per character | vs one generate call | first piece after |", "|---|---|---|---|"]
+        lines.append(
+            f"| {streams} | {us(a['per_char_s'])} | {us(b['per_char_s'])} | {a['chars_per_s']:,.0f} | "
+            f"{b['chars_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        "## Streaming (`charlm_jax.stream`, 400 characters)",
+        "",
+        "| chunk | per character | vs one generate call | first piece after |",
+        "|---|---|---|---|",
+    ]
     for chunk in STREAM_CHUNKS:
         r = stream[f"stream_{chunk}"]
-        lines.append(f"| {chunk} | {us(r['per_char_s'])} | {r['ratio_to_generate']:.2f}x | "
-                     f"{r['first_piece_s'] * 1e3:.1f} ms |")
-    lines += ["", "## Training step (book configuration: batch 128, 60 steps, LSTM 128, RMSprop)", "",
-              "| library | step (median [min, max]) | windows/s |", "|---|---|---|"]
-    for name, label in [("charlm_jax", "charlm_jax (default: blocks of steps, batch over the CPU devices)"),
-                        ("charlm_jax_one_device", "charlm_jax on one device"), ("torch", "PyTorch, default threads"),
-                        ("torch_1_thread", "PyTorch, 1 thread"), ("keras", "Keras 3 (JAX backend)")]:
+        lines.append(
+            f"| {chunk} | {us(r['per_char_s'])} | {r['ratio_to_generate']:.2f}x | {r['first_piece_s'] * 1e3:.1f} ms |"
+        )
+    lines += [
+        "",
+        "## Training step (book configuration: batch 128, 60 steps, LSTM 128, RMSprop)",
+        "",
+        "| library | step (median [min, max]) | windows/s |",
+        "|---|---|---|",
+    ]
+    for name, label in [
+        ("charlm_jax", "charlm_jax (default: blocks of steps, batch over the CPU devices)"),
+        ("charlm_jax_one_device", "charlm_jax on one device"),
+        ("torch", "PyTorch, default threads"),
+        ("torch_1_thread", "PyTorch, 1 thread"),
+        ("keras", "Keras 3 (JAX backend)"),
+    ]:
         r = train.get(name, {})
         if "median_s" in r:
-            lines.append(f"| {label} | {r['median_s'] * 1e3:.1f} ms [{r['min_s'] * 1e3:.1f}, {r['max_s'] * 1e3:.1f}] | "
-                         f"{r['windows_per_s']:,.0f} |")
-    lines += ["", "Steps per second by steps per jitted call (host sync after each call): " + ", ".join(
-        f"{k}: {v['steps_per_s']:.1f}" for k, v in train["block_sizes"].items()), "",
+            lines.append(
+                f"| {label} | {r['median_s'] * 1e3:.1f} ms [{r['min_s'] * 1e3:.1f}, {r['max_s'] * 1e3:.1f}] | "
+                f"{r['windows_per_s']:,.0f} |"
+            )
+    lines += [
+        "",
+        "Steps per second by steps per jitted call (host sync after each call): "
+        + ", ".join(f"{k}: {v['steps_per_s']:.1f}" for k, v in train["block_sizes"].items()),
+        "",
         f"Whole epochs on {epochs['chars']:,} characters (second epoch): `charlm-jax train` "
         f"{epochs['charlm_jax']['windows_per_s']:,.0f} windows/s, PyTorch loop "
-        f"{epochs['torch'].get('windows_per_s', float('nan')):,.0f} windows/s", ""]
+        f"{epochs['torch'].get('windows_per_s', float('nan')):,.0f} windows/s",
+        "",
+    ]
     memory = results["memory"]
     lines += ["## Memory", "", "| what | arrays | peak RSS increase |", "|---|---|---|"]
-    for name, label in [("charlm", "charlm_jax data pipeline, 600K characters"), ("book", "book one-hot x and y"),
-                        ("score", "charlm_jax.score of 1M characters")]:
+    for name, label in [
+        ("charlm", "charlm_jax data pipeline, 600K characters"),
+        ("book", "book one-hot x and y"),
+        ("score", "charlm_jax.score of 1M characters"),
+    ]:
         r = memory.get(name, {})
         if "array_bytes" in r:
-            lines.append(f"| {label} | {r['array_bytes'] / 2**20:.1f} MiB | {r['peak_rss_increase_bytes'] / 2**20:.1f} MiB |")
+            lines.append(
+                f"| {label} | {r['array_bytes'] / 2**20:.1f} MiB | {r['peak_rss_increase_bytes'] / 2**20:.1f} MiB |"
+            )
     lines += ["", "## Targets", "", "| target | status | ratio | detail |", "|---|---|---|---|"]
     for row in results["targets"]:
         ratio = f"{row['ratio']:.3g} (limit {row['limit']})" if "ratio" in row else "-"
@@ -553,9 +689,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", help="file name stem (default: date and device)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = {"date": dt.date.today().isoformat(), "device": device_name(), "versions": versions(),
-               "jax_devices": jax.device_count(),
-               "command": "python benchmarks/bench.py" + (" --quick" if args.quick else "")}
+    results = {
+        "date": dt.date.today().isoformat(),
+        "device": device_name(),
+        "versions": versions(),
+        "jax_devices": jax.device_count(),
+        "command": "python benchmarks/bench.py" + (" --quick" if args.quick else ""),
+    }
     print(f"device: {results['device']}, {jax.device_count()} JAX device(s)", flush=True)
     lm = book_language_model()
     results["public_api"] = bench_public_api(lm, args.quick)

@@ -10,8 +10,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -49,8 +49,12 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
 
 
 def summary(times: list[float]) -> dict[str, float]:
-    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "max_s": float(np.max(times)),
-            "repeats": len(times)}
+    return {
+        "median_s": float(np.median(times)),
+        "min_s": float(np.min(times)),
+        "max_s": float(np.max(times)),
+        "repeats": len(times),
+    }
 
 
 def first_call_seconds(fn: Callable[[], object]) -> float:
@@ -133,8 +137,15 @@ def training_block(config, vocab_size: int, mesh):
 
     def run(state: dict, windows):
         (state["train"], state["carries"]), metrics = block(
-            state["train"], state["carries"], windows, jax.random.key(1), model=model, maxlen=config.maxlen,
-            objective=config.objective, carry_over=config.batching == "streams")
+            state["train"],
+            state["carries"],
+            windows,
+            jax.random.key(1),
+            model=model,
+            maxlen=config.maxlen,
+            objective=config.objective,
+            carry_over=config.batching == "streams",
+        )
         return metrics
 
     return fresh_state, run

@@ -41,6 +41,7 @@ if "--child-single" not in sys.argv:  # the XLA-flag children time one device, a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench import BOOK_LOOP_CHARS, LENGTH, MAXLEN, TEMPERATURES, book_language_model, keras_book_loop  # noqa: E402
 
 import charlm_jax  # noqa: E402
 from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
@@ -49,16 +50,15 @@ from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard
 from charlm_jax.options import GenerationOptions  # noqa: E402
 from charlm_jax.recipes import recipe_config  # noqa: E402
 
-from bench import BOOK_LOOP_CHARS, LENGTH, MAXLEN, TEMPERATURES, book_language_model, keras_book_loop  # noqa: E402
 from common import device_name, interleaved, timed, training_block, versions, write_results  # noqa: E402
 
 LEVER_LENGTH = 2000
 STREAMS = (1, 8, 64, 512, 1024, 4096, 8192)
-XLA_FLAG_SETS = ("--xla_cpu_use_xnnpack=true", "--xla_cpu_enable_fast_math=true",
-                 "--xla_cpu_multi_thread_eigen=false")
+XLA_FLAG_SETS = ("--xla_cpu_use_xnnpack=true", "--xla_cpu_enable_fast_math=true", "--xla_cpu_multi_thread_eigen=false")
 
 
 # ---------------------------------------------------------------- the machine
+
 
 def cpu_peak() -> dict:
     """fp32 peak from lscpu: cores x FMA units x lanes x 2 FLOPs x clock.
@@ -78,8 +78,14 @@ def cpu_peak() -> dict:
         mhz, clock_from = float(fields["CPU max MHz"]), "CPU max MHz"
     else:
         mhz, clock_from = float(fields.get("BogoMIPS", "0")) / 2, "BogoMIPS / 2"
-    return {"cores": cores, "lanes_fp32": lanes, "fma_units": 2, "mhz": mhz, "clock_from": clock_from,
-            "model": fields.get("Model name", "?")}
+    return {
+        "cores": cores,
+        "lanes_fp32": lanes,
+        "fma_units": 2,
+        "mhz": mhz,
+        "clock_from": clock_from,
+        "model": fields.get("Model name", "?"),
+    }
 
 
 def peak_gflops(peak: dict) -> float:
@@ -102,6 +108,7 @@ def train_flops_per_step(config: TrainConfig, vocab: int) -> float:
 
 # ---------------------------------------------------------------- single stream
 
+
 def bench_single(lm, quick: bool) -> dict:
     prompt, mesh = lm.default_prompt, make_mesh()
     prompt_ids = jnp.asarray(lm.encode_prompt(prompt))[None]
@@ -109,10 +116,12 @@ def bench_single(lm, quick: bool) -> dict:
     fns = {
         "api_1": lambda: charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[1.0], seed=1),
         "api_4temps": lambda: charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1),
-        "api_4temps_mesh": lambda: charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1,
-                                                       mesh=mesh),
-        "scan_1": lambda: generate_ids(lm.params, 1, prompt_ids, one, model=lm.model, maxlen=MAXLEN
-                                       ).block_until_ready(),
+        "api_4temps_mesh": lambda: charlm_jax.generate(
+            lm, prompt, length=LENGTH, temperatures=TEMPERATURES, seed=1, mesh=mesh
+        ),
+        "scan_1": lambda: generate_ids(
+            lm.params, 1, prompt_ids, one, model=lm.model, maxlen=MAXLEN
+        ).block_until_ready(),
     }
     book = keras_book_loop(quick)
     if book is not None:
@@ -131,6 +140,7 @@ def bench_single(lm, quick: bool) -> dict:
 
 # ---------------------------------------------------------------- levers
 
+
 def bench_levers(lm, quick: bool) -> dict:
     model, params = lm.model, lm.params
     prompt_ids = jnp.asarray(lm.encode_prompt(lm.default_prompt))[None]
@@ -139,9 +149,9 @@ def bench_levers(lm, quick: bool) -> dict:
     for sampler in SAMPLERS:
         options = GenerationOptions(length=length, temperatures=[1.0], sampler=sampler)
         for unroll in (1, 2, 4, 8):
-            fns[f"scan_{sampler}_unroll{unroll}"] = (
-                lambda o=options, u=unroll: generate_ids(params, 1, prompt_ids, o, model=model, maxlen=MAXLEN,
-                                                         unroll=u).block_until_ready())
+            fns[f"scan_{sampler}_unroll{unroll}"] = lambda o=options, u=unroll: generate_ids(
+                params, 1, prompt_ids, o, model=model, maxlen=MAXLEN, unroll=u
+            ).block_until_ready()
     fns["python_loop_of_jit_step"] = python_loop_of_steps(lm, prompt_ids, length)
     fns["floor_greedy_lstm_step"] = greedy_floor(lm, length)
     fns["floor_recurrent_matmul"] = matmul_floor(lm, length)
@@ -182,6 +192,7 @@ def greedy_floor(lm, length: int):
             carries, logits = state
             ids = jnp.argmax(logits, -1).astype(jnp.int32)
             return model.apply({"params": params}, ids[:, None], carries, last_only=True), ids
+
         return jax.lax.scan(step, (carries, logits), None, length=length, unroll=DECODE_UNROLL)[1]
 
     carries, logits = model.zero_carries(1), jnp.zeros((1, model.vocab_size))
@@ -194,8 +205,9 @@ def matmul_floor(lm, length: int):
 
     @jax.jit
     def run(kernel, h):
-        return jax.lax.scan(lambda h, _: (jnp.tanh(h @ kernel)[:, :hidden], None), h, None, length=length,
-                            unroll=DECODE_UNROLL)[0]
+        return jax.lax.scan(
+            lambda h, _: (jnp.tanh(h @ kernel)[:, :hidden], None), h, None, length=length, unroll=DECODE_UNROLL
+        )[0]
 
     h = jnp.ones((1, hidden))
     return lambda: run(kernel, h).block_until_ready()
@@ -209,8 +221,9 @@ def xla_flag_rows() -> dict:
         for _ in range(2):
             for value in ("", flags):
                 env = {**os.environ, "XLA_FLAGS": value}
-                done = subprocess.run([sys.executable, __file__, "--child-single"], env=env, capture_output=True,
-                                      text=True)
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child-single"], env=env, capture_output=True, text=True
+                )
                 match = re.search(r"us_per_char=([0-9.]+)", done.stdout)
                 times[value].append(float(match.group(1)) if match else float("nan"))
         base, flagged = float(np.median(times[""])), float(np.median(times[flags]))
@@ -222,12 +235,16 @@ def child_single() -> None:
     lm = book_language_model()
     prompt_ids = jnp.asarray(lm.encode_prompt(lm.default_prompt))[None]
     options = GenerationOptions(length=LEVER_LENGTH, temperatures=[1.0])
-    stats = timed(lambda: generate_ids(lm.params, 1, prompt_ids, options, model=lm.model, maxlen=MAXLEN
-                                       ).block_until_ready(), repeats=15, warmup=2)
+    stats = timed(
+        lambda: generate_ids(lm.params, 1, prompt_ids, options, model=lm.model, maxlen=MAXLEN).block_until_ready(),
+        repeats=15,
+        warmup=2,
+    )
     print(f"us_per_char={stats['median_s'] / LEVER_LENGTH * 1e6:.3f}")
 
 
 # ---------------------------------------------------------------- roofline
+
 
 def bench_roofline(lm, quick: bool) -> dict:
     peak = cpu_peak()
@@ -244,15 +261,21 @@ def bench_roofline(lm, quick: bool) -> dict:
             prompts, temps = shard_rows(mesh, prompts, temps)
         run_params = params if streams > 1 else lm.params
         options = GenerationOptions(length=length, temperatures=np.ones(streams, np.float32)).with_rows(temps)
-        call = (lambda o=options, p=run_params, x=prompts: generate_ids(p, 1, x, o, model=lm.model, maxlen=MAXLEN
-                                                                         ).block_until_ready())
+
+        def call(o=options, p=run_params, x=prompts):
+            return generate_ids(p, 1, x, o, model=lm.model, maxlen=MAXLEN).block_until_ready()
+
         # The prompt is read once per call: its 60 steps count as 60 more characters' work.
         stats = timed(call, repeats=2 if streams >= 1024 else 5, warmup=1)
         gflops = streams * (length + MAXLEN) * flops_char / stats["median_s"] / 1e9
-        out["generation"][str(streams)] = {**stats, "length": length, "chars_per_s": streams * length / stats["median_s"],
-                                           "gflops": gflops, "fraction_of_peak": gflops / peak_value}
-        print(f"generation {streams:5d} streams: {gflops:7.1f} GFLOP/s ({gflops / peak_value:.0%} of peak)",
-              flush=True)
+        out["generation"][str(streams)] = {
+            **stats,
+            "length": length,
+            "chars_per_s": streams * length / stats["median_s"],
+            "gflops": gflops,
+            "fraction_of_peak": gflops / peak_value,
+        }
+        print(f"generation {streams:5d} streams: {gflops:7.1f} GFLOP/s ({gflops / peak_value:.0%} of peak)", flush=True)
     for recipe in ("book", "fast"):
         config = recipe_config(recipe)
         vocab = lm.model.vocab_size
@@ -270,8 +293,12 @@ def bench_roofline(lm, quick: bool) -> dict:
         stats = timed(run, repeats=3 if quick else 8, warmup=1)
         step_s = stats["median_s"] / block
         gflops = train_flops_per_step(config, vocab) / step_s / 1e9
-        out["training"][recipe] = {"step_s": step_s, "gflops": gflops, "fraction_of_peak": gflops / peak_value,
-                                   "flops_per_step": train_flops_per_step(config, vocab)}
+        out["training"][recipe] = {
+            "step_s": step_s,
+            "gflops": gflops,
+            "fraction_of_peak": gflops / peak_value,
+            "flops_per_step": train_flops_per_step(config, vocab),
+        }
         print(f"training step, {recipe}: {gflops:7.1f} GFLOP/s ({gflops / peak_value:.0%} of peak)", flush=True)
     return out
 
@@ -293,36 +320,59 @@ def bench_repetition(lm, quick: bool) -> dict:
         fns = {}
         for name, settings in CONTROLS.items():
             options = GenerationOptions(length=length, temperatures=[1.0], **settings)
-            fns[name] = (lambda o=options: generate_ids(lm.params, 1, prompt_ids, o, model=lm.model, maxlen=MAXLEN
-                                                        ).block_until_ready())
+            fns[name] = lambda o=options: generate_ids(
+                lm.params, 1, prompt_ids, o, model=lm.model, maxlen=MAXLEN
+            ).block_until_ready()
         results = interleaved(fns, rounds=2 if length >= 100_000 else 5)
         plain = results["plain"]["median_s"]
-        out[str(length)] = {name: {**stats, "us_per_char": stats["median_s"] / length * 1e6,
-                                   "ratio_to_plain": stats["median_s"] / plain} for name, stats in results.items()}
-        print(f"{length:>9} chars: " + ", ".join(f"{name} {v['ratio_to_plain']:.2f}x"
-                                                for name, v in out[str(length)].items()), flush=True)
+        out[str(length)] = {
+            name: {
+                **stats,
+                "us_per_char": stats["median_s"] / length * 1e6,
+                "ratio_to_plain": stats["median_s"] / plain,
+            }
+            for name, stats in results.items()
+        }
+        print(
+            f"{length:>9} chars: "
+            + ", ".join(f"{name} {v['ratio_to_plain']:.2f}x" for name, v in out[str(length)].items()),
+            flush=True,
+        )
     return out
 
 
 # ---------------------------------------------------------------- report
 
+
 def markdown(results: dict, command: str) -> str:
-    lines = [f"# Generation at the floor, {results['date']}, {results['device']}", "", f"`{command}`; "
-             f"jax {results['versions']['jax']}. Times are medians of interleaved rounds.", ""]
+    lines = [
+        f"# Generation at the floor, {results['date']}, {results['device']}",
+        "",
+        f"`{command}`; jax {results['versions']['jax']}. Times are medians of interleaved rounds.",
+        "",
+    ]
     single = results.get("single")
     if single:
         book = single.get("book_loop", {}).get("us_per_char")
-        lines += ["## Single stream (public API, stateful, 400 characters)", "",
-                  "| call | µs/char | vs the book's loop |", "|---|---:|---:|"]
+        lines += [
+            "## Single stream (public API, stateful, 400 characters)",
+            "",
+            "| call | µs/char | vs the book's loop |",
+            "|---|---:|---:|",
+        ]
         for name in ("api_1", "api_4temps", "api_4temps_mesh", "scan_1", "book_loop"):
             if "us_per_char" in single.get(name, {}):
                 v = single[name]["us_per_char"]
                 lines.append(f"| {name} | {v:.2f} | {book / v:.0f}x |" if book else f"| {name} | {v:.2f} | - |")
-        ratio = single['api_4temps']['median_s'] / single['api_1']['median_s']
-        ratio_mesh = single['api_4temps_mesh']['median_s'] / single['api_1']['median_s']
-        lines += ["", f"Four temperatures / one: **{ratio:.2f}x** on one device, **{ratio_mesh:.2f}x** with the rows "
-                  f"over the CPU devices (`mesh=`); host work per call (API minus scan): "
-                  f"{single['host_us_per_call']:.0f} µs.", ""]
+        ratio = single["api_4temps"]["median_s"] / single["api_1"]["median_s"]
+        ratio_mesh = single["api_4temps_mesh"]["median_s"] / single["api_1"]["median_s"]
+        lines += [
+            "",
+            f"Four temperatures / one: **{ratio:.2f}x** on one device, **{ratio_mesh:.2f}x** with the rows "
+            f"over the CPU devices (`mesh=`); host work per call (API minus scan): "
+            f"{single['host_us_per_call']:.0f} µs.",
+            "",
+        ]
     levers = results.get("levers")
     if levers:
         lines += ["## Levers (one stream, `generate_ids`)", "", "| variant | µs/char |", "|---|---:|"]
@@ -330,29 +380,50 @@ def markdown(results: dict, command: str) -> str:
             if name != "xla_flags":
                 lines.append(f"| {name} | {v['us_per_char']:.2f} |")
         for flags, v in levers.get("xla_flags", {}).items():
-            lines.append(f"| XLA_FLAGS={flags} (own process) | {v['us_per_char']:.2f} "
-                         f"(baseline {v['baseline_us_per_char']:.2f}, {v['ratio']:.2f}x) |")
+            lines.append(
+                f"| XLA_FLAGS={flags} (own process) | {v['us_per_char']:.2f} "
+                f"(baseline {v['baseline_us_per_char']:.2f}, {v['ratio']:.2f}x) |"
+            )
         lines.append("")
     roof = results.get("roofline")
     if roof:
         p = roof["peak"]
-        lines += ["## Roofline", "", f"Peak: {p['cores']} cores x {p['fma_units']} FMA units x {p['lanes_fp32']} fp32 "
-                  f"lanes x 2 x {p['mhz']:.0f} MHz ({p['clock_from']}) = **{p['gflops']:.0f} GFLOP/s** ({p['model']}).",
-                  "", "| work | chars/s | GFLOP/s | of peak |", "|---|---:|---:|---:|"]
+        lines += [
+            "## Roofline",
+            "",
+            f"Peak: {p['cores']} cores x {p['fma_units']} FMA units x {p['lanes_fp32']} fp32 "
+            f"lanes x 2 x {p['mhz']:.0f} MHz ({p['clock_from']}) = **{p['gflops']:.0f} GFLOP/s** ({p['model']}).",
+            "",
+            "| work | chars/s | GFLOP/s | of peak |",
+            "|---|---:|---:|---:|",
+        ]
         for streams, v in roof["generation"].items():
-            lines.append(f"| generation, {streams} streams | {v['chars_per_s']:,.0f} | {v['gflops']:.1f} | "
-                         f"{v['fraction_of_peak']:.0%} |")
+            lines.append(
+                f"| generation, {streams} streams | {v['chars_per_s']:,.0f} | {v['gflops']:.1f} | "
+                f"{v['fraction_of_peak']:.0%} |"
+            )
         for recipe, v in roof["training"].items():
-            lines.append(f"| training step, {recipe} ({v['step_s'] * 1e3:.1f} ms) | - | {v['gflops']:.1f} | "
-                         f"{v['fraction_of_peak']:.0%} |")
+            lines.append(
+                f"| training step, {recipe} ({v['step_s'] * 1e3:.1f} ms) | - | {v['gflops']:.1f} | "
+                f"{v['fraction_of_peak']:.0%} |"
+            )
         lines.append("")
     rep = results.get("repetition")
     if rep:
-        lines += ["## Repetition controls (one stream): µs/char and ratio to plain", "",
-                  "| characters | " + " | ".join(CONTROLS) + " |", "|---:|" + "---:|" * len(CONTROLS)]
+        lines += [
+            "## Repetition controls (one stream): µs/char and ratio to plain",
+            "",
+            "| characters | " + " | ".join(CONTROLS) + " |",
+            "|---:|" + "---:|" * len(CONTROLS),
+        ]
         for length, row in rep.items():
-            lines.append(f"| {int(length):,} | " + " | ".join(
-                f"{row[name]['us_per_char']:.2f} ({row[name]['ratio_to_plain']:.2f}x)" for name in CONTROLS) + " |")
+            lines.append(
+                f"| {int(length):,} | "
+                + " | ".join(
+                    f"{row[name]['us_per_char']:.2f} ({row[name]['ratio_to_plain']:.2f}x)" for name in CONTROLS
+                )
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -369,13 +440,21 @@ def main(argv=None) -> int:
         return 0
     lm = book_language_model()
     sections = args.only or ["single", "levers", "roofline", "repetition"]
-    results = {"date": time.strftime("%Y-%m-%d"), "device": device_name(), "versions": versions(),
-               "sampler": DEFAULT_SAMPLER, "decode_unroll": DECODE_UNROLL}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(),
+        "versions": versions(),
+        "sampler": DEFAULT_SAMPLER,
+        "decode_unroll": DECODE_UNROLL,
+    }
     for name in sections:
         print(f"== {name}", flush=True)
         results[name] = globals()[f"bench_{name}"](lm, args.quick)
-    command = "python benchmarks/generation.py" + (" --quick" if args.quick else "") + "".join(
-        f" --only {s}" for s in args.only or [])
+    command = (
+        "python benchmarks/generation.py"
+        + (" --quick" if args.quick else "")
+        + "".join(f" --only {s}" for s in args.only or [])
+    )
     stem = args.tag or f"{results['date']}-cpu-generation" + ("-quick" if args.quick else "")
     text = markdown(results, command)
     write_results(stem, results, text)

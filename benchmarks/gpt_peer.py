@@ -59,8 +59,9 @@ def build_gpt(recipe: GPTRecipe, vocab_size: int):
             batch, time_, width = x.shape
             q, k, v = self.qkv(x).split(width, dim=2)
             heads = lambda t: t.view(batch, time_, recipe.n_head, width // recipe.n_head).transpose(1, 2)  # noqa: E731
-            y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True,
-                                               dropout_p=recipe.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                heads(q), heads(k), heads(v), is_causal=True, dropout_p=recipe.dropout if self.training else 0.0
+            )
             return self.drop(self.proj(y.transpose(1, 2).reshape(batch, time_, width)))
 
     class Block(nn.Module):
@@ -69,9 +70,12 @@ def build_gpt(recipe: GPTRecipe, vocab_size: int):
             self.norm1 = nn.LayerNorm(recipe.n_embd, bias=False)
             self.attention = SelfAttention()
             self.norm2 = nn.LayerNorm(recipe.n_embd, bias=False)
-            self.mlp = nn.Sequential(nn.Linear(recipe.n_embd, 4 * recipe.n_embd, bias=False), nn.GELU(),
-                                     nn.Linear(4 * recipe.n_embd, recipe.n_embd, bias=False),
-                                     nn.Dropout(recipe.dropout))
+            self.mlp = nn.Sequential(
+                nn.Linear(recipe.n_embd, 4 * recipe.n_embd, bias=False),
+                nn.GELU(),
+                nn.Linear(4 * recipe.n_embd, recipe.n_embd, bias=False),
+                nn.Dropout(recipe.dropout),
+            )
 
         def forward(self, x):
             x = x + self.attention(self.norm1(x))
@@ -127,15 +131,25 @@ def window_bits(model, ids: np.ndarray, starts: np.ndarray, context: int) -> flo
     offsets = np.arange(context + 1)
     with torch.no_grad():
         for begin in range(0, len(starts), EVAL_BATCH):
-            windows = torch.from_numpy(ids[starts[begin:begin + EVAL_BATCH, None] + offsets].astype(np.int64))
+            windows = torch.from_numpy(ids[starts[begin : begin + EVAL_BATCH, None] + offsets].astype(np.int64))
             logits = model(windows[:, :context])[:, -1]  # (batch, vocab): after the last context character
             total += F.cross_entropy(logits, windows[:, context], reduction="sum").item()
     model.train()
     return total / len(starts) / math.log(2.0)
 
 
-def train_gpt(recipe: GPTRecipe, ids: np.ndarray, val_start: int, vocab_size: int, *, seconds: float,
-              eval_every_seconds: float, context: int = 60, seed: int = 0, threads: int | None = None) -> dict:
+def train_gpt(
+    recipe: GPTRecipe,
+    ids: np.ndarray,
+    val_start: int,
+    vocab_size: int,
+    *,
+    seconds: float,
+    eval_every_seconds: float,
+    context: int = 60,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict:
     """Train for ``seconds`` of training time (validation excluded); returns the run's curve and best.
 
     ``ids`` is the encoded text; training windows lie before ``val_start`` (no target reaches the tail),
@@ -151,9 +165,11 @@ def train_gpt(recipe: GPTRecipe, ids: np.ndarray, val_start: int, vocab_size: in
     model = build_gpt(recipe, vocab_size)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": recipe.weight_decay},
-                                   {"params": others, "weight_decay": 0.0}],
-                                  lr=recipe.learning_rate, betas=(0.9, recipe.beta2))
+    optimizer = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": recipe.weight_decay}, {"params": others, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+        betas=(0.9, recipe.beta2),
+    )
     val_all = np.arange(val_start, len(ids) - context, dtype=np.int64)
     val_some = val_all[np.linspace(0, len(val_all) - 1, min(TRAINING_VAL_WINDOWS, len(val_all))).astype(np.int64)]
     highest_start = val_start - recipe.block_size - 1  # the last target stays before the tail
@@ -167,8 +183,9 @@ def train_gpt(recipe: GPTRecipe, ids: np.ndarray, val_start: int, vocab_size: in
         rate = cosine_rate(recipe, step, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = rate
-        windows = torch.from_numpy(ids[rng.integers(0, highest_start, recipe.batch_size)[:, None] + offsets]
-                                   .astype(np.int64))
+        windows = torch.from_numpy(
+            ids[rng.integers(0, highest_start, recipe.batch_size)[:, None] + offsets].astype(np.int64)
+        )
         logits = model(windows[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -187,16 +204,34 @@ def train_gpt(recipe: GPTRecipe, ids: np.ndarray, val_start: int, vocab_size: in
             bits = window_bits(model, ids, val_some, context)
             if bits < best_bits:
                 best_bits, best_state = bits, {k: v.detach().clone() for k, v in model.state_dict().items()}
-            points.append({"epoch": 0, "partial_epoch": True, "step": step, "train_seconds": round(train_seconds, 3),
-                           "val_bits_per_char": bits, "train_loss": float(np.mean(losses)), "learning_rate": rate,
-                           "sample_0.5": ""})
+            points.append(
+                {
+                    "epoch": 0,
+                    "partial_epoch": True,
+                    "step": step,
+                    "train_seconds": round(train_seconds, 3),
+                    "val_bits_per_char": bits,
+                    "train_loss": float(np.mean(losses)),
+                    "learning_rate": rate,
+                    "sample_0.5": "",
+                }
+            )
             losses = []
             next_eval = train_seconds + eval_every_seconds
     model.load_state_dict(best_state)
     final = window_bits(model, ids, val_all, context)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"config": {**asdict(recipe), "parameters": parameters, "fitted_steps": total_steps,
-                       "threads": torch.get_num_threads()},
-            "stop_reason": "time_limit", "points": points, "best_epoch": None,
-            "best_val_bits_per_char": final, "best_val_bits_per_char_subset": best_bits,
-            "best_stateful_bits_per_char": None}
+    return {
+        "config": {
+            **asdict(recipe),
+            "parameters": parameters,
+            "fitted_steps": total_steps,
+            "threads": torch.get_num_threads(),
+        },
+        "stop_reason": "time_limit",
+        "points": points,
+        "best_epoch": None,
+        "best_val_bits_per_char": final,
+        "best_val_bits_per_char_subset": best_bits,
+        "best_stateful_bits_per_char": None,
+    }

@@ -75,31 +75,44 @@ def measure(chars: int, work: Path) -> dict:
         out = work / f"run-{chars}-{steps}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         every = [] if steps == 16 else ["--eval-every-steps", "16"]
-        runs[steps] = timed_run(cli + ["train", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
-                                       *every, *TRAIN_FLAGS])
+        runs[steps] = timed_run(
+            cli + ["train", "--data", str(data), "--out", str(out), "--max-steps", str(steps), *every, *TRAIN_FLAGS]
+        )
     records = [json.loads(line) for line in (work / f"run-{chars}-{16 + EXTRA_STEPS}" / "metrics.jsonl").open()]
     steps_per_s = float(np.median([16 / r["epoch_seconds"] for r in records[1:]]))
-    row = {"chars": chars, "megabytes": megabytes,
-           "prepare_wall_seconds": prepared["seconds"], "prepare_mb_per_s": mb_per_s,
-           "prepare_peak_rss_mb": prepared["peak_rss_mb"],
-           "first_block_wall_s": runs[16]["seconds"], "steps_per_s": steps_per_s,
-           "train_peak_rss_mb": max(r["peak_rss_mb"] for r in runs.values()),
-           "train_output": runs[16 + EXTRA_STEPS]["stdout"]}
+    row = {
+        "chars": chars,
+        "megabytes": megabytes,
+        "prepare_wall_seconds": prepared["seconds"],
+        "prepare_mb_per_s": mb_per_s,
+        "prepare_peak_rss_mb": prepared["peak_rss_mb"],
+        "first_block_wall_s": runs[16]["seconds"],
+        "steps_per_s": steps_per_s,
+        "train_peak_rss_mb": max(r["peak_rss_mb"] for r in runs.values()),
+        "train_output": runs[16 + EXTRA_STEPS]["stdout"],
+    }
     print({k: v for k, v in row.items() if k != "train_output"}, flush=True)
     return row
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Large corpora, {results['date']}, {results['device']}", "",
-             "`python benchmarks/large_corpus.py`: text built from the standard library's code and documentation, "
-             "repeated; each command its own process under `/usr/bin/time -v`; book's model, "
-             f"`--steps-per-call 16`, first run 16 steps, second {16 + EXTRA_STEPS}.", "",
-             "| characters | prepare MB/s (wall s) | prepare peak RSS | start to end of first block (s) | steps/s | "
-             "train peak RSS |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Large corpora, {results['date']}, {results['device']}",
+        "",
+        "`python benchmarks/large_corpus.py`: text built from the standard library's code and documentation, "
+        "repeated; each command its own process under `/usr/bin/time -v`; book's model, "
+        f"`--steps-per-call 16`, first run 16 steps, second {16 + EXTRA_STEPS}.",
+        "",
+        "| characters | prepare MB/s (wall s) | prepare peak RSS | start to end of first block (s) | steps/s | "
+        "train peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in results["rows"]:
-        lines.append(f"| {row['chars']:,} | {row['prepare_mb_per_s']:.0f} ({row['prepare_wall_seconds']:.1f}) | "
-                     f"{row['prepare_peak_rss_mb']:.0f} MiB | "
-                     f"{row['first_block_wall_s']:.1f} | {row['steps_per_s']:.1f} | {row['train_peak_rss_mb']:.0f} MiB |")
+        lines.append(
+            f"| {row['chars']:,} | {row['prepare_mb_per_s']:.0f} ({row['prepare_wall_seconds']:.1f}) | "
+            f"{row['prepare_peak_rss_mb']:.0f} MiB | "
+            f"{row['first_block_wall_s']:.1f} | {row['steps_per_s']:.1f} | {row['train_peak_rss_mb']:.0f} MiB |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -111,15 +124,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    results = {"date": time.strftime("%Y-%m-%d"), "device": device_name(), "versions": versions(),
-               "rows": [measure(int(size), work) for size in args.sizes]}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(),
+        "versions": versions(),
+        "rows": [measure(int(size), work) for size in args.sizes],
+    }
     text = markdown(results)
     write_results(args.tag, results, text)
     print(text)
     largest = results["rows"][-1]
-    checks = [("prepare >= 20 MB/s", min(r["prepare_mb_per_s"] for r in results["rows"]) >= 20),
-              ("train peak RSS <= 1 GB at the largest size", largest["train_peak_rss_mb"] <= 1024),
-              ("start to first block <= 60 s at the largest size", largest["first_block_wall_s"] <= 60)]
+    checks = [
+        ("prepare >= 20 MB/s", min(r["prepare_mb_per_s"] for r in results["rows"]) >= 20),
+        ("train peak RSS <= 1 GB at the largest size", largest["train_peak_rss_mb"] <= 1024),
+        ("start to first block <= 60 s at the largest size", largest["first_block_wall_s"] <= 60),
+    ]
     for name, ok in checks:
         print(("PASS: " if ok else "MISS: ") + name)
     return 0 if all(ok for _, ok in checks) else 1

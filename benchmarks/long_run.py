@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from charlm_jax import TrainConfig, fit, load_text
 from charlm_jax.scoring import nats_to_bits
 
@@ -87,10 +86,15 @@ def report(variants: list[str], args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [f"# Long run of the book's configuration, {args.chars:,} characters, {args.epochs} epochs", "",
-             f"{args.tag}, {device_name()}, `python benchmarks/long_run.py`", "",
-             "| variant | best val bits/char (epoch) | last val bits/char | lowest / last train loss (nats) "
-             "| collapse epoch | skipped steps | max grad norm |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Long run of the book's configuration, {args.chars:,} characters, {args.epochs} epochs",
+        "",
+        f"{args.tag}, {device_name()}, `python benchmarks/long_run.py`",
+        "",
+        "| variant | best val bits/char (epoch) | last val bits/char | lowest / last train loss (nats) "
+        "| collapse epoch | skipped steps | max grad norm |",
+        "|---|---|---|---|---|---|---|",
+    ]
     figure, (axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
     samples = []
     for name in variants:
@@ -103,16 +107,20 @@ def report(variants: list[str], args) -> None:
         best, best_epoch = min(finite) if finite else (math.nan, None)
         collapsed = collapse_epoch(records)
         losses = [r["train_loss"] for r in records]
-        lines.append(f"| {name} | {best:.3f} ({best_epoch}) | {vals[-1]:.3f} (epoch {records[-1]['epoch']}) | "
-                     f"{min(losses):.3f} / {losses[-1]:.3f} | "
-                     f"{collapsed if collapsed is not None else 'none'} | {records[-1].get('skipped_steps_total', 0)} | "
-                     f"{max(r.get('grad_norm_max', math.nan) for r in records):.3g} |")
+        lines.append(
+            f"| {name} | {best:.3f} ({best_epoch}) | {vals[-1]:.3f} (epoch {records[-1]['epoch']}) | "
+            f"{min(losses):.3f} / {losses[-1]:.3f} | "
+            f"{collapsed if collapsed is not None else 'none'} | {records[-1].get('skipped_steps_total', 0)} | "
+            f"{max(r.get('grad_norm_max', math.nan) for r in records):.3g} |"
+        )
         axis.plot([r["epoch"] for r in records], vals, marker=".", label=name)
         loss_axis.plot([r["epoch"] for r in records], [nats_to_bits(x) for x in losses], marker=".", label=name)
         for r in records:
             if r["epoch"] in (1, 10, 20, 30, 40, 50, 60) or r is records[-1]:
-                samples.append(f"| {name} | {r['epoch']} | {r.get('val_bits_per_char', math.nan):.3f} | "
-                               f"`{r.get('samples', {}).get('0.5', '')[:120]!r}` |")
+                samples.append(
+                    f"| {name} | {r['epoch']} | {r.get('val_bits_per_char', math.nan):.3f} | "
+                    f"`{r.get('samples', {}).get('0.5', '')[:120]!r}` |"
+                )
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation bits per character")
     axis.set_title(f"Book configuration, {args.chars // 1000}K characters")
@@ -126,9 +134,17 @@ def report(variants: list[str], args) -> None:
     figure.tight_layout()
     figure.suptitle(device_name(), fontsize=9)
     figure.savefig(RESULTS / f"{args.tag}-long-run.png", dpi=120)
-    lines += ["", f"Collapse: training loss more than {COLLAPSE_MARGIN_NATS} nats above its lowest so far, "
-              "or not finite. Validation rising while training loss falls is overfitting.", "", "Samples at temperature 0.5 (first 120 characters):", "",
-              "| variant | epoch | val bits/char | sample |", "|---|---|---|---|", *samples]
+    lines += [
+        "",
+        f"Collapse: training loss more than {COLLAPSE_MARGIN_NATS} nats above its lowest so far, "
+        "or not finite. Validation rising while training loss falls is overfitting.",
+        "",
+        "Samples at temperature 0.5 (first 120 characters):",
+        "",
+        "| variant | epoch | val bits/char | sample |",
+        "|---|---|---|---|",
+        *samples,
+    ]
     (RESULTS / f"{args.tag}-long-run.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -146,7 +162,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        text = load_text(args.corpus)[:args.chars]
+        text = load_text(args.corpus)[: args.chars]
         for name in args.variants:
             run_variant(name, text, args)
     report(args.variants, args)

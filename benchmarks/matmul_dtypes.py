@@ -46,6 +46,7 @@ def jax_products(batch: int, hidden: int, vocab: int, maxlen: int, dtype: str) -
         def step(carry, _):
             gates = jnp.dot(carry, w_in, preferred_element_type=jnp.float32)
             return jnp.tanh(jnp.dot(gates.astype(cast), w_back, preferred_element_type=jnp.float32)).astype(cast), None
+
         return jax.lax.scan(step, h, None, length=maxlen)[0]
 
     return {
@@ -61,8 +62,8 @@ def torch_products(batch: int, hidden: int, vocab: int, maxlen: int, dtype: str)
     cast = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(0)
     window = torch.randn(maxlen * batch, hidden, generator=gen).to(cast)
-    kernel = (torch.randn(hidden, 4 * hidden, generator=gen) / hidden ** 0.5).to(cast)
-    recurrent = (torch.randn(4 * hidden, hidden, generator=gen) / hidden ** 0.5).to(cast)
+    kernel = (torch.randn(hidden, 4 * hidden, generator=gen) / hidden**0.5).to(cast)
+    recurrent = (torch.randn(4 * hidden, hidden, generator=gen) / hidden**0.5).to(cast)
     output = torch.randn(hidden, vocab, generator=gen).to(cast)
     h0 = torch.zeros(batch, hidden, dtype=cast)
 
@@ -106,26 +107,44 @@ def main(argv=None) -> int:
         for product in ("projection", "recurrence", "output"):
             f32 = timings[f"{framework}/{product}/float32"]["median_s"]
             bf16 = timings[f"{framework}/{product}/bfloat16"]["median_s"]
-            rows.append({"framework": framework, "product": product, "float32_ms": f32 * 1e3,
-                         "bfloat16_ms": bf16 * 1e3, "bf16_over_f32": bf16 / f32})
+            rows.append(
+                {
+                    "framework": framework,
+                    "product": product,
+                    "float32_ms": f32 * 1e3,
+                    "bfloat16_ms": bf16 * 1e3,
+                    "bf16_over_f32": bf16 / f32,
+                }
+            )
     date = time.strftime("%Y-%m-%d")  # as the other scripts date their results
     device = device_name()
-    lines = [f"# bfloat16 against float32 for the LSTM's products ({date}, {device})", "",
-             f"`python matmul_dtypes.py --batch {args.batch} --hidden {args.hidden} --vocab {args.vocab} "
-             f"--maxlen {args.maxlen} --rounds {args.rounds}`; medians of {args.rounds} interleaved rounds of 5 calls.",
-             "", "| framework | product | float32 | bfloat16 | bf16 / f32 |", "|---|---|---|---|---|"]
-    shapes = {"projection": f"({args.maxlen}x{args.batch})x{args.hidden} @ {args.hidden}x{4 * args.hidden}",
-              "recurrence": f"{args.maxlen} steps of {args.batch}x{args.hidden} @ {args.hidden}x{4 * args.hidden} "
-                            f"@ {4 * args.hidden}x{args.hidden}",
-              "output": f"({args.maxlen}x{args.batch})x{args.hidden} @ {args.hidden}x{args.vocab}"}
+    lines = [
+        f"# bfloat16 against float32 for the LSTM's products ({date}, {device})",
+        "",
+        f"`python matmul_dtypes.py --batch {args.batch} --hidden {args.hidden} --vocab {args.vocab} "
+        f"--maxlen {args.maxlen} --rounds {args.rounds}`; medians of {args.rounds} interleaved rounds of 5 calls.",
+        "",
+        "| framework | product | float32 | bfloat16 | bf16 / f32 |",
+        "|---|---|---|---|---|",
+    ]
+    shapes = {
+        "projection": f"({args.maxlen}x{args.batch})x{args.hidden} @ {args.hidden}x{4 * args.hidden}",
+        "recurrence": f"{args.maxlen} steps of {args.batch}x{args.hidden} @ {args.hidden}x{4 * args.hidden} "
+        f"@ {4 * args.hidden}x{args.hidden}",
+        "output": f"({args.maxlen}x{args.batch})x{args.hidden} @ {args.hidden}x{args.vocab}",
+    }
     for row in rows:
-        lines.append(f"| {row['framework']} | {row['product']}: {shapes[row['product']]} | {row['float32_ms']:.3f} ms "
-                     f"| {row['bfloat16_ms']:.3f} ms | {row['bf16_over_f32']:.2f} |")
+        lines.append(
+            f"| {row['framework']} | {row['product']}: {shapes[row['product']]} | {row['float32_ms']:.3f} ms "
+            f"| {row['bfloat16_ms']:.3f} ms | {row['bf16_over_f32']:.2f} |"
+        )
     markdown = "\n".join(lines) + "\n"
     print(markdown)
-    write_results(args.tag or f"{date}-{platform_tag()}-matmul-dtypes",
-                  {"date": date, "device": device, "versions": versions(), "shape": vars(args), "rows": rows,
-                   "timings": timings}, markdown)
+    write_results(
+        args.tag or f"{date}-{platform_tag()}-matmul-dtypes",
+        {"date": date, "device": device, "versions": versions(), "shape": vars(args), "rows": rows, "timings": timings},
+        markdown,
+    )
     return 0
 
 

@@ -46,17 +46,34 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "book": ("book", {"epochs": 100, "eval_every_steps": 800}),
     "fast": ("fast", {"epochs": 100, "eval_every_steps": 160}),
     # The previous fast recipe's model (one layer of 128, dropout 0.3), with this one's schedule.
-    "fast-128": ("fast", {"epochs": 100, "eval_every_steps": 800, "num_layers": 1, "hidden_size": 128,
-                          "dropout": 0.3}),
+    "fast-128": ("fast", {"epochs": 100, "eval_every_steps": 800, "num_layers": 1, "hidden_size": 128, "dropout": 0.3}),
     # Truncated BPTT: the fast recipe's model and schedule on consecutive streams with carried state.
     "streams": ("streams", {}),
     # ... with AWD-LSTM's regularisation: locked (variational) dropout and DropConnect.
-    "streams-awd": ("fast", {"epochs": 1000, "eval_every_steps": 160, "batching": "streams",
-                             "early_stopping_patience": 0, "locked_dropout": True, "weight_dropout": 0.3}),
+    "streams-awd": (
+        "fast",
+        {
+            "epochs": 1000,
+            "eval_every_steps": 160,
+            "batching": "streams",
+            "early_stopping_patience": 0,
+            "locked_dropout": True,
+            "weight_dropout": 0.3,
+        },
+    ),
     # ... on a wider model (two layers of 256) that the regularisation may let a 600 s budget afford.
-    "streams-awd-wide": ("fast", {"epochs": 1000, "eval_every_steps": 120, "batching": "streams",
-                                  "early_stopping_patience": 0, "locked_dropout": True, "weight_dropout": 0.3,
-                                  "hidden_size": 256}),
+    "streams-awd-wide": (
+        "fast",
+        {
+            "epochs": 1000,
+            "eval_every_steps": 120,
+            "batching": "streams",
+            "early_stopping_patience": 0,
+            "locked_dropout": True,
+            "weight_dropout": 0.3,
+            "hidden_size": 256,
+        },
+    ),
     # The peer: a small GPT (gpt_peer.py, PyTorch), nanoGPT's CPU recipe for characters...
     "gpt": ("gpt", {}),
     # ... and with dropout 0.2 and a larger batch (its recipe for more data).
@@ -90,20 +107,38 @@ def run_variant(variant: str, text_name: str, text: str, args) -> dict:
     config = recipe_config(recipe, **{"val_chars": RACE_VAL_CHARS, **overrides})
     wall = time.perf_counter()
     result = fit(config, text, out, limits=Limits(max_seconds=args.seconds), console=Console(quiet=True))
-    points = [{"epoch": r["epoch"], "partial_epoch": r.get("partial_epoch", False), "step": r["step"],
-               "train_seconds": r["train_seconds"], "val_bits_per_char": r["val_bits_per_char"],
-               "train_loss": r["train_loss"], "learning_rate": r["learning_rate"],
-               "sample_0.5": r.get("samples", {}).get("0.5", "")} for r in result.history]
+    points = [
+        {
+            "epoch": r["epoch"],
+            "partial_epoch": r.get("partial_epoch", False),
+            "step": r["step"],
+            "train_seconds": r["train_seconds"],
+            "val_bits_per_char": r["val_bits_per_char"],
+            "train_loss": r["train_loss"],
+            "learning_rate": r["learning_rate"],
+            "sample_0.5": r.get("samples", {}).get("0.5", ""),
+        }
+        for r in result.history
+    ]
     tail = validation_tail(text, config)
     best = charlm_jax.load(out / "best")
     whole_tail = charlm_jax.bits_per_char(best, tail, mode="window")
     stateful = charlm_jax.bits_per_char(best, tail, mode="stateful")
-    print(f"{text_name} {variant}: best {whole_tail:.3f} bits/char (stateful {stateful:.3f}) "
-          f"after {points[-1]['train_seconds']:.0f} s of training, {points[-1]['step']} steps; "
-          f"{time.perf_counter() - wall:.0f} s wall", flush=True)
-    return {"config": config.to_dict(), "stop_reason": str(result.stop_reason.value), "points": points,
-            "best_epoch": result.best_epoch, "best_val_bits_per_char": whole_tail,
-            "best_val_bits_per_char_subset": result.best_val_bits_per_char, "best_stateful_bits_per_char": stateful}
+    print(
+        f"{text_name} {variant}: best {whole_tail:.3f} bits/char (stateful {stateful:.3f}) "
+        f"after {points[-1]['train_seconds']:.0f} s of training, {points[-1]['step']} steps; "
+        f"{time.perf_counter() - wall:.0f} s wall",
+        flush=True,
+    )
+    return {
+        "config": config.to_dict(),
+        "stop_reason": str(result.stop_reason.value),
+        "points": points,
+        "best_epoch": result.best_epoch,
+        "best_val_bits_per_char": whole_tail,
+        "best_val_bits_per_char_subset": result.best_val_bits_per_char,
+        "best_stateful_bits_per_char": stateful,
+    }
 
 
 def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> dict:
@@ -116,19 +151,30 @@ def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> 
     ids = vocab.encode(prepared)
     split = split_windows(len(ids), config.maxlen, config.step, config.val_fraction)
     wall = time.perf_counter()
-    result = train_gpt(GPTRecipe(**overrides), ids, split.val_start, vocab.size, seconds=args.seconds,
-                       eval_every_seconds=PEER_EVAL_EVERY_SECONDS, context=config.maxlen, seed=0)
+    result = train_gpt(
+        GPTRecipe(**overrides),
+        ids,
+        split.val_start,
+        vocab.size,
+        seconds=args.seconds,
+        eval_every_seconds=PEER_EVAL_EVERY_SECONDS,
+        context=config.maxlen,
+        seed=0,
+    )
     points = result["points"]
-    print(f"{text_name} {variant}: best {result['best_val_bits_per_char']:.3f} bits/char after "
-          f"{points[-1]['train_seconds']:.0f} s of training, {points[-1]['step']} steps; "
-          f"{time.perf_counter() - wall:.0f} s wall", flush=True)
+    print(
+        f"{text_name} {variant}: best {result['best_val_bits_per_char']:.3f} bits/char after "
+        f"{points[-1]['train_seconds']:.0f} s of training, {points[-1]['step']} steps; "
+        f"{time.perf_counter() - wall:.0f} s wall",
+        flush=True,
+    )
     return result
 
 
 def validation_tail(text: str, config) -> str:
     """The held-out tail the run validated on, as the loop splits it."""
     prepared = prepare_text(text, config.lowercase)
-    return prepared[len(prepared) - int(round(len(prepared) * config.val_fraction)):]
+    return prepared[len(prepared) - int(round(len(prepared) * config.val_fraction)) :]
 
 
 def held_best(points: list[dict], seconds: float) -> float | None:
@@ -155,10 +201,16 @@ def compare(runs: dict, recommended: str, seconds: float) -> dict:
     peers = {v: run["best_val_bits_per_char"] for v, run in runs.items() if is_peer(v)}
     best_peer = min(peers, key=peers.get) if peers else None
     peer_gap = peers[best_peer] - runs[recommended]["best_val_bits_per_char"] if peers else None
-    return {"gain": gain, "worst_time": worst[0] if worst else None, "worst_margin": worst[1] if worst else None,
-            "best_peer": best_peer, "peer_gap": peer_gap,
-            "pass": gain >= TARGET_BITS and (worst is None or worst[1] >= 0)
-            and (peer_gap is None or peer_gap >= PEER_TARGET_BITS)}
+    return {
+        "gain": gain,
+        "worst_time": worst[0] if worst else None,
+        "worst_margin": worst[1] if worst else None,
+        "best_peer": best_peer,
+        "peer_gap": peer_gap,
+        "pass": gain >= TARGET_BITS
+        and (worst is None or worst[1] >= 0)
+        and (peer_gap is None or peer_gap >= PEER_TARGET_BITS),
+    }
 
 
 def report(data: dict, stem: Path) -> None:
@@ -170,14 +222,20 @@ def report(data: dict, stem: Path) -> None:
     texts = data["texts"]
     recommended = data["recommended"]
     figure, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.2), squeeze=False)
-    lines = [f"# Recipes at equal training time ({data['date']}, {data['device']})", "",
-             f"`{data['command']}`; {data['seconds']:.0f} s of training per run (validation excluded), "
-             f"texts cut to {data['chars']:,} characters, last 10 % held out; jax {data['versions']['jax']}.", "",
-             "Each run's best checkpoint (chosen on its validations) scored on the whole held-out tail, each "
-             "character from the 60 before it; the validations during training (the curves) use 8,192 evenly "
-             "spaced windows of the tail.", "",
-             "| text | variant | best val bits/char (held at the end) | stateful bits/char of that checkpoint | "
-             "steps | lower than book by |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Recipes at equal training time ({data['date']}, {data['device']})",
+        "",
+        f"`{data['command']}`; {data['seconds']:.0f} s of training per run (validation excluded), "
+        f"texts cut to {data['chars']:,} characters, last 10 % held out; jax {data['versions']['jax']}.",
+        "",
+        "Each run's best checkpoint (chosen on its validations) scored on the whole held-out tail, each "
+        "character from the 60 before it; the validations during training (the curves) use 8,192 evenly "
+        "spaced windows of the tail.",
+        "",
+        "| text | variant | best val bits/char (held at the end) | stateful bits/char of that checkpoint | "
+        "steps | lower than book by |",
+        "|---|---|---|---|---|---|",
+    ]
     verdicts = []
     for axis, (text_name, runs) in zip(axes[0], texts.items()):
         for variant, run in runs.items():
@@ -188,23 +246,36 @@ def report(data: dict, stem: Path) -> None:
             axis.step(xs, held, where="post", label=f"{variant} (best held: {held[-1]:.3f})")
             gain = runs["book"]["best_val_bits_per_char"] - run["best_val_bits_per_char"] if "book" in runs else 0
             stateful = run["best_stateful_bits_per_char"]
-            lines.append(f"| {text_name} | {variant} | {run['best_val_bits_per_char']:.3f} | "
-                         f"{'-' if stateful is None else f'{stateful:.3f}'} | {run['points'][-1]['step']:,} | "
-                         f"{gain:.3f} |")
+            lines.append(
+                f"| {text_name} | {variant} | {run['best_val_bits_per_char']:.3f} | "
+                f"{'-' if stateful is None else f'{stateful:.3f}'} | {run['points'][-1]['step']:,} | "
+                f"{gain:.3f} |"
+            )
         axis.axvline(FIRST_MINUTE, color="grey", ls=":", lw=0.8)
-        axis.set(xlabel="training seconds (validation excluded)", ylabel="validation bits per character",
-                 title=f"{text_name} ({data['text_chars'][text_name]:,} characters)")
+        axis.set(
+            xlabel="training seconds (validation excluded)",
+            ylabel="validation bits per character",
+            title=f"{text_name} ({data['text_chars'][text_name]:,} characters)",
+        )
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         if "book" in runs and recommended in runs:
             c = compare(runs, recommended, data["seconds"])
-            worst = (f"; closest after the first minute at {c['worst_time']:.0f} s: {c['worst_margin']:.3f} lower"
-                     if c["worst_time"] is not None else "")
-            peer = (f"; {c['peer_gap']:.3f} below the best GPT ({c['best_peer']}, target >= {PEER_TARGET_BITS})"
-                    if c["best_peer"] else "")
-            verdicts.append(f"- {text_name}: {recommended} {c['gain']:.3f} bits/char below book at "
-                            f"{data['seconds']:.0f} s{worst}{peer}; targets (>= {TARGET_BITS} below book and "
-                            f"never above it{', the GPT gap' if peer else ''}): {'PASS' if c['pass'] else 'MISS'}")
+            worst = (
+                f"; closest after the first minute at {c['worst_time']:.0f} s: {c['worst_margin']:.3f} lower"
+                if c["worst_time"] is not None
+                else ""
+            )
+            peer = (
+                f"; {c['peer_gap']:.3f} below the best GPT ({c['best_peer']}, target >= {PEER_TARGET_BITS})"
+                if c["best_peer"]
+                else ""
+            )
+            verdicts.append(
+                f"- {text_name}: {recommended} {c['gain']:.3f} bits/char below book at "
+                f"{data['seconds']:.0f} s{worst}{peer}; targets (>= {TARGET_BITS} below book and "
+                f"never above it{', the GPT gap' if peer else ''}): {'PASS' if c['pass'] else 'MISS'}"
+            )
     figure.suptitle(f"{data['device']}, {data['date']}", fontsize=9)
     figure.tight_layout()
     figure.savefig(stem.with_suffix(".png"), dpi=110)
@@ -222,15 +293,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=["book", "fast"], choices=list(VARIANTS))
     parser.add_argument("--recommended", default="fast", help="the variant the target is about (default: fast)")
-    parser.add_argument("--texts", nargs="+", default=list(TEXTS), choices=list(TEXTS) + list(EXTRA_TEXTS) + ["king-lear"],
-                        help="built-in corpus names, or idle-notes")
+    parser.add_argument(
+        "--texts",
+        nargs="+",
+        default=list(TEXTS),
+        choices=list(TEXTS) + list(EXTRA_TEXTS) + ["king-lear"],
+        help="built-in corpus names, or idle-notes",
+    )
     parser.add_argument("--chars", type=int, default=600_000, help="characters of each text (default: 600000)")
     parser.add_argument("--seconds", type=float, default=600.0, help="training seconds per run")
     parser.add_argument("--work-dir", default="/tmp/charlm-recipes")
     parser.add_argument("--tag", default=None, help="results file stem (default: <date>-<platform>-recipes)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--append", action="store_true", help="keep the runs already in the results JSON and add "
-                        "(or redo) these; the settings must be the same")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the runs already in the results JSON and add (or redo) these; the settings must be the same",
+    )
     args = parser.parse_args(argv)
     stem = RESULTS / (args.tag or f"{time.strftime('%Y-%m-%d')}-{platform_tag()}-recipes")
     if args.report_only:
@@ -238,9 +317,17 @@ def main(argv=None) -> int:
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python"] + sys.argv)
-    data = {"date": time.strftime("%Y-%m-%d"), "device": device_name(), "command": command,
-            "seconds": args.seconds, "chars": args.chars, "recommended": args.recommended, "versions": versions(),
-            "text_chars": {}, "texts": {}}
+    data = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(),
+        "command": command,
+        "seconds": args.seconds,
+        "chars": args.chars,
+        "recommended": args.recommended,
+        "versions": versions(),
+        "text_chars": {},
+        "texts": {},
+    }
     if args.append and stem.with_suffix(".json").exists():
         data = json.loads(stem.with_suffix(".json").read_text())
         if (data["seconds"], data["chars"], data["device"]) != (args.seconds, args.chars, device_name()):
@@ -255,8 +342,11 @@ def main(argv=None) -> int:
             data["texts"][text_name][variant] = run_variant(variant, text_name, text, args)
             stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
     report(data, stem)
-    results = [compare(runs, args.recommended, args.seconds)["pass"] for runs in data["texts"].values()
-               if "book" in runs and args.recommended in runs]
+    results = [
+        compare(runs, args.recommended, args.seconds)["pass"]
+        for runs in data["texts"].values()
+        if "book" in runs and args.recommended in runs
+    ]
     return 0 if results and all(results) else 1
 
 

@@ -42,7 +42,7 @@ LENGTH = 400
 
 
 def distinct_share(text: str, n: int) -> float:
-    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
     return len(set(grams)) / len(grams)
 
 
@@ -58,34 +58,51 @@ def main(argv=None) -> int:
     if checkpoint is None:
         checkpoint = Path(args.work_dir)
         if not (checkpoint / "metrics.jsonl").exists():
-            charlm_jax.fit(charlm_jax.TrainConfig(epochs=1, sample_length=0), text, checkpoint,
-                           console=Console(quiet=True))
+            charlm_jax.fit(
+                charlm_jax.TrainConfig(epochs=1, sample_length=0), text, checkpoint, console=Console(quiet=True)
+            )
     lm = charlm_jax.load(checkpoint)
     rng = np.random.default_rng(0)
     starts = rng.integers(0, int(len(text) * 0.9) - lm.config.maxlen, args.prompts)
-    prompts = [text[s:s + lm.config.maxlen] for s in starts]
+    prompts = [text[s : s + lm.config.maxlen] for s in starts]
     rows, samples = [], {}
     for temperature in TEMPERATURES:
         for name, options in OPTIONS.items():
-            outputs = [charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[temperature], seed=i, **options)[0]
-                       for i, prompt in enumerate(prompts)]
-            bits = [charlm_jax.bits_per_char(lm, prompt + out, mode="stateful") for prompt, out in zip(prompts, outputs)]
-            rows.append({"temperature": temperature, "option": name, **options,
-                         "distinct_20gram_share": float(np.mean([distinct_share(o, 20) for o in outputs])),
-                         "distinct_8gram_share": float(np.mean([distinct_share(o, 8) for o in outputs])),
-                         "model_bits_per_char": float(np.mean(bits))})
+            outputs = [
+                charlm_jax.generate(lm, prompt, length=LENGTH, temperatures=[temperature], seed=i, **options)[0]
+                for i, prompt in enumerate(prompts)
+            ]
+            bits = [
+                charlm_jax.bits_per_char(lm, prompt + out, mode="stateful") for prompt, out in zip(prompts, outputs)
+            ]
+            rows.append(
+                {
+                    "temperature": temperature,
+                    "option": name,
+                    **options,
+                    "distinct_20gram_share": float(np.mean([distinct_share(o, 20) for o in outputs])),
+                    "distinct_8gram_share": float(np.mean([distinct_share(o, 8) for o in outputs])),
+                    "model_bits_per_char": float(np.mean(bits)),
+                }
+            )
             samples[f"T={temperature:g}, {name}"] = prompts[0] + " | " + outputs[0]
             print(rows[-1], flush=True)
-    lines = [f"# Repetition controls, {time.strftime('%Y-%m-%d')}, {device_name()}", "",
-             f"`python benchmarks/repetition.py`; model: {checkpoint} (validation of the run: see its metrics.jsonl); "
-             f"{args.prompts} prompts (training-text windows), {LENGTH} characters each; means over prompts.", "",
-             "| T | option | distinct 20-grams | distinct 8-grams | model bits/char of the sample |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Repetition controls, {time.strftime('%Y-%m-%d')}, {device_name()}",
+        "",
+        f"`python benchmarks/repetition.py`; model: {checkpoint} (validation of the run: see its metrics.jsonl); "
+        f"{args.prompts} prompts (training-text windows), {LENGTH} characters each; means over prompts.",
+        "",
+        "| T | option | distinct 20-grams | distinct 8-grams | model bits/char of the sample |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['temperature']:g} | {row['option']} | {row['distinct_20gram_share']:.3f} | "
-                     f"{row['distinct_8gram_share']:.3f} | {row['model_bits_per_char']:.3f} |")
+        lines.append(
+            f"| {row['temperature']:g} | {row['option']} | {row['distinct_20gram_share']:.3f} | "
+            f"{row['distinct_8gram_share']:.3f} | {row['model_bits_per_char']:.3f} |"
+        )
     lines += ["", "First prompt's samples (prompt | continuation, first 200 characters):", ""]
-    lines += [f"- {key}: `{value[:lm.config.maxlen + 3 + 200]!r}`" for key, value in samples.items()]
+    lines += [f"- {key}: `{value[: lm.config.maxlen + 3 + 200]!r}`" for key, value in samples.items()]
     write_results(args.tag, {"rows": rows, "samples": samples, "checkpoint": str(checkpoint)}, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

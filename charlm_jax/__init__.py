@@ -18,16 +18,25 @@ from typing import Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "BOOK_TEMPERATURES": "config", "TrainConfig": "config",
+    "BOOK_TEMPERATURES": "config",
+    "TrainConfig": "config",
     "load_text": "corpus",
     "Vocab": "data",
     "generate_ids": "decode",
     "CharLMError": "errors",
     "import_keras": "keras_import",
-    "LanguageModel": "lm", "bits_per_char": "lm", "generate": "lm", "load": "lm", "score": "lm", "stream": "lm",
-    "FitResult": "run", "Limits": "run", "fit": "loop",
+    "LanguageModel": "lm",
+    "bits_per_char": "lm",
+    "generate": "lm",
+    "load": "lm",
+    "score": "lm",
+    "stream": "lm",
+    "FitResult": "run",
+    "Limits": "run",
+    "fit": "loop",
     "GenerationOptions": "options",
-    "RECIPES": "recipes", "recipe_config": "recipes",
+    "RECIPES": "recipes",
+    "recipe_config": "recipes",
     "sample": "sampling",
 }
 __all__ = sorted(_EXPORTS)

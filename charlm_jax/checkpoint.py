@@ -16,10 +16,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-
+from typing import Any, TypeVar
 
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab
@@ -50,6 +50,7 @@ class CheckpointWriteError(MachineError):
     it when complete); the CLI exits with status 1, as for other failures of the machine.
     """
 
+
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it costs ~1 s, and `generate --help` needs none of it
 
@@ -75,29 +76,45 @@ class CheckpointMeta:
     schedule_steps: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "vocab": self.vocab.chars, "step": self.step, "epoch": self.epoch,
-                "default_prompt": self.default_prompt, "val_bits_per_char": self.val_bits_per_char,
-                "train_seconds": self.train_seconds, "skipped_steps_total": self.skipped_steps_total,
-                "schedule_steps": self.schedule_steps}
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "vocab": self.vocab.chars,
+            "step": self.step,
+            "epoch": self.epoch,
+            "default_prompt": self.default_prompt,
+            "val_bits_per_char": self.val_bits_per_char,
+            "train_seconds": self.train_seconds,
+            "skipped_steps_total": self.skipped_steps_total,
+            "schedule_steps": self.schedule_steps,
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> "CheckpointMeta":
+    def from_json(cls, data: dict[str, Any], where: str) -> CheckpointMeta:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise CharLMError(f"checkpoint {where} has format version {version}, this charlm-jax reads "
-                              f"version {FORMAT_VERSION}: use the charlm-jax version that wrote it")
+            raise CharLMError(
+                f"checkpoint {where} has format version {version}, this charlm-jax reads "
+                f"version {FORMAT_VERSION}: use the charlm-jax version that wrote it"
+            )
         try:
-            return cls(config=TrainConfig.from_dict(data["config"]), vocab=Vocab(data["vocab"]),
-                       step=int(data["step"]), epoch=int(data["epoch"]),
-                       default_prompt=str(data["default_prompt"]),
-                       val_bits_per_char=_optional_float(data.get("val_bits_per_char")),
-                       train_seconds=float(data.get("train_seconds", 0.0)),
-                       skipped_steps_total=int(data.get("skipped_steps_total", 0)),
-                       schedule_steps=_optional_int(data.get("schedule_steps")))
+            return cls(
+                config=TrainConfig.from_dict(data["config"]),
+                vocab=Vocab(data["vocab"]),
+                step=int(data["step"]),
+                epoch=int(data["epoch"]),
+                default_prompt=str(data["default_prompt"]),
+                val_bits_per_char=_optional_float(data.get("val_bits_per_char")),
+                train_seconds=float(data.get("train_seconds", 0.0)),
+                skipped_steps_total=int(data.get("skipped_steps_total", 0)),
+                schedule_steps=_optional_int(data.get("schedule_steps")),
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise DamagedCheckpoint(f"checkpoint {where} has a broken meta record ({error!r}): "
-                                    "retrain, or point --checkpoint at an intact run", "broken meta record") from None
+            raise DamagedCheckpoint(
+                f"checkpoint {where} has a broken meta record ({error!r}): "
+                "retrain, or point --checkpoint at an intact run",
+                "broken meta record",
+            ) from None
 
 
 def _optional_float(value) -> float | None:
@@ -117,13 +134,15 @@ class CheckpointStore:
         # With ``create`` orbax makes the directory (a run directory is made and checked first, by
         # run_dir.make_run_directory); without, it must already be a checkpoint directory.
         if not create and (blocker := file_in_the_way(directory)) is not None:
-            raise CharLMError(f"{str(blocker)!r} is a file, not a checkpoint directory: pass the --out "
-                              "directory of a training run")
+            raise CharLMError(
+                f"{str(blocker)!r} is a file, not a checkpoint directory: pass the --out directory of a training run"
+            )
         if not create and not self.directory.is_dir():
-            raise CharLMError(f"no checkpoint directory at {str(directory)!r}: pass the --out "
-                              "directory of a finished or interrupted training run")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                               enable_async_checkpointing=False)
+            raise CharLMError(
+                f"no checkpoint directory at {str(directory)!r}: pass the --out "
+                "directory of a finished or interrupted training run"
+            )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
 
     def item_keys(self, step: int, item: str) -> set[str]:
@@ -147,21 +166,24 @@ class CheckpointStore:
 
     def save(self, params, train_state: dict[str, Any], meta: CheckpointMeta) -> None:
         ocp = _ocp()
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                  train=ocp.args.StandardSave(train_state),
-                                  meta=ocp.args.JsonSave(meta.to_json()))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            train=ocp.args.StandardSave(train_state),
+            meta=ocp.args.JsonSave(meta.to_json()),
+        )
         previous = self.latest_step()
         try:
             self._manager.save(meta.step, args=args, force=True)
             self._manager.wait_until_finished()
         except Exception as error:  # orbax and tensorstore raise OSError, ValueError, ... for a full disk
             kept = f"step {previous} is intact" if previous is not None else "no earlier checkpoint exists"
-            raise CheckpointWriteError(f"cannot write checkpoint step {meta.step} in {str(self.directory)!r} "
-                                       f"({describe_error(error)}); {kept}: free space or fix the directory, "
-                                       "then --resume") from None
+            raise CheckpointWriteError(
+                f"cannot write checkpoint step {meta.step} in {str(self.directory)!r} "
+                f"({describe_error(error)}); {kept}: free space or fix the directory, "
+                "then --resume"
+            ) from None
 
-    def newest_readable(self, read: Callable[[int], T], step: int | None = None,
-                        set_aside: bool = False) -> T:
+    def newest_readable(self, read: Callable[[int], T], step: int | None = None, set_aside: bool = False) -> T:
         """``read(step)`` of ``step``, or of the newest step it succeeds on.
 
         The policy for damaged checkpoints: an explicit ``step`` that cannot be read is an error;
@@ -183,9 +205,13 @@ class CheckpointStore:
                 continue
             for damaged, problem in problems:
                 moved = self._set_aside(damaged) if set_aside else None
-                warnings.warn(CheckpointFallbackWarning(
-                    f"checkpoint step {damaged} in {str(self.directory)!r} is damaged ({problem.cause}); using step "
-                    f"{candidate}" + (f"; the damaged step moved to {str(moved)!r}" if moved else "")), stacklevel=2)
+                warnings.warn(
+                    CheckpointFallbackWarning(
+                        f"checkpoint step {damaged} in {str(self.directory)!r} is damaged ({problem.cause}); using step "
+                        f"{candidate}" + (f"; the damaged step moved to {str(moved)!r}" if moved else "")
+                    ),
+                    stacklevel=2,
+                )
             return value
         raise CharLMError(f"no intact checkpoint in {str(self.directory)!r}: {problems[0][1]}")
 
@@ -200,11 +226,13 @@ class CheckpointStore:
         if step is None:
             step = self.latest_step()
         if step is None:
-            raise CharLMError(f"no checkpoint in {str(self.directory)!r}: train first "
-                              "(charlm-jax train --out DIR) and pass that DIR")
+            raise CharLMError(
+                f"no checkpoint in {str(self.directory)!r}: train first (charlm-jax train --out DIR) and pass that DIR"
+            )
         if step not in self.all_steps():
-            raise CharLMError(f"no checkpoint for step {step} in {str(self.directory)!r}; "
-                              f"available: {self.all_steps()}")
+            raise CharLMError(
+                f"no checkpoint for step {step} in {str(self.directory)!r}; available: {self.all_steps()}"
+            )
         return step
 
     def restore_meta(self, step: int | None = None) -> CheckpointMeta:
@@ -216,12 +244,15 @@ class CheckpointStore:
         except CharLMError:
             raise
         except Exception as error:  # orbax raises many types for a damaged directory
-            raise DamagedCheckpoint(f"checkpoint {where} is unreadable ({type(error).__name__}): it is corrupt or "
-                                    "not a charlm-jax checkpoint; retrain or use another",
-                                    f"meta unreadable: {type(error).__name__}") from None
+            raise DamagedCheckpoint(
+                f"checkpoint {where} is unreadable ({type(error).__name__}): it is corrupt or "
+                "not a charlm-jax checkpoint; retrain or use another",
+                f"meta unreadable: {type(error).__name__}",
+            ) from None
         if not isinstance(data, dict):
-            raise DamagedCheckpoint(f"checkpoint {where} has no meta record: it is not a charlm-jax checkpoint",
-                                    "no meta record")
+            raise DamagedCheckpoint(
+                f"checkpoint {where} has no meta record: it is not a charlm-jax checkpoint", "no meta record"
+            )
         return CheckpointMeta.from_json(data, where)
 
     def restore(self, abstract_params, abstract_train_state=None, step: int | None = None):
@@ -234,16 +265,18 @@ class CheckpointStore:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
-            raise DamagedCheckpoint(f"checkpoint {self.directory}/{step} does not match this model "
-                                    f"({type(error).__name__}): it is corrupt or was written by an "
-                                    "incompatible version; retrain or use another",
-                                    f"arrays unreadable: {type(error).__name__}") from None
+            raise DamagedCheckpoint(
+                f"checkpoint {self.directory}/{step} does not match this model "
+                f"({type(error).__name__}): it is corrupt or was written by an "
+                "incompatible version; retrain or use another",
+                f"arrays unreadable: {type(error).__name__}",
+            ) from None
         return restored["params"], restored.get("train") if abstract_train_state is not None else None
 
     def close(self) -> None:
         self._manager.close()
 
-    def __enter__(self) -> "CheckpointStore":
+    def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc_info) -> None:

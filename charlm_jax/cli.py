@@ -14,14 +14,15 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from charlm_jax.config import DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, TrainConfig
 from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.flags import AUTO_PREPARE_BYTES, DEBUG_ENV, build_parser
 from charlm_jax.recipes import RECIPES
-from charlm_jax.stopping import StopSignals, Stopped
+from charlm_jax.stopping import Stopped, StopSignals
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,8 +38,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def start_jax(args: argparse.Namespace, rows: int, min_rows: int) -> None:
     """Split the CPU into devices (before JAX starts: ``rows`` of a batch, at least ``min_rows``
     per device) and join a multi-host run if asked."""
-    from charlm_jax.distributed import (auto_cpu_devices, configure_cpu_devices, forced_cpu_device_count,
-                                        maybe_initialize_distributed)
+    from charlm_jax.distributed import (
+        auto_cpu_devices,
+        configure_cpu_devices,
+        forced_cpu_device_count,
+        maybe_initialize_distributed,
+    )
 
     if args.cpu_devices is not None:
         configure_cpu_devices(args.cpu_devices)
@@ -69,9 +74,11 @@ def given(args: argparse.Namespace, name: str) -> bool:
 
 def sha256_without_file(args: argparse.Namespace) -> tuple[bool, str]:
     """``--sha256`` checks a --text file or download; with a built-in corpus or --chars it would do nothing."""
-    return (given(args, "sha256") and args.text is None,
-            "--sha256 checks a --text file or download and has no effect on a built-in corpus (--corpus) or "
-            "--chars: drop it")
+    return (
+        given(args, "sha256") and args.text is None,
+        "--sha256 checks a --text file or download and has no effect on a built-in corpus (--corpus) or "
+        "--chars: drop it",
+    )
 
 
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
@@ -80,18 +87,30 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     limits = Limits(max_steps=args.max_steps, max_seconds=args.time_limit, signals=stop)  # checked here, once
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
-    refuse_ineffective([
-        sha256_without_file(args),
-        (given(args, "lr_final_fraction") and fresh.lr_schedule != "cosine",
-         "--lr-final-fraction has no effect with a constant learning rate: drop it or pass --lr-schedule cosine"),
-        (given(args, "early_stopping_patience") and bool(fresh.early_stopping_patience) and fresh.val_fraction == 0,
-         "--early-stopping-patience needs a validation split, but --val-fraction is 0: drop one of them"),
-        ((given(args, "temperatures") or given(args, "sample_mode")) and fresh.sample_length == 0,
-         "--temperatures/--sample-mode have no effect with --sample-length 0: drop them or sample"),
-        ((given(args, "num_processes") or given(args, "process_id")) and args.coordinator is None,
-         "--num-processes/--process-id need --coordinator HOST:PORT (or set JAX_COORDINATOR_ADDRESS and "
-         "the JAX_ variables instead of the flags)"),
-    ])
+    refuse_ineffective(
+        [
+            sha256_without_file(args),
+            (
+                given(args, "lr_final_fraction") and fresh.lr_schedule != "cosine",
+                "--lr-final-fraction has no effect with a constant learning rate: drop it or pass --lr-schedule cosine",
+            ),
+            (
+                given(args, "early_stopping_patience")
+                and bool(fresh.early_stopping_patience)
+                and fresh.val_fraction == 0,
+                "--early-stopping-patience needs a validation split, but --val-fraction is 0: drop one of them",
+            ),
+            (
+                (given(args, "temperatures") or given(args, "sample_mode")) and fresh.sample_length == 0,
+                "--temperatures/--sample-mode have no effect with --sample-length 0: drop them or sample",
+            ),
+            (
+                (given(args, "num_processes") or given(args, "process_id")) and args.coordinator is None,
+                "--num-processes/--process-id need --coordinator HOST:PORT (or set JAX_COORDINATOR_ADDRESS and "
+                "the JAX_ variables instead of the flags)",
+            ),
+        ]
+    )
     from charlm_jax.checkpoint import peek_saved_config
     from charlm_jax.distributed import MIN_ROWS_PER_CPU_DEVICE
 
@@ -105,27 +124,43 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.distributed import is_main_process
 
     # --no-progress: a console that is not interactive, where the progress bar never shows.
-    console = Console(soft_wrap=True, quiet=not is_main_process(), force_interactive=False if args.no_progress else None)
+    console = Console(
+        soft_wrap=True, quiet=not is_main_process(), force_interactive=False if args.no_progress else None
+    )
     result = fit(None, text, args.out, resume=args.resume, overrides=overrides, limits=limits, console=console)
     return 128 + (stop.received or 0) if result.stop_reason.by_signal else 0
 
 
 def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
-    refuse_ineffective([
-        (given(args, "chunk") and not args.stream, "--chunk sets the size of streamed pieces and has no effect "
-         "without --stream: drop it or add --stream"),
-        (given(args, "repetition_window") and args.repetition_penalty is None,
-         "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty"),
-        (given(args, "history_window") and args.repetition_penalty is None and args.no_repeat_ngram is None,
-         "--history-window has no effect without --repetition-penalty or --no-repeat-ngram: drop it or add one"),
-    ])
+    refuse_ineffective(
+        [
+            (
+                given(args, "chunk") and not args.stream,
+                "--chunk sets the size of streamed pieces and has no effect without --stream: drop it or add --stream",
+            ),
+            (
+                given(args, "repetition_window") and args.repetition_penalty is None,
+                "--repetition-window has no effect without --repetition-penalty: drop it or pass --repetition-penalty",
+            ),
+            (
+                given(args, "history_window") and args.repetition_penalty is None and args.no_repeat_ngram is None,
+                "--history-window has no effect without --repetition-penalty or --no-repeat-ngram: drop it or add one",
+            ),
+        ]
+    )
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
     from charlm_jax.options import GenerationOptions
 
     options = GenerationOptions(
-        length=args.length, temperatures=args.temperatures, mode=args.mode, sampler=args.sampler, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        length=args.length,
+        temperatures=args.temperatures,
+        mode=args.mode,
+        sampler=args.sampler,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
         repetition_window=args.repetition_window if args.repetition_window is not None else DEFAULT_REPETITION_WINDOW,
         no_repeat_ngram=args.no_repeat_ngram,
         history_window=args.history_window if args.history_window is not None else DEFAULT_HISTORY_WINDOW,
@@ -137,8 +172,10 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     if args.stream:
         # Row ``index`` of the unstreamed call: the same text, whatever the chunk. stream() checks its
         # arguments when called, so every row is refused or accepted before anything is printed.
-        pieces = [stream(lm, prompt, options.replace(temperatures=[temperature]), seed=args.seed, row=index, **chunk)
-                  for index, temperature in enumerate(args.temperatures)]
+        pieces = [
+            stream(lm, prompt, options.replace(temperatures=[temperature]), seed=args.seed, row=index, **chunk)
+            for index, temperature in enumerate(args.temperatures)
+        ]
     else:
         texts = generate(lm, prompt, options, seed=args.seed, mesh=_mesh_if_several_devices())
     print(f'--- Generating with seed: "{prompt}"')
@@ -167,8 +204,11 @@ def training_text(args: argparse.Namespace, lowercase: bool):
         if path.is_file() and path.stat().st_size > AUTO_PREPARE_BYTES:
             path = local_text_file(args.text, args.sha256)
             cache = Path(args.out) / "prepared"
-            print(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB: reading it through a prepared corpus in "
-                  f"{cache} (kept for --resume)", flush=True)
+            print(
+                f"{path} is {path.stat().st_size / 2**20:,.0f} MiB: reading it through a prepared corpus in "
+                f"{cache} (kept for --resume)",
+                flush=True,
+            )
             return prepared_for(path, cache, lowercase)
     return load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
 
@@ -183,8 +223,7 @@ def local_text_file(text: str, sha256: str | None) -> Path:
         return fetch_url(text, sha256=sha256)
     path = Path(text)
     if sha256 is not None and path.is_file() and (actual := file_sha256(path)) != sha256.lower():
-        raise CharLMError(f"sha256 of {path} is {actual}, expected {sha256}: the file changed or the checksum "
-                          "is wrong")
+        raise CharLMError(f"sha256 of {path} is {actual}, expected {sha256}: the file changed or the checksum is wrong")
     return path
 
 
@@ -198,9 +237,11 @@ def run_prepare(args: argparse.Namespace, stop: StopSignals) -> int:
     corpus = prepare(path, args.out, lowercase=not args.no_lowercase)
     seconds = time.perf_counter() - started
     megabytes = path.stat().st_size / 1e6
-    print(f"prepared {corpus.num_chars:,} characters ({corpus.vocab.size} distinct, {corpus.ids.dtype.name}) from "
-          f"{args.text} into {args.out} in {seconds:.1f} s ({megabytes / max(seconds, 1e-9):.0f} MB/s); train with "
-          f"charlm-jax train --data {args.out}")
+    print(
+        f"prepared {corpus.num_chars:,} characters ({corpus.vocab.size} distinct, {corpus.ids.dtype.name}) from "
+        f"{args.text} into {args.out} in {seconds:.1f} s ({megabytes / max(seconds, 1e-9):.0f} MB/s); train with "
+        f"charlm-jax train --data {args.out}"
+    )
     return 0
 
 
@@ -210,7 +251,6 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     refuse_ineffective([sha256_without_file(args)])
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
-
     from charlm_jax.prepared import PreparedCorpus, open_prepared
 
     lm = load(args.checkpoint, step=args.step)
@@ -222,8 +262,16 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     scores = score(lm, text, mode=args.mode)
     bits = float(-scores.mean())
     if args.json:
-        print(json.dumps({"bits_per_char": bits, "characters": int(len(scores)), "mode": args.mode,
-                          "checkpoint": str(args.checkpoint)}))
+        print(
+            json.dumps(
+                {
+                    "bits_per_char": bits,
+                    "characters": int(len(scores)),
+                    "mode": args.mode,
+                    "checkpoint": str(args.checkpoint),
+                }
+            )
+        )
     else:
         print(f"{bits:.4f} bits/char over {len(scores):,} characters ({args.mode} mode)")
     return 0
@@ -238,17 +286,25 @@ def run_import_keras(args: argparse.Namespace, stop: StopSignals) -> int:
     text = None
     if args.text is not None or args.corpus is not None:
         text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    lm = import_keras(args.model, args.out, text=text, chars=args.chars, lowercase=not args.no_lowercase,
-                      maxlen=args.maxlen)
+    lm = import_keras(
+        args.model, args.out, text=text, chars=args.chars, lowercase=not args.no_lowercase, maxlen=args.maxlen
+    )
     config = lm.config
-    print(f"imported {args.model}: LSTM({config.hidden_size}) x {config.num_layers} -> Dense({lm.vocab.size}), "
-          f"window {config.maxlen}, recurrent activation {config.recurrent_activation}; wrote {args.out}")
+    print(
+        f"imported {args.model}: LSTM({config.hidden_size}) x {config.num_layers} -> Dense({lm.vocab.size}), "
+        f"window {config.maxlen}, recurrent activation {config.recurrent_activation}; wrote {args.out}"
+    )
     print("the Keras optimizer state is not imported: train --resume continues these weights with a fresh RMSprop")
     return 0
 
 
-COMMANDS = {"train": run_train, "generate": run_generate, "eval": run_eval, "prepare": run_prepare,
-            "import-keras": run_import_keras}
+COMMANDS = {
+    "train": run_train,
+    "generate": run_generate,
+    "eval": run_eval,
+    "prepare": run_prepare,
+    "import-keras": run_import_keras,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,8 +8,9 @@ a run can be resumed or reproduced from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,9 @@ def check_temperatures(temperatures: Any) -> np.ndarray:
     if values.ndim != 1 or values.size == 0:
         raise CharLMError(f"temperatures must be a non-empty list of numbers, got {temperatures!r}")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise CharLMError(f"temperature must be >= 0 and finite (0 means greedy), got {values.tolist()}: "
-                          "pass e.g. --temperatures 0.5")
+        raise CharLMError(
+            f"temperature must be >= 0 and finite (0 means greedy), got {values.tolist()}: pass e.g. --temperatures 0.5"
+        )
     return values.astype(np.float32)
 
 
@@ -66,8 +68,11 @@ class TrainConfig:
     # A 10 % tail of 10^8 characters is 10^7 windows: a validation of hours. Above the cap the
     # same evenly spaced characters of the tail are scored every time; the book's 60K-character
     # tail is below it and scored whole. charlm-jax eval scores the whole tail.
-    val_chars: int = _field(DEFAULT_VAL_CHARS, "characters of the held-out tail scored per validation, evenly "
-                            "spaced, the same ones every time (0: all of them)")
+    val_chars: int = _field(
+        DEFAULT_VAL_CHARS,
+        "characters of the held-out tail scored per validation, evenly "
+        "spaced, the same ones every time (0: all of them)",
+    )
     # --- model (book: LSTM(128) + Dense(len(chars)) ) ---
     hidden_size: int = _field(128, "LSTM units per layer (book: 128)")
     num_layers: int = _field(1, "stacked LSTM layers (book: 1)")
@@ -76,12 +81,16 @@ class TrainConfig:
     # once per sequence instead of once per step (variational dropout, Gal & Ghahramani 2016), and
     # DropConnect on the recurrent kernel, one mask per batch, which leaves the fused layer's
     # equations (and its hand-written gradient) untouched.
-    locked_dropout: bool = _field(False, "draw --dropout's mask once per sequence, the same at every time step "
-                                  "(variational dropout; book: off)")
+    locked_dropout: bool = _field(
+        False, "draw --dropout's mask once per sequence, the same at every time step (variational dropout; book: off)"
+    )
     weight_dropout: float = _field(0.0, "DropConnect on each layer's recurrent kernel, one mask per batch (book: 0)")
     recurrent_activation: str = _field(
-        "sigmoid", "activation of the LSTM's i, f, o gates; the hard sigmoids exist for imported Keras "
-        "models (Keras 2 and 3 define them differently)", RECURRENT_ACTIVATIONS)
+        "sigmoid",
+        "activation of the LSTM's i, f, o gates; the hard sigmoids exist for imported Keras "
+        "models (Keras 2 and 3 define them differently)",
+        RECURRENT_ACTIVATIONS,
+    )
     # --- optimisation (book: RMSprop(lr=0.01), batch_size=128, 60 epochs) ---
     batch_size: int = _field(128, "global batch size in windows (book: 128); must divide over the devices")
     learning_rate: float = _field(0.01, "RMSprop learning rate (book: 0.01)")
@@ -89,51 +98,70 @@ class TrainConfig:
     # seeds ran, added epsilon outside the square root: rmsprop_eps_in_sqrt=False reproduces that.
     rmsprop_decay: float = _field(0.9, "RMSprop decay rho (Keras: 0.9)")
     rmsprop_eps: float = _field(1e-7, "RMSprop epsilon, inside the square root (Keras: 1e-7; optax default 1e-8)")
-    rmsprop_eps_in_sqrt: bool = _field(True, "epsilon inside the square root (Keras 3) or, with "
-                                       "--no-rmsprop-eps-in-sqrt, added after it (Keras 2, as the seeds ran)")
-    weight_decay: float = _field(0.0, "decoupled weight decay per step, scaled by the learning rate as AdamW "
-                                 "does (book: 0)")
+    rmsprop_eps_in_sqrt: bool = _field(
+        True,
+        "epsilon inside the square root (Keras 3) or, with "
+        "--no-rmsprop-eps-in-sqrt, added after it (Keras 2, as the seeds ran)",
+    )
+    weight_decay: float = _field(
+        0.0, "decoupled weight decay per step, scaled by the learning rate as AdamW does (book: 0)"
+    )
     epochs: int = _field(60, "epochs to train (book: 60); with --resume, the new total")
     # "constant": the book's fixed rate; "cosine": decay to lr_final_fraction * learning_rate
     # over the run's planned steps (epochs x steps per epoch). Both start with a linear
     # warm-up of warmup_steps from 0 (0: none, the book).
-    lr_schedule: str = _field("constant", "learning-rate schedule (cosine spans --epochs; book: constant)",
-                              LR_SCHEDULES)
+    lr_schedule: str = _field(
+        "constant", "learning-rate schedule (cosine spans --epochs; book: constant)", LR_SCHEDULES
+    )
     warmup_steps: int = _field(0, "linear learning-rate warm-up from 0 over this many steps (book: 0)")
     lr_final_fraction: float = _field(0.1, "cosine schedule's final rate, as a fraction of --learning-rate")
     early_stopping_patience: int = _field(
-        0, "stop after this many epochs without a better validation (0: never, the book); the best "
-        "epoch is always kept in <out>/best")
-    eval_every_steps: int = _field(0, "also validate, sample, log and checkpoint every this many steps (with "
-                                   "--batching streams: instead of at each epoch's end), at the "
-                                   "end of the block that reaches it (0: at the end of each epoch only)")
-    objective: str = _field("next_char", "training objective: the character after each window (book), or "
-                            "the next character at every position", OBJECTIVES)
+        0,
+        "stop after this many epochs without a better validation (0: never, the book); the best "
+        "epoch is always kept in <out>/best",
+    )
+    eval_every_steps: int = _field(
+        0,
+        "also validate, sample, log and checkpoint every this many steps (with "
+        "--batching streams: instead of at each epoch's end), at the "
+        "end of the block that reaches it (0: at the end of each epoch only)",
+    )
+    objective: str = _field(
+        "next_char",
+        "training objective: the character after each window (book), or the next character at every position",
+        OBJECTIVES,
+    )
     # "windows": the book's shuffled windows, each from a zero state. "streams": truncated BPTT as
     # char-rnn trains: the training text cut into batch_size consecutive streams, each batch the next
     # maxlen characters of every stream, the LSTM state carried (gradient stopped) from one batch to the
     # next, every position a target. Each character is computed once per epoch instead of ~maxlen / step
     # times, and the model sees context longer than maxlen.
-    batching: str = _field("windows", "how batches are cut: the book's shuffled windows from a zero state, or "
-                           "consecutive streams with the LSTM state carried between batches (truncated "
-                           "BPTT; needs --objective dense)", BATCHINGS)
+    batching: str = _field(
+        "windows",
+        "how batches are cut: the book's shuffled windows from a zero state, or "
+        "consecutive streams with the LSTM state carried between batches (truncated "
+        "BPTT; needs --objective dense)",
+        BATCHINGS,
+    )
     clip_norm: float | None = _field(None, "clip gradients to this global norm (book: no clipping)")
     # Skip any update whose gradients are not finite (optax.apply_if_finite) and stop the run
     # after this many skipped steps in a row; 0 turns the guard off. Finite runs are unchanged.
-    max_nonfinite_in_row: int = _field(25, "skip updates with NaN/inf gradients; stop after this many in a "
-                                       "row (0: no guard)")
+    max_nonfinite_in_row: int = _field(
+        25, "skip updates with NaN/inf gradients; stop after this many in a row (0: no guard)"
+    )
     # --- per-epoch samples (book: 400 characters at 0.2, 0.5, 1.0, 1.2) ---
     sample_length: int = _field(400, "characters sampled after each epoch (book: 400; 0 turns samples off)")
-    temperatures: tuple[float, ...] = _field(BOOK_TEMPERATURES, "sampling temperatures after each epoch "
-                                             "(book: 0.2 0.5 1.0 1.2)")
-    sample_mode: str = _field("window", "generation mode of the per-epoch samples (book: window)",
-                              GENERATION_MODES)
+    temperatures: tuple[float, ...] = _field(
+        BOOK_TEMPERATURES, "sampling temperatures after each epoch (book: 0.2 0.5 1.0 1.2)"
+    )
+    sample_mode: str = _field("window", "generation mode of the per-epoch samples (book: window)", GENERATION_MODES)
     # --- reproducibility ---
     seed: int = _field(0, "seed of every random choice: init, shuffling, dropout, samples")
     # --- speed only: results are the same whatever these are ---
     unroll: int = _field(1, "LSTM scan unroll factor (speed only)")
-    steps_per_call: int = _field(16, "optimizer steps per jitted call (speed only; Python, host syncs "
-                                 "and allocations happen once per call)")
+    steps_per_call: int = _field(
+        16, "optimizer steps per jitted call (speed only; Python, host syncs and allocations happen once per call)"
+    )
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -150,7 +178,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -167,12 +195,20 @@ class TrainConfig:
 
 # Fields a resumed run may change: its length, how often and how it reports, and the speed knob;
 # none of them changes the parameters a step computes.
-RESUMABLE_FIELDS = ("epochs", "steps_per_call", "eval_every_steps", "sample_length", "temperatures", "sample_mode",
-                    "val_chars")
+RESUMABLE_FIELDS = (
+    "epochs",
+    "steps_per_call",
+    "eval_every_steps",
+    "sample_length",
+    "temperatures",
+    "sample_mode",
+    "val_chars",
+)
 
 
-def resume_config(saved: TrainConfig, config: TrainConfig | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+def resume_config(
+    saved: TrainConfig, config: TrainConfig | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """The config of a resumed run: the saved one, with the resumable fields of ``config`` and
     ``overrides`` on top; any other difference is refused, naming the fields."""
     overrides = dict(overrides or {})
@@ -186,9 +222,11 @@ def resume_config(saved: TrainConfig, config: TrainConfig | None = None,
     stored = saved.to_dict()
     differing = [k for k in stored if k not in RESUMABLE_FIELDS and wanted[k] != stored[k]]
     if differing:
-        raise CharLMError(f"--resume with settings that differ from the checkpoint's: {differing}; "
-                          f"pass the same settings as the original run (only {', '.join(RESUMABLE_FIELDS)} "
-                          "may change)")
+        raise CharLMError(
+            f"--resume with settings that differ from the checkpoint's: {differing}; "
+            f"pass the same settings as the original run (only {', '.join(RESUMABLE_FIELDS)} "
+            "may change)"
+        )
     return TrainConfig.from_dict(wanted)
 
 
@@ -202,33 +240,45 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.maxlen >= 1, f"maxlen must be >= 1, got {config.maxlen}: pass --maxlen 60")
     _require(config.step >= 1, f"step must be >= 1, got {config.step}: pass --step 3")
     _require(config.val_chars >= 0, f"val_chars must be >= 0, got {config.val_chars}: pass e.g. --val-chars 200000")
-    _require(0.0 <= config.val_fraction < 1.0,
-             f"val_fraction must be in [0, 1), got {config.val_fraction}: pass --val-fraction 0.1")
+    _require(
+        0.0 <= config.val_fraction < 1.0,
+        f"val_fraction must be in [0, 1), got {config.val_fraction}: pass --val-fraction 0.1",
+    )
     _require(config.hidden_size >= 1, f"hidden_size must be >= 1, got {config.hidden_size}")
     _require(config.num_layers >= 1, f"num_layers must be >= 1, got {config.num_layers}")
     _require(0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1), got {config.dropout}")
     _require(0.0 <= config.weight_dropout < 1.0, f"weight_dropout must be in [0, 1), got {config.weight_dropout}")
-    _require(config.batching != "streams" or config.objective == "dense",
-             "batching='streams' trains every position of each batch: pass --objective dense with --batching streams")
+    _require(
+        config.batching != "streams" or config.objective == "dense",
+        "batching='streams' trains every position of each batch: pass --objective dense with --batching streams",
+    )
     _require(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     _require(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
     _require(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _require(config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}: pass --epochs 1 or more")
     _require(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
-    _require(0.0 <= config.lr_final_fraction <= 1.0,
-             f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}")
-    _require(config.early_stopping_patience >= 0,
-             f"early_stopping_patience must be >= 0 (0: off), got {config.early_stopping_patience}")
-    _require(config.clip_norm is None or config.clip_norm > 0,
-             f"clip_norm must be > 0 (or unset), got {config.clip_norm}")
+    _require(
+        0.0 <= config.lr_final_fraction <= 1.0, f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}"
+    )
+    _require(
+        config.early_stopping_patience >= 0,
+        f"early_stopping_patience must be >= 0 (0: off), got {config.early_stopping_patience}",
+    )
+    _require(
+        config.clip_norm is None or config.clip_norm > 0, f"clip_norm must be > 0 (or unset), got {config.clip_norm}"
+    )
     _require(config.sample_length >= 0, f"sample_length must be >= 0, got {config.sample_length}")
     if config.temperatures:
         check_temperatures(config.temperatures)
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
     _require(config.steps_per_call >= 1, f"steps_per_call must be >= 1, got {config.steps_per_call}")
-    _require(config.eval_every_steps >= 0, f"eval_every_steps must be >= 0 (0: each epoch), got {config.eval_every_steps}")
-    _require(config.max_nonfinite_in_row >= 0,
-             f"max_nonfinite_in_row must be >= 0 (0: no guard), got {config.max_nonfinite_in_row}")
+    _require(
+        config.eval_every_steps >= 0, f"eval_every_steps must be >= 0 (0: each epoch), got {config.eval_every_steps}"
+    )
+    _require(
+        config.max_nonfinite_in_row >= 0,
+        f"max_nonfinite_in_row must be >= 0 (0: no guard), got {config.max_nonfinite_in_row}",
+    )
     for field in dataclasses.fields(config):
         choices = field.metadata.get("choices")
         value = getattr(config, field.name)

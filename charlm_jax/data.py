@@ -11,9 +11,9 @@ so memory stays O(corpus length), or O(batch) with a memory map.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ class Vocab:
     chars: str
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls("".join(sorted(set(text))))
 
     @property
@@ -121,8 +121,14 @@ def split_windows(num_chars: int, maxlen: int, step: int, val_fraction: float, v
             f"window of {maxlen}+1 characters: use a longer text, a larger --val-fraction, "
             "or --val-fraction 0"
         )
-    return Split(train_windows=train_windows, step=step, val_starts=val_starts, val_start=val_start,
-                 val_windows_all=val_windows_all, val_stride=stride)
+    return Split(
+        train_windows=train_windows,
+        step=step,
+        val_starts=val_starts,
+        val_start=val_start,
+        val_windows_all=val_windows_all,
+        val_stride=stride,
+    )
 
 
 def gather_windows(ids: jax.Array, starts: jax.Array, width: int) -> jax.Array:
@@ -216,8 +222,10 @@ class ShuffledWindows:
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch == 0:
-            raise CharLMError(f"only {self.split.train_windows} training windows, fewer than one batch of "
-                              f"{self.batch_size}: pass a smaller --batch-size or a longer text")
+            raise CharLMError(
+                f"only {self.split.train_windows} training windows, fewer than one batch of "
+                f"{self.batch_size}: pass a smaller --batch-size or a longer text"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -253,9 +261,11 @@ class ConsecutiveStreams:
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch == 0:
-            raise CharLMError(f"{self.train_chars:,} training characters cut into {self.batch_size} streams "
-                              f"leave less than two windows of {self.maxlen} per stream: pass a smaller "
-                              "--batch-size or --maxlen, or a longer text")
+            raise CharLMError(
+                f"{self.train_chars:,} training characters cut into {self.batch_size} streams "
+                f"leave less than two windows of {self.maxlen} per stream: pass a smaller "
+                "--batch-size or --maxlen, or a longer text"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -289,10 +299,10 @@ def make_batching(kind: str, split: Split, batch_size: int, maxlen: int, block_s
 def padded_eval_batches(starts: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every validation window once, in fixed-size batches; padding rows get weight 0."""
     for begin in range(0, len(starts), batch_size):
-        chunk = starts[begin:begin + batch_size]
+        chunk = starts[begin : begin + batch_size]
         weights = np.ones(batch_size, np.float32)
         if len(chunk) < batch_size:
-            weights[len(chunk):] = 0.0
+            weights[len(chunk) :] = 0.0
             chunk = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
         yield chunk, weights
 
@@ -301,4 +311,4 @@ def sample_prompt(key: jax.Array, vocab: Vocab, ids: np.ndarray, train_chars: in
     """A random window of the training text (its first ``train_chars`` ids) as a prompt, as the book picks
     ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
     start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
-    return vocab.decode(ids[start:start + maxlen])
+    return vocab.decode(ids[start : start + maxlen])

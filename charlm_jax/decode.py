@@ -32,8 +32,9 @@ never grows with the text; new values of them never recompile and cost no Python
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,8 +95,17 @@ class DecodeState(NamedTuple):
     step: jax.Array  # () int32: steps generated so far
 
 
-def start(params, key: jax.Array, prompt_ids: jax.Array, options: GenerationOptions, first_row=0, *,
-          model, steps: int, maxlen: int) -> DecodeState:
+def start(
+    params,
+    key: jax.Array,
+    prompt_ids: jax.Array,
+    options: GenerationOptions,
+    first_row=0,
+    *,
+    model,
+    steps: int,
+    maxlen: int,
+) -> DecodeState:
     """The state after reading ``prompt_ids`` (batch, prompt), before the first generated id.
 
     ``steps`` is how many steps will run from it (the width of the history a repetition
@@ -103,8 +113,9 @@ def start(params, key: jax.Array, prompt_ids: jax.Array, options: GenerationOpti
     """
     batch, prompt_len = prompt_ids.shape
     if batch != options.temperatures.shape[0]:
-        raise CharLMError(f"{batch} prompt rows but {options.temperatures.shape[0]} temperatures: pass one "
-                          "temperature per row")
+        raise CharLMError(
+            f"{batch} prompt rows but {options.temperatures.shape[0]} temperatures: pass one temperature per row"
+        )
     variables = {"params": params}
     if options.mode == "stateful":
         carries, logits = model.apply(variables, prompt_ids, model.zero_carries(batch), last_only=True)
@@ -113,22 +124,31 @@ def start(params, key: jax.Array, prompt_ids: jax.Array, options: GenerationOpti
         carries = model.zero_carries(batch)
         logits = jnp.zeros((batch, model.vocab_size), jnp.float32)  # computed from the window each step
         filled = min(prompt_len, maxlen)
-        window = jnp.zeros((batch, maxlen), jnp.int32).at[:, :filled].set(prompt_ids[:, prompt_len - filled:])
+        window = jnp.zeros((batch, maxlen), jnp.int32).at[:, :filled].set(prompt_ids[:, prompt_len - filled :])
         filled = jnp.int32(filled)
     rows = jnp.asarray(first_row, jnp.int32) + jnp.arange(batch, dtype=jnp.int32)
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(as_key(key), rows)
-    state = DecodeState(carries, logits, window, filled, *_empty_history(batch, prompt_len + steps, model.vocab_size,
-                                                                         options), row_keys, jnp.int32(0))
+    state = DecodeState(
+        carries,
+        logits,
+        window,
+        filled,
+        *_empty_history(batch, prompt_len + steps, model.vocab_size, options),
+        row_keys,
+        jnp.int32(0),
+    )
     if options.keeps_history:
         # Only the prompt's last ``width`` ids can matter: the ring's state depends on nothing older.
         width = state.recent.shape[1]
-        state, _ = jax.lax.scan(lambda st, ids: (_push(st, ids, options), None), state,
-                                prompt_ids[:, max(0, prompt_len - width):].T)
+        state, _ = jax.lax.scan(
+            lambda st, ids: (_push(st, ids, options), None), state, prompt_ids[:, max(0, prompt_len - width) :].T
+        )
     return state
 
 
-def _empty_history(batch: int, length: int, vocab: int,
-                   options: GenerationOptions) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _empty_history(
+    batch: int, length: int, vocab: int, options: GenerationOptions
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Ring, matches, counts and pushed for a text of ``length`` ids (prompt + steps) before any id."""
     width = min(options.history_window, length) if options.keeps_history else 0
     recent = jnp.full((batch, width), -1, jnp.int32)
@@ -137,8 +157,9 @@ def _empty_history(batch: int, length: int, vocab: int,
     return recent, matched, counts, jnp.int32(0)
 
 
-def run_steps(params, state: DecodeState, options: GenerationOptions, *, model, count: int,
-              unroll: int = DECODE_UNROLL) -> tuple[DecodeState, jax.Array]:
+def run_steps(
+    params, state: DecodeState, options: GenerationOptions, *, model, count: int, unroll: int = DECODE_UNROLL
+) -> tuple[DecodeState, jax.Array]:
     """The next ``count`` steps from ``state``: the new state and ids (batch, count).
 
     The steps run as scans over chunks whose random numbers are drawn together; the ids
@@ -151,7 +172,9 @@ def run_steps(params, state: DecodeState, options: GenerationOptions, *, model, 
 
     def run_chunk(state, size):
         steps = state.step + jnp.arange(size, dtype=jnp.int32)
-        noise = jax.vmap(lambda t: _row_noise(state.row_keys, t, vocab, options.sampler))(steps)  # (size, batch[, vocab])
+        noise = jax.vmap(lambda t: _row_noise(state.row_keys, t, vocab, options.sampler))(
+            steps
+        )  # (size, batch[, vocab])
         return jax.lax.scan(step, state, noise, unroll=min(unroll, size))
 
     whole = (count // chunk) * chunk
@@ -172,19 +195,26 @@ def _row_noise(row_keys: jax.Array, step: jax.Array, vocab: int, sampler: str) -
     return jax.vmap(lambda key: draw_noise(key, (vocab,), sampler))(keys)
 
 
-def _decode_step(params, state: DecodeState, noise: jax.Array, *, model,
-                 options: GenerationOptions) -> tuple[DecodeState, jax.Array]:
+def _decode_step(
+    params, state: DecodeState, noise: jax.Array, *, model, options: GenerationOptions
+) -> tuple[DecodeState, jax.Array]:
     variables = {"params": params}
     batch = state.logits.shape[0]
     if options.mode == "window":
         lengths = jnp.full((batch,), state.filled, jnp.int32)
-        _, logits = model.apply(variables, state.window, model.zero_carries(batch), seq_lengths=lengths,
-                                last_only=True)
+        _, logits = model.apply(variables, state.window, model.zero_carries(batch), seq_lengths=lengths, last_only=True)
     else:
         logits = state.logits
     logits = _repetition_controls(logits, state, options)
-    next_ids = sample_with_noise(noise, logits, options.temperatures, top_k=options.top_k, top_p=options.top_p,
-                                 min_p=options.min_p, sampler=options.sampler)  # (batch,)
+    next_ids = sample_with_noise(
+        noise,
+        logits,
+        options.temperatures,
+        top_k=options.top_k,
+        top_p=options.top_p,
+        min_p=options.min_p,
+        sampler=options.sampler,
+    )  # (batch,)
     if options.mode == "window":
         maxlen = state.window.shape[1]
         window = jnp.where(state.filled == maxlen, jnp.roll(state.window, -1, axis=1), state.window)
@@ -213,8 +243,11 @@ def _push(state: DecodeState, ids: jax.Array, options: GenerationOptions) -> Dec
         leaving_pos = state.pushed - options.repetition_window
         leaving = jnp.take(recent, jnp.maximum(leaving_pos, 0) % width, axis=1)
         vocab = state.counts.shape[1]
-        counts = (state.counts + jax.nn.one_hot(ids, vocab, dtype=jnp.int32)
-                  - jnp.where(leaving_pos >= 0, jax.nn.one_hot(leaving, vocab, dtype=jnp.int32), 0))
+        counts = (
+            state.counts
+            + jax.nn.one_hot(ids, vocab, dtype=jnp.int32)
+            - jnp.where(leaving_pos >= 0, jax.nn.one_hot(leaving, vocab, dtype=jnp.int32), 0)
+        )
         state = state._replace(counts=counts)
     if options.no_repeat_ngram is not None:
         # An id matches the new suffix when it equals the new id and the id before it matched the old
@@ -224,8 +257,9 @@ def _push(state: DecodeState, ids: jax.Array, options: GenerationOptions) -> Dec
         before = jnp.roll(jnp.where(slots == slot, 0, state.matched), 1, axis=1)  # before[:, s] = matched[:, s - 1]
         matched = jnp.where((recent == ids[:, None]) & (slots != slot), before + 1, 0)
         state = state._replace(matched=matched)
-    return state._replace(recent=jax.lax.dynamic_update_slice_in_dim(recent, ids[:, None], slot, axis=1),
-                          pushed=state.pushed + 1)
+    return state._replace(
+        recent=jax.lax.dynamic_update_slice_in_dim(recent, ids[:, None], slot, axis=1), pushed=state.pushed + 1
+    )
 
 
 def _repetition_controls(logits: jax.Array, state: DecodeState, options: GenerationOptions) -> jax.Array:
@@ -260,8 +294,17 @@ def _ids_present(ids: jax.Array, where: jax.Array, vocab: int) -> jax.Array:
     return jnp.zeros((ids.shape[0], vocab), bool).at[rows, jnp.maximum(ids, 0)].max(where)
 
 
-def _generate_ids(params, key: jax.Array, prompt_ids: jax.Array, options: GenerationOptions, first_row=0, *,
-                  model, maxlen: int, unroll: int = DECODE_UNROLL) -> jax.Array:
+def _generate_ids(
+    params,
+    key: jax.Array,
+    prompt_ids: jax.Array,
+    options: GenerationOptions,
+    first_row=0,
+    *,
+    model,
+    maxlen: int,
+    unroll: int = DECODE_UNROLL,
+) -> jax.Array:
     """``options.length`` ids after each prompt row: (batch, prompt) -> (batch, length)."""
     state = start(params, key, prompt_ids, options, first_row, model=model, steps=options.length, maxlen=maxlen)
     return run_steps(params, state, options, model=model, count=options.length, unroll=unroll)[1]
@@ -281,8 +324,9 @@ stream_start = jax.jit(start, static_argnames=("model", "steps", "maxlen"))
 stream_chunk = jax.jit(run_steps, static_argnames=("model", "count", "unroll"))
 
 
-def sample_in_chunks(params, key, prompt_ids, options: GenerationOptions, first_row=0, *, model, maxlen: int,
-                     chunk: int) -> Iterator[np.ndarray]:
+def sample_in_chunks(
+    params, key, prompt_ids, options: GenerationOptions, first_row=0, *, model, maxlen: int, chunk: int
+) -> Iterator[np.ndarray]:
     """The ids ``generate_ids`` would return, yielded ``chunk`` steps at a time: (batch, <= chunk) host arrays.
 
     One compiled ``stream_chunk`` call per piece, carrying the decoding state; the text is the same
@@ -296,4 +340,4 @@ def sample_in_chunks(params, key, prompt_ids, options: GenerationOptions, first_
     state = stream_start(params, key, prompt_ids, options, first_row, model=model, steps=steps, maxlen=maxlen)
     for begin in range(0, length, chunk):
         state, ids = stream_chunk(params, state, options, model=model, count=chunk)
-        yield to_host(ids)[:, :length - begin]
+        yield to_host(ids)[:, : length - begin]

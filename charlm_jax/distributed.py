@@ -29,8 +29,7 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_cpu_devices(batch_size: int, cores: int | None = None,
-                     min_rows: int = MIN_ROWS_PER_CPU_DEVICE) -> int:
+def auto_cpu_devices(batch_size: int, cores: int | None = None, min_rows: int = MIN_ROWS_PER_CPU_DEVICE) -> int:
     """One CPU device per core, as many as split ``batch_size`` evenly with ``min_rows`` rows each.
 
     XLA:CPU runs a program's matmuls inside the LSTM's time loop on one core; a batch split
@@ -58,8 +57,10 @@ def configure_cpu_devices(count: int, *, strict: bool = True) -> bool:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:
         if strict:
-            raise CharLMError("the CPU device count can only be set before JAX's first computation: call "
-                              "charlm_jax.distributed.configure_cpu_devices at the top of the script") from None
+            raise CharLMError(
+                "the CPU device count can only be set before JAX's first computation: call "
+                "charlm_jax.distributed.configure_cpu_devices at the top of the script"
+            ) from None
         return False
     return True
 
@@ -120,6 +121,7 @@ def put_windows(ids: np.ndarray, starts: np.ndarray, width: int, sharding: Named
     starts = np.asarray(starts)
     if jax.process_count() == 1:
         return jax.device_put(host_windows(ids, starts, width), sharding)
+
     def rows(index: Any) -> np.ndarray:  # the shard at ``index`` (a tuple of slices), from this process's ids
         return host_windows(ids, starts[index[:-1]], width)[..., index[-1]]
 
@@ -143,8 +145,9 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+def maybe_initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Join a multi-host run when flags or the environment describe one; a no-op otherwise.
 
     Explicit flags win; else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -160,8 +163,9 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     if coordinator is None and not auto:
         return False
     if coordinator is not None and (num_processes is None or process_id is None):
-        raise CharLMError("a coordinator address needs --num-processes and --process-id "
-                          "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+        raise CharLMError(
+            "a coordinator address needs --num-processes and --process-id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+        )
     # CPU devices of different processes talk through gloo over TCP (GPUs and TPUs use their own
     # collectives; the setting only concerns the CPU backend).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -169,11 +173,13 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         if coordinator is None:
             jax.distributed.initialize()
         else:
-            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                       process_id=process_id)
+            jax.distributed.initialize(
+                coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+            )
     except (RuntimeError, ValueError) as error:
-        raise CharLMError(f"could not join the distributed run ({error}): check the coordinator "
-                          "address, process count and id") from None
+        raise CharLMError(
+            f"could not join the distributed run ({error}): check the coordinator address, process count and id"
+        ) from None
     return True
 
 

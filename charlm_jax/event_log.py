@@ -29,7 +29,7 @@ class EventLog:
         self.writer = writer
 
     @classmethod
-    def open(cls, run_dir: Path) -> "EventLog":
+    def open(cls, run_dir: Path) -> EventLog:
         try:
             from tensorboardX.event_file_writer import EventsWriter
         except ImportError:
@@ -42,15 +42,26 @@ class EventLog:
     def enabled(self) -> bool:
         return self.writer is not None
 
-    def block(self, step: int, metrics: dict[str, np.ndarray], seconds: float, windows: int, chars: int,
-              learning_rate: float, skipped_total: int) -> None:
+    def block(
+        self,
+        step: int,
+        metrics: dict[str, np.ndarray],
+        seconds: float,
+        windows: int,
+        chars: int,
+        learning_rate: float,
+        skipped_total: int,
+    ) -> None:
         """One jitted block of steps: mean loss and gradient norm of its finite steps, speed, rate."""
         if not self.enabled:
             return
         finite = ~np.asarray(metrics["skipped"], bool)
-        scalars = {"train/learning_rate": learning_rate, "train/windows_per_second": windows / max(seconds, 1e-9),
-                   "train/characters_per_second": chars / max(seconds, 1e-9),
-                   "train/skipped_steps_total": skipped_total}
+        scalars = {
+            "train/learning_rate": learning_rate,
+            "train/windows_per_second": windows / max(seconds, 1e-9),
+            "train/characters_per_second": chars / max(seconds, 1e-9),
+            "train/skipped_steps_total": skipped_total,
+        }
         if finite.any():
             scalars["train/loss"] = float(np.mean(metrics["loss"][finite]))
             scalars["train/grad_norm"] = float(np.mean(metrics["grad_norm"][finite]))
@@ -60,9 +71,14 @@ class EventLog:
         """A metrics.jsonl record: validation scalars and the samples."""
         if not self.enabled:
             return
-        scalars = {f"validation/{name.removeprefix('val_')}": record[name]
-                   for name in ("val_loss", "val_bits_per_char") if name in record}
-        texts = {f"samples/temperature_{t}": record["prompt"] + sample for t, sample in record.get("samples", {}).items()}
+        scalars = {
+            f"validation/{name.removeprefix('val_')}": record[name]
+            for name in ("val_loss", "val_bits_per_char")
+            if name in record
+        }
+        texts = {
+            f"samples/temperature_{t}": record["prompt"] + sample for t, sample in record.get("samples", {}).items()
+        }
         self._write(record["step"], scalars, texts)
 
     def close(self) -> None:
@@ -91,8 +107,11 @@ class EventLog:
         except OSError as error:
             self.writer = None
             where = "" if step is None else f" at step {step}"
-            warnings.warn(f"TensorBoard events stopped{where} ({error.strerror or error}); metrics.jsonl has "
-                          "every record", CharLMWarning, stacklevel=3)
+            warnings.warn(
+                f"TensorBoard events stopped{where} ({error.strerror or error}); metrics.jsonl has every record",
+                CharLMWarning,
+                stacklevel=3,
+            )
 
 
 def _new_writer(events_writer, directory: Path):

@@ -79,10 +79,13 @@ def read_keras_model(path: str | os.PathLike) -> KerasModel:
     except CharLMError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as error:
-        raise CharLMError(f"{str(path)!r} is not a readable Keras model ({type(error).__name__}: {error}): "
-                          "pass a file saved by model.save()") from None
-    raise CharLMError(f"{str(path)!r} is neither a Keras 3 .keras archive nor an HDF5 .h5 file: "
-                      "pass a file saved by model.save()")
+        raise CharLMError(
+            f"{str(path)!r} is not a readable Keras model ({type(error).__name__}: {error}): "
+            "pass a file saved by model.save()"
+        ) from None
+    raise CharLMError(
+        f"{str(path)!r} is neither a Keras 3 .keras archive nor an HDF5 .h5 file: pass a file saved by model.save()"
+    )
 
 
 def _read_keras3(path: Path, h5py) -> KerasModel:
@@ -113,8 +116,10 @@ def _snake_case(class_name: str) -> str:
 def _read_legacy_h5(path: Path, h5py) -> KerasModel:
     with h5py.File(path, "r") as handle:
         if "model_config" not in handle.attrs or "model_weights" not in handle:
-            raise CharLMError(f"{str(path)!r} holds weights only (no model config): save the whole model "
-                              "with model.save(), not model.save_weights()")
+            raise CharLMError(
+                f"{str(path)!r} holds weights only (no model config): save the whole model "
+                "with model.save(), not model.save_weights()"
+            )
         config = json.loads(_text(handle.attrs["model_config"]))
         version = _text(handle.attrs.get("keras_version", "2"))
         group = handle["model_weights"]
@@ -135,11 +140,15 @@ def _text(value: Any) -> str:
 
 def _sequential_layers(config: dict) -> list[dict]:
     if not isinstance(config, dict):
-        raise CharLMError(f"the model's config is a JSON {type(config).__name__}, not an object: the file is "
-                          "damaged or was not written by model.save()")
+        raise CharLMError(
+            f"the model's config is a JSON {type(config).__name__}, not an object: the file is "
+            "damaged or was not written by model.save()"
+        )
     if config.get("class_name") != "Sequential":
-        raise CharLMError(f"the model is a {config.get('class_name')!r}, not a Sequential LSTM model as the "
-                          "book builds: only Sequential([LSTM(...), ..., Dense(vocab)]) imports")
+        raise CharLMError(
+            f"the model is a {config.get('class_name')!r}, not a Sequential LSTM model as the "
+            "book builds: only Sequential([LSTM(...), ..., Dense(vocab)]) imports"
+        )
     inner = config["config"]
     return inner["layers"] if isinstance(inner, dict) else inner  # Keras 2.0-2.1 kept a bare list
 
@@ -157,51 +166,73 @@ def _assemble(layers: list[dict], weights_of, keras_version: str) -> KerasModel:
             dropout = max(dropout, float(cfg.get("rate", 0.0)))
             continue
         if dense is not None:
-            raise CharLMError(f"layer {cfg.get('name')!r} ({kind}) follows the Dense output layer: only "
-                              "Sequential([LSTM(...), ..., Dense(vocab)]) imports")
+            raise CharLMError(
+                f"layer {cfg.get('name')!r} ({kind}) follows the Dense output layer: only "
+                "Sequential([LSTM(...), ..., Dense(vocab)]) imports"
+            )
         if kind == "LSTM":
-            _check_lstm(cfg, is_last=not any(later["class_name"] == "LSTM" for later in layers[index + 1:]))
+            _check_lstm(cfg, is_last=not any(later["class_name"] == "LSTM" for later in layers[index + 1 :]))
             layer_activation = _recurrent_activation(cfg.get("recurrent_activation", "hard_sigmoid"), keras_version)
             if activation is not None and layer_activation != activation:
                 raise CharLMError("the LSTM layers use different recurrent activations: this model needs one")
             activation = layer_activation
             weights = weights_of(layer)
             if len(weights) != 3:
-                raise CharLMError(f"LSTM layer {cfg.get('name')!r} has {len(weights)} weight arrays, not kernel, "
-                                  "recurrent kernel and bias (use_bias=False is not supported)")
+                raise CharLMError(
+                    f"LSTM layer {cfg.get('name')!r} has {len(weights)} weight arrays, not kernel, "
+                    "recurrent kernel and bias (use_bias=False is not supported)"
+                )
             kernel, recurrent, bias = (np.asarray(w, np.float32) for w in weights)
             lstm_weights.append((kernel, recurrent, bias))
         elif kind == "Dense":
             if cfg.get("activation") not in ("softmax", "linear", None):
-                raise CharLMError(f"the output Dense layer's activation is {cfg.get('activation')!r}: only softmax "
-                                  "(the book's) or linear logits import")
+                raise CharLMError(
+                    f"the output Dense layer's activation is {cfg.get('activation')!r}: only softmax "
+                    "(the book's) or linear logits import"
+                )
             weights = weights_of(layer)
             if len(weights) != 2:
                 raise CharLMError("the output Dense layer has no bias (use_bias=False is not supported)")
             dense = [np.asarray(w, np.float32) for w in weights]
         else:
-            raise CharLMError(f"layer {cfg.get('name')!r} is a {kind}: only LSTM, Dropout and a final Dense "
-                              "import (this is a character LSTM, the book's model)")
+            raise CharLMError(
+                f"layer {cfg.get('name')!r} is a {kind}: only LSTM, Dropout and a final Dense "
+                "import (this is a character LSTM, the book's model)"
+            )
     if not lstm_weights or dense is None:
         raise CharLMError("the model needs at least one LSTM layer and a final Dense layer, as the book's has")
     units = {w[1].shape[0] for w in lstm_weights}
     if len(units) != 1:
-        raise CharLMError(f"the LSTM layers have different sizes {sorted(units)}: stacked layers must share one "
-                          "size to import")
+        raise CharLMError(
+            f"the LSTM layers have different sizes {sorted(units)}: stacked layers must share one size to import"
+        )
     assert activation is not None  # set by the first LSTM layer, and there is one
-    return KerasModel(lstm_weights=lstm_weights, dense_kernel=dense[0], dense_bias=dense[1], maxlen=maxlen,
-                      recurrent_activation=activation, dropout=dropout, keras_version=keras_version)
+    return KerasModel(
+        lstm_weights=lstm_weights,
+        dense_kernel=dense[0],
+        dense_bias=dense[1],
+        maxlen=maxlen,
+        recurrent_activation=activation,
+        dropout=dropout,
+        keras_version=keras_version,
+    )
 
 
 def _check_lstm(cfg: dict, is_last: bool) -> None:
     name = cfg.get("name")
     if cfg.get("activation", "tanh") != "tanh":
-        raise CharLMError(f"LSTM layer {name!r} uses activation {cfg.get('activation')!r}: only tanh (the default) imports")
+        raise CharLMError(
+            f"LSTM layer {name!r} uses activation {cfg.get('activation')!r}: only tanh (the default) imports"
+        )
     if cfg.get("go_backwards"):
-        raise CharLMError(f"LSTM layer {name!r} reads backwards (go_backwards=True): not a left-to-right language model")
+        raise CharLMError(
+            f"LSTM layer {name!r} reads backwards (go_backwards=True): not a left-to-right language model"
+        )
     if bool(cfg.get("return_sequences", False)) == is_last:
-        raise CharLMError(f"LSTM layer {name!r} has return_sequences={cfg.get('return_sequences')}: every LSTM "
-                          "but the last must return sequences and the last must not, as in the book's models")
+        raise CharLMError(
+            f"LSTM layer {name!r} has return_sequences={cfg.get('return_sequences')}: every LSTM "
+            "but the last must return sequences and the last must not, as in the book's models"
+        )
 
 
 def _recurrent_activation(name: str, keras_version: str) -> str:
@@ -213,20 +244,23 @@ def _recurrent_activation(name: str, keras_version: str) -> str:
     raise CharLMError(f"the LSTM's recurrent_activation is {name!r}: only sigmoid and hard_sigmoid import")
 
 
-def keras_vocab(model: KerasModel, text: str | None = None, chars: str | None = None,
-                lowercase: bool = True) -> Vocab:
+def keras_vocab(model: KerasModel, text: str | None = None, chars: str | None = None, lowercase: bool = True) -> Vocab:
     """The book's vocabulary, ``sorted(set(text.lower()))``, checked against the output layer's size."""
     source = prepare_text(text if text is not None else chars or "", lowercase)
     vocab = Vocab.from_text(source)
     if vocab.size != model.vocab_size:
         hint = "" if not lowercase else " (or --no-lowercase if it was trained on text that was not lower-cased)"
-        raise CharLMError(f"the {'text' if text is not None else '--chars'} has {vocab.size} distinct characters but "
-                          f"the model's output layer has {model.vocab_size}: pass the text the model was "
-                          f"trained on{hint}")
+        raise CharLMError(
+            f"the {'text' if text is not None else '--chars'} has {vocab.size} distinct characters but "
+            f"the model's output layer has {model.vocab_size}: pass the text the model was "
+            f"trained on{hint}"
+        )
     first_kernel_rows = model.lstm_weights[0][0].shape[0]
     if first_kernel_rows != vocab.size:
-        raise CharLMError(f"the first LSTM reads {first_kernel_rows} input features but the output layer has "
-                          f"{vocab.size} characters: a character model reads what it predicts")
+        raise CharLMError(
+            f"the first LSTM reads {first_kernel_rows} input features but the output layer has "
+            f"{vocab.size} characters: a character model reads what it predicts"
+        )
     return vocab
 
 
@@ -246,6 +280,11 @@ def keras_config(model: KerasModel, maxlen: int | None, lowercase: bool) -> Trai
     maxlen = maxlen or model.maxlen
     if maxlen is None:
         raise CharLMError("the model's config does not fix its window length: pass --maxlen (the book's is 60)")
-    return TrainConfig(maxlen=maxlen, lowercase=lowercase, hidden_size=model.hidden_size,
-                       num_layers=len(model.lstm_weights), dropout=model.dropout,
-                       recurrent_activation=model.recurrent_activation)
+    return TrainConfig(
+        maxlen=maxlen,
+        lowercase=lowercase,
+        hidden_size=model.hidden_size,
+        num_layers=len(model.lstm_weights),
+        dropout=model.dropout,
+        recurrent_activation=model.recurrent_activation,
+    )

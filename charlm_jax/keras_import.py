@@ -20,8 +20,15 @@ from charlm_jax.model import build_model, init_params
 from charlm_jax.run_dir import make_run_directory, new_run_prompt, write_new_run
 
 
-def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, text: str | None = None,
-                 chars: str | None = None, lowercase: bool = True, maxlen: int | None = None) -> LanguageModel:
+def import_keras(
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    text: str | None = None,
+    chars: str | None = None,
+    lowercase: bool = True,
+    maxlen: int | None = None,
+) -> LanguageModel:
     """Turn a Keras file into a run directory that ``load``, ``generate``, ``eval`` and ``train --resume``
     accept; returns the loaded ``LanguageModel``.
 
@@ -36,10 +43,14 @@ def import_keras(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
     imported = keras_params(model)
     shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), build_model(config, vocab.size), config.maxlen))
     expected = jax.tree.map(lambda p: p.shape, shapes)
-    if str(jax.tree.structure(imported)) != str(jax.tree.structure(shapes)) or \
-            jax.tree.map(lambda p: p.shape, imported) != expected:
-        raise CharLMError(f"the model's weight shapes {jax.tree.map(lambda p: p.shape, imported)} do not fit "
-                          f"an LSTM of its size {expected}: the file is damaged or not the book's model")
+    if (
+        str(jax.tree.structure(imported)) != str(jax.tree.structure(shapes))
+        or jax.tree.map(lambda p: p.shape, imported) != expected
+    ):
+        raise CharLMError(
+            f"the model's weight shapes {jax.tree.map(lambda p: p.shape, imported)} do not fit "
+            f"an LSTM of its size {expected}: the file is damaged or not the book's model"
+        )
     if text is not None:
         default_prompt = new_run_prompt(config, vocab, vocab.encode(prepare_text(text, lowercase)))
     else:

@@ -17,9 +17,10 @@ same shapes and static options compiles nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -88,8 +89,9 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
         params, _ = store.restore(target, step=at)
-        return LanguageModel(params=params, vocab=meta.vocab, config=meta.config,
-                             default_prompt=meta.default_prompt, step=meta.step)
+        return LanguageModel(
+            params=params, vocab=meta.vocab, config=meta.config, default_prompt=meta.default_prompt, step=meta.step
+        )
 
     with CheckpointStore(checkpoint_dir, create=False) as store:
         return store.newest_readable(read, step)
@@ -101,8 +103,10 @@ def generation_options(options: GenerationOptions | None, settings: dict[str, An
         settings["temperatures"] = (settings.pop("temperature"),)
     if options is not None:
         if settings:
-            raise CharLMError(f"pass the options either as GenerationOptions or as keywords, not both "
-                              f"(got {sorted(settings)} besides options=)")
+            raise CharLMError(
+                f"pass the options either as GenerationOptions or as keywords, not both "
+                f"(got {sorted(settings)} besides options=)"
+            )
         return options
     try:
         return GenerationOptions(**settings)
@@ -111,8 +115,16 @@ def generation_options(options: GenerationOptions | None, settings: dict[str, An
         raise CharLMError(f"unknown generation option(s) {unknown}: see charlm_jax.GenerationOptions") from None
 
 
-def generate(lm: LanguageModel, prompt: str | None = None, options: GenerationOptions | None = None, *,
-             seed: int | jax.Array = 0, include_prompt: bool = False, mesh=None, **settings: Any) -> list[str]:
+def generate(
+    lm: LanguageModel,
+    prompt: str | None = None,
+    options: GenerationOptions | None = None,
+    *,
+    seed: int | jax.Array = 0,
+    include_prompt: bool = False,
+    mesh=None,
+    **settings: Any,
+) -> list[str]:
     """One generated string per temperature (per row of ``options``), all drawn in one jitted call.
 
     ``prompt`` defaults to the excerpt of training text saved in the checkpoint; it goes
@@ -139,9 +151,16 @@ def generate(lm: LanguageModel, prompt: str | None = None, options: GenerationOp
     return [head + lm.vocab.decode(row) for row in np.asarray(ids)]
 
 
-def stream(lm: LanguageModel, prompt: str | None = None, options: GenerationOptions | None = None, *,
-           seed: int | jax.Array = 0, row: int = 0, chunk: int = DEFAULT_STREAM_CHUNK,
-           **settings: Any) -> Iterator[str]:
+def stream(
+    lm: LanguageModel,
+    prompt: str | None = None,
+    options: GenerationOptions | None = None,
+    *,
+    seed: int | jax.Array = 0,
+    row: int = 0,
+    chunk: int = DEFAULT_STREAM_CHUNK,
+    **settings: Any,
+) -> Iterator[str]:
     """Yield the text of one row, ``chunk`` characters at a time.
 
     The options must have one row (``temperature=0.5`` is accepted for ``temperatures=(0.5,)``);
@@ -151,18 +170,22 @@ def stream(lm: LanguageModel, prompt: str | None = None, options: GenerationOpti
     """
     options = generation_options(options, settings)
     if options.rows != 1:
-        raise CharLMError(f"stream generates one row, got {options.rows} temperatures: stream each one, "
-                          "passing row=i to get generate's row i")
+        raise CharLMError(
+            f"stream generates one row, got {options.rows} temperatures: stream each one, "
+            "passing row=i to get generate's row i"
+        )
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise CharLMError(f"chunk must be a positive integer, got {chunk!r}: pass e.g. --chunk {DEFAULT_STREAM_CHUNK}")
     prompt_ids = lm.encode_prompt(lm.default_prompt if prompt is None else prompt)[None, :]  # (1, prompt)
     return _stream(lm, prompt_ids, options, _seed(seed), int(row), int(chunk))
 
 
-def _stream(lm: LanguageModel, prompt_ids: np.ndarray, options: GenerationOptions, key, row: int,
-            chunk: int) -> Iterator[str]:
-    for ids in sample_in_chunks(lm.params, key, prompt_ids, options, np.int32(row), model=lm.model,
-                                maxlen=lm.config.maxlen, chunk=chunk):
+def _stream(
+    lm: LanguageModel, prompt_ids: np.ndarray, options: GenerationOptions, key, row: int, chunk: int
+) -> Iterator[str]:
+    for ids in sample_in_chunks(
+        lm.params, key, prompt_ids, options, np.int32(row), model=lm.model, maxlen=lm.config.maxlen, chunk=chunk
+    ):
         yield lm.vocab.decode(ids[0])
 
 
@@ -191,8 +214,10 @@ def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -
         ids = held_out_ids(lm, text)
     needed = lm.config.maxlen + 1 if mode == "window" else 2
     if len(ids) < needed:
-        raise CharLMError(f"text has {len(ids)} characters; {mode} scoring needs at least {needed}: "
-                          "pass a longer text" + (" or --mode stateful" if mode == "window" else ""))
+        raise CharLMError(
+            f"text has {len(ids)} characters; {mode} scoring needs at least {needed}: "
+            "pass a longer text" + (" or --mode stateful" if mode == "window" else "")
+        )
     return score_ids(lm.params, lm.model, ids, mode, lm.config.maxlen)
 
 
@@ -200,12 +225,14 @@ def held_out_ids(lm: LanguageModel, corpus) -> np.ndarray:
     """The ids of the tail a run on ``corpus`` (a ``PreparedCorpus``) held out for validation, int32."""
     vocab, ids = corpus_ids(corpus, lm.config.lowercase)
     if vocab != lm.vocab:
-        raise CharLMError(f"the prepared corpus {str(corpus.path)!r} has other characters than the model's "
-                          "vocabulary: pass the corpus the run was trained on, or --text")
+        raise CharLMError(
+            f"the prepared corpus {str(corpus.path)!r} has other characters than the model's "
+            "vocabulary: pass the corpus the run was trained on, or --text"
+        )
     if lm.config.val_fraction == 0:
         raise CharLMError("the run held nothing out (--val-fraction 0): score a text with --text instead")
     split = split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
-    return np.asarray(ids[split.val_start:], np.int32)
+    return np.asarray(ids[split.val_start :], np.int32)
 
 
 def bits_per_char(lm: LanguageModel, text: str, mode: str = "window") -> float:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,17 +30,25 @@ from charlm_jax.checkpoint import CheckpointMeta
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import padded_eval_batches, sample_prompt
 from charlm_jax.decode import SAMPLE_CHUNK, sample_in_chunks
-from charlm_jax.distributed import (agreed_stop, batch_sharding, block_sharding, is_main_process,
-                                    make_mesh, put_global, put_windows, shard_rows, to_host)
+from charlm_jax.distributed import (
+    agreed_stop,
+    batch_sharding,
+    block_sharding,
+    is_main_process,
+    make_mesh,
+    put_global,
+    put_windows,
+    shard_rows,
+    to_host,
+)
 from charlm_jax.errors import CharLMError
 from charlm_jax.prepared import PreparedCorpus
 from charlm_jax.report import ProgressBar, print_record, print_samples
 from charlm_jax.run import FitResult, Limits, Run, RunState, StopReason, start_run
-from charlm_jax.run_dir import (BEST_SUBDIR, RunDirectory, checkpoint_items, zero_carries)
+from charlm_jax.run_dir import BEST_SUBDIR, RunDirectory, checkpoint_items, zero_carries
 from charlm_jax.scoring import nats_to_bits
-from charlm_jax.stopping import StopSignals, Stopped
-from charlm_jax.train import (compiled_train_block, eval_step, learning_rate_schedule,
-                              make_optimizer)
+from charlm_jax.stopping import Stopped, StopSignals
+from charlm_jax.train import compiled_train_block, eval_step, learning_rate_schedule, make_optimizer
 
 # Windows per validation batch. The input projection of a batch is materialised for all 60 steps
 # (batch x 60 x 4 * hidden floats: 126 MB at 1024 for the book's model), the largest temporary of a
@@ -49,9 +58,17 @@ EVAL_BATCH = 256
 ANNOUNCED_VALIDATION = 100_000
 
 
-def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | os.PathLike, *, resume: bool = False,
-        overrides: Mapping[str, Any] | None = None, limits: Limits | None = None, console: Console | None = None,
-        mesh=None) -> FitResult:
+def fit(
+    config: TrainConfig | None,
+    text: str | PreparedCorpus,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
+    console: Console | None = None,
+    mesh=None,
+) -> FitResult:
     """Train on ``text`` (a string, or a ``PreparedCorpus`` read from its memory map), checkpointing into
     ``out_dir``; see the module docstring.
 
@@ -64,10 +81,13 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
     limits = limits or Limits()
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
     signals = limits.signals or StopSignals()
-    with (signals.installed() if limits.signals is None else contextlib.nullcontext()), signals.deferred(), \
-            RunDirectory.opened(out_dir, lock=is_main_process()) as directory:
-        run, state = start_run(config, overrides or {}, text, directory, resume, mesh or make_mesh(), console,
-                               replace(limits, signals=signals))
+    with (
+        signals.installed() if limits.signals is None else contextlib.nullcontext(),
+        signals.deferred(),
+        RunDirectory.opened(out_dir, lock=is_main_process()) as directory,
+    ):
+        limits, mesh = replace(limits, signals=signals), mesh or make_mesh()
+        run, state = start_run(config, overrides or {}, text, directory, resume, mesh, console, limits)
         reason = None
         with ProgressBar(console, run.steps_per_epoch) as bar, contextlib.closing(run.events):
             try:
@@ -75,7 +95,7 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                     if state.step % run.steps_per_epoch == 0:
                         state.carries = zero_carries(run.config, run.mesh)  # each epoch's streams start afresh
                     seconds = train_one_block(run, state, block)
-                    bar.update(state.step, state.losses[-len(block):], block.size / seconds, state.skipped_total)
+                    bar.update(state.step, state.losses[-len(block) :], block.size / seconds, state.skipped_total)
                     if schedule_fit_due(run, state):
                         fit_schedule(run, state, seconds / len(block))
                     reason = stop_reason(run, state)
@@ -90,24 +110,28 @@ def fit(config: TrainConfig | None, text: str | PreparedCorpus, out_dir: str | o
                     raise
                 reason = signal_reason(signals)
         if reason is not None and reason.by_signal:
-            save_checkpoint(run, state)
-            console.print(f"stopped by {signals.name} at step {state.step}; checkpoint in {directory.path}; resume "
-                          f"with charlm-jax train --out {directory.path} --resume")
+            save_stopped(run, state)
     say_best(run, state, reason)
-    return FitResult(state=state.train, vocab=run.vocab, config=run.config, history=state.history,
-                     stop_reason=reason or StopReason.COMPLETED, best_epoch=state.best_epoch,
-                     best_val_bits_per_char=state.best_val_bits_per_char)
+    return FitResult.of(run, state, reason or StopReason.COMPLETED)
 
 
 # ----------------------------------------------------------------------------------- one block
+
 
 def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
     """Run one jitted block of steps and account its metrics; returns its seconds (host sync included)."""
     started = run.limits.clock()
     windows = put_windows(run.corpus, block, run.config.maxlen + 1, block_sharding(run.mesh))
     (state.train, state.carries), metrics = compiled_train_block(run.mesh)(
-        state.train, state.carries, windows, run.keys.dropout, model=run.model, maxlen=run.config.maxlen,
-        objective=run.config.objective, carry_over=run.batching.carry_over)
+        state.train,
+        state.carries,
+        windows,
+        run.keys.dropout,
+        model=run.model,
+        maxlen=run.config.maxlen,
+        objective=run.config.objective,
+        carry_over=run.batching.carry_over,
+    )
     metrics = to_host(metrics)  # the block's one host sync: (steps,) each
     seconds = run.limits.clock() - started
     account_steps(run, state, metrics)
@@ -116,8 +140,9 @@ def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
     state.blocks_run += 1
     if run.events.enabled:
         rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
-        run.events.block(state.step, metrics, seconds, block.size, block.size * run.config.maxlen, rate,
-                         state.skipped_total)
+        run.events.block(
+            state.step, metrics, seconds, block.size, block.size * run.config.maxlen, rate, state.skipped_total
+        )
     return seconds
 
 
@@ -138,15 +163,21 @@ def account_steps(run: Run, state: RunState, metrics: dict[str, np.ndarray]) -> 
                 f"{state.skipped_in_row} steps in a row had non-finite loss or gradients (skipped, "
                 f"parameters untouched) at step {state.step}; stopped. The last good checkpoint in "
                 f"{run.directory.path} is step {run.directory.store.latest_step()}: lower --learning-rate or set "
-                "--clip-norm, then --resume")
+                "--clip-norm, then --resume"
+            )
 
 
 # ----------------------------------------------------------------------------------- periodic work
 
+
 def schedule_fit_due(run: Run, state: RunState) -> bool:
     """Once per run, after this process's second block (the first includes compiling), under a time budget."""
-    return (state.blocks_run == 2 and run.limits.max_seconds is not None and not state.schedule_fitted
-            and run.config.lr_schedule == "cosine")
+    return (
+        state.blocks_run == 2
+        and run.limits.max_seconds is not None
+        and not state.schedule_fitted
+        and run.config.lr_schedule == "cosine"
+    )
 
 
 def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
@@ -162,8 +193,10 @@ def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
     fitted = min(run.total_steps, state.step + max(int(0.98 * remaining / step_seconds), 1))
     state.schedule_steps, state.schedule_fitted = fitted, True
     state.train = state.train.replace(tx=make_optimizer(run.config, fitted))
-    run.console.print(f"learning-rate schedule fitted to the {budget:g} s budget: {fitted:,} steps "
-                      f"({step_seconds * 1e3:.1f} ms per step measured)")
+    run.console.print(
+        f"learning-rate schedule fitted to the {budget:g} s budget: {fitted:,} steps "
+        f"({step_seconds * 1e3:.1f} ms per step measured)"
+    )
 
 
 def stop_reason(run: Run, state: RunState) -> StopReason | None:
@@ -195,15 +228,18 @@ def record_due(run: Run, state: RunState, block_steps: int, reason: StopReason |
     every = run.config.eval_every_steps
     crossed = bool(every) and state.step // every > (state.step - block_steps) // every
     epoch_end = state.step % run.steps_per_epoch == 0
-    return (state.step >= run.total_steps or crossed
-            or (epoch_end and run.batching.records_each_epoch(every)))
+    return state.step >= run.total_steps or crossed or (epoch_end and run.batching.records_each_epoch(every))
 
 
 def stalled(run: Run, state: RunState) -> bool:
     """Early stopping, at an epoch's end: ``early_stopping_patience`` finished epochs without a new best."""
     patience = run.config.early_stopping_patience
-    return bool(patience) and state.best_epoch is not None and state.step % run.steps_per_epoch == 0 and \
-        state.step // run.steps_per_epoch - state.best_epoch >= patience
+    return (
+        bool(patience)
+        and state.best_epoch is not None
+        and state.step % run.steps_per_epoch == 0
+        and state.step // run.steps_per_epoch - state.best_epoch >= patience
+    )
 
 
 def write_record(run: Run, state: RunState) -> dict[str, Any]:
@@ -212,12 +248,16 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
     train_loss = float(np.mean(state.losses)) if state.losses else float("nan")
     seconds = state.seconds_since_record
     record: dict[str, Any] = {
-        "epoch": epoch, "step": state.step, "train_loss": train_loss, "epoch_seconds": round(seconds, 3),
+        "epoch": epoch,
+        "step": state.step,
+        "train_loss": train_loss,
+        "epoch_seconds": round(seconds, 3),
         "windows_per_second": round(len(state.losses) * config.batch_size / max(seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
         "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
         "schedule_steps": state.schedule_steps,
-        "skipped_steps_total": state.skipped_total}
+        "skipped_steps_total": state.skipped_total,
+    }
     if state.step % run.steps_per_epoch:
         record["partial_epoch"] = True
     if state.grad_norms:
@@ -225,8 +265,11 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
     if len(run.split.val_starts):
         started = run.limits.clock()
         val_loss = validate(run, state.train.params)
-        record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss),
-                      eval_seconds=round(run.limits.clock() - started, 3))
+        record.update(
+            val_loss=val_loss,
+            val_bits_per_char=nats_to_bits(val_loss),
+            eval_seconds=round(run.limits.clock() - started, 3),
+        )
     print_record(run.console, record, config.epochs)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
@@ -235,16 +278,20 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         print_samples(run.console, prompt, samples)
         record.update(prompt=prompt, samples=samples)
     bits = record.get("val_bits_per_char")
-    improved = bits is not None and math.isfinite(bits) and (
-        state.best_val_bits_per_char is None or bits < state.best_val_bits_per_char)
+    improved = (
+        bits is not None
+        and math.isfinite(bits)
+        and (state.best_val_bits_per_char is None or bits < state.best_val_bits_per_char)
+    )
     # The run's own checkpoint first (a crash between the two saves loses nothing), then the best, and
     # the record last: metrics.jsonl never holds a step whose checkpoint was not written.
     save_checkpoint(run, state)
     if improved:
         record["best"] = True
         with run.signals.critical():
-            run.directory.best_store.save(state.train.params, checkpoint_items(state.train, state.carries),
-                                          checkpoint_meta(run, state, bits))
+            run.directory.best_store.save(
+                state.train.params, checkpoint_items(state.train, state.carries), checkpoint_meta(run, state, bits)
+            )
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
     if is_main_process():
         run.directory.append_record(record)
@@ -254,28 +301,50 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
 
 
 def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:
-    return CheckpointMeta(config=run.config, vocab=run.vocab, step=state.step, epoch=run.epoch_of(state.step),
-                          default_prompt=run.default_prompt, val_bits_per_char=val_bits,
-                          train_seconds=state.train_seconds, skipped_steps_total=state.skipped_total,
-                          schedule_steps=state.schedule_steps if state.schedule_fitted else None)
+    return CheckpointMeta(
+        config=run.config,
+        vocab=run.vocab,
+        step=state.step,
+        epoch=run.epoch_of(state.step),
+        default_prompt=run.default_prompt,
+        val_bits_per_char=val_bits,
+        train_seconds=state.train_seconds,
+        skipped_steps_total=state.skipped_total,
+        schedule_steps=state.schedule_steps if state.schedule_fitted else None,
+    )
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
     if run.directory.store.latest_step() != state.step:  # a stop right after a record's checkpoint saves nothing new
         with run.signals.critical():
-            run.directory.store.save(state.train.params, checkpoint_items(state.train, state.carries),
-                                     checkpoint_meta(run, state))
+            run.directory.store.save(
+                state.train.params, checkpoint_items(state.train, state.carries), checkpoint_meta(run, state)
+            )
+
+
+def save_stopped(run: Run, state: RunState) -> None:
+    """A signal's stop: the current step saved, and the command that continues it."""
+    save_checkpoint(run, state)
+    path = run.directory.path
+    run.console.print(
+        f"stopped by {run.signals.name} at step {state.step}; checkpoint in {path}; resume with "
+        f"charlm-jax train --out {path} --resume"
+    )
 
 
 def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
     """The run's last line: where its best validation is kept (and why it stopped early, if it did)."""
     if state.best_epoch is None:
         return
-    kept = f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, kept in " \
-           f"{run.directory.path / BEST_SUBDIR}"
+    kept = (
+        f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, kept in "
+        f"{run.directory.path / BEST_SUBDIR}"
+    )
     if reason is StopReason.EARLY_STOPPING:
-        run.console.print(f"early stopping: validation has not improved for {run.config.early_stopping_patience} "
-                          f"epoch(s); best {kept}")
+        run.console.print(
+            f"early stopping: validation has not improved for {run.config.early_stopping_patience} "
+            f"epoch(s); best {kept}"
+        )
     else:
         run.console.print(f"best validation {kept}")
 
@@ -288,8 +357,10 @@ def validate(run: Run, params) -> float:
     """
     starts = run.split.val_starts
     if len(starts) >= ANNOUNCED_VALIDATION:
-        run.console.print(f"validating on {len(starts):,} held-out windows (a stop request drops it and saves "
-                          "the last completed step)")
+        run.console.print(
+            f"validating on {len(starts):,} held-out windows (a stop request drops it and saves "
+            "the last completed step)"
+        )
     devices = run.mesh.devices.size
     batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
@@ -324,8 +395,15 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
     prompt_rows, temperature_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
     poll = local_poll(run.signals)
     chunk, pieces = min(SAMPLE_CHUNK, options.length), []
-    for ids in sample_in_chunks(params, key, prompt_rows, options.with_rows(temperature_rows), model=run.model,
-                                maxlen=config.maxlen, chunk=chunk):
+    for ids in sample_in_chunks(
+        params,
+        key,
+        prompt_rows,
+        options.with_rows(temperature_rows),
+        model=run.model,
+        maxlen=config.maxlen,
+        chunk=chunk,
+    ):
         pieces.append(ids)
         if len(pieces) * chunk < options.length:
             poll()

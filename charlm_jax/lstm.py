@@ -29,8 +29,8 @@ carry unchanged: its ``dz`` is 0 and the carry gradients pass through it untouch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +56,9 @@ ACTIVATION_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def lstm_cell(carry: Carry, gate_inputs: jax.Array, recurrent_kernel: jax.Array, bias: jax.Array,
-              activation: str = "sigmoid") -> tuple[Carry, jax.Array]:
+def lstm_cell(
+    carry: Carry, gate_inputs: jax.Array, recurrent_kernel: jax.Array, bias: jax.Array, activation: str = "sigmoid"
+) -> tuple[Carry, jax.Array]:
     """One step of the equations above; returns the new carry and the activated gates (batch, 4H)."""
     c, h = carry  # (batch, hidden) each
     act = ACTIVATION_FUNCTIONS[activation][0]
@@ -90,8 +91,15 @@ def _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, a
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def lstm_scan(gate_inputs: jax.Array, recurrent_kernel: jax.Array, bias: jax.Array, initial_carry: Carry,
-              mask: jax.Array | None, unroll: int = 1, activation: str = "sigmoid") -> tuple[Carry, jax.Array]:
+def lstm_scan(
+    gate_inputs: jax.Array,
+    recurrent_kernel: jax.Array,
+    bias: jax.Array,
+    initial_carry: Carry,
+    mask: jax.Array | None,
+    unroll: int = 1,
+    activation: str = "sigmoid",
+) -> tuple[Carry, jax.Array]:
     """Run the layer over time-major inputs: (time, batch, 4H) -> (final carry, h (time, batch, H)).
 
     ``mask`` (time, batch) bool, or None when every row uses every step.
@@ -100,8 +108,9 @@ def lstm_scan(gate_inputs: jax.Array, recurrent_kernel: jax.Array, bias: jax.Arr
 
 
 def _lstm_scan_fwd(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation):
-    final, (h_seq, c_seq, gates) = _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask,
-                                            unroll, activation, True)
+    final, (h_seq, c_seq, gates) = _forward(
+        gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, True
+    )
     residuals = (recurrent_kernel, initial_carry, h_seq, c_seq, gates, mask)
     return (final, h_seq), residuals
 
@@ -120,8 +129,10 @@ def _lstm_scan_bwd(unroll, activation, residuals, cotangents):
         dh = dh_next + dh_t
         tanh_c = jnp.tanh(c_t)
         dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-        dz = jnp.concatenate([dc * g * act_grad(i), dc * c_prev * act_grad(f),
-                              dc * i * (1.0 - g * g), dh * tanh_c * act_grad(o)], axis=-1)  # (batch, 4H)
+        dz = jnp.concatenate(
+            [dc * g * act_grad(i), dc * c_prev * act_grad(f), dc * i * (1.0 - g * g), dh * tanh_c * act_grad(o)],
+            axis=-1,
+        )  # (batch, 4H)
         dc_prev = dc * f
         if mask_t is not None:
             keep = mask_t[:, None]
@@ -129,8 +140,9 @@ def _lstm_scan_bwd(unroll, activation, residuals, cotangents):
             return (dz @ kernel_t + jnp.where(keep, 0.0, dh), jnp.where(keep, dc_prev, dc_next)), dz
         return (dz @ kernel_t, dc_prev), dz
 
-    (dh0, dc0), dz_seq = jax.lax.scan(step, (dh_final, dc_final), (dh_seq, gates, c_seq, c_prev_seq, mask),
-                                      reverse=True, unroll=unroll)
+    (dh0, dc0), dz_seq = jax.lax.scan(
+        step, (dh_final, dc_final), (dh_seq, gates, c_seq, c_prev_seq, mask), reverse=True, unroll=unroll
+    )
     # The weight gradients, hoisted out of the loop: one matmul over every (time, batch) row.
     h_prev_seq = jnp.concatenate([h0[None], h_seq[:-1]])  # (time, batch, H): h_{t-1}
     d_kernel = jnp.einsum("tbh,tbg->hg", h_prev_seq, dz_seq)  # (H, 4H)

@@ -19,7 +19,7 @@ weights can be copied in unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -58,11 +58,11 @@ class LSTMLayer(nn.Module):
     weight_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, carry: Carry, gate_inputs: jax.Array,
-                 mask: jax.Array | None = None, deterministic: bool = True) -> tuple[Carry, jax.Array]:
+    def __call__(
+        self, carry: Carry, gate_inputs: jax.Array, mask: jax.Array | None = None, deterministic: bool = True
+    ) -> tuple[Carry, jax.Array]:
         """gate_inputs (time, batch, 4H), mask (time, batch) or None -> (carry, h (time, batch, H))."""
-        recurrent_kernel = self.param("recurrent_kernel", keras_orthogonal,
-                                      (self.hidden_size, 4 * self.hidden_size))
+        recurrent_kernel = self.param("recurrent_kernel", keras_orthogonal, (self.hidden_size, 4 * self.hidden_size))
         bias = self.param("bias", keras_lstm_bias_init, (4 * self.hidden_size,))
         if self.weight_dropout > 0:
             # DropConnect (AWD-LSTM): one mask on the kernel for the whole batch and every step. The
@@ -73,8 +73,7 @@ class LSTMLayer(nn.Module):
             # One step (stateful generation): the cell itself, no loop of length 1 around it.
             carry, _ = lstm_cell(carry, gate_inputs[0], recurrent_kernel, bias, self.recurrent_activation)
             return carry, carry[1][None]
-        return lstm_scan(gate_inputs, recurrent_kernel, bias, carry, mask, self.unroll,
-                         self.recurrent_activation)
+        return lstm_scan(gate_inputs, recurrent_kernel, bias, carry, mask, self.unroll, self.recurrent_activation)
 
 
 class CharLSTM(nn.Module):
@@ -99,13 +98,21 @@ class CharLSTM(nn.Module):
 
     def zero_carries(self, batch: int, dtype=jnp.float32) -> tuple[Carry, ...]:
         # A new array for every leaf: one buffer shared by two leaves could not be donated to a jitted step.
-        return tuple((jnp.zeros((batch, self.hidden_size), dtype), jnp.zeros((batch, self.hidden_size), dtype))
-                     for _ in range(self.num_layers))
+        return tuple(
+            (jnp.zeros((batch, self.hidden_size), dtype), jnp.zeros((batch, self.hidden_size), dtype))
+            for _ in range(self.num_layers)
+        )
 
     @nn.compact
-    def __call__(self, ids: jax.Array, carries: tuple[Carry, ...] | None = None, *,
-                 seq_lengths: jax.Array | None = None, last_only: bool = False,
-                 deterministic: bool = True) -> tuple[tuple[Carry, ...], jax.Array]:
+    def __call__(
+        self,
+        ids: jax.Array,
+        carries: tuple[Carry, ...] | None = None,
+        *,
+        seq_lengths: jax.Array | None = None,
+        last_only: bool = False,
+        deterministic: bool = True,
+    ) -> tuple[tuple[Carry, ...], jax.Array]:
         """ids (batch, time) int -> (carries, logits (batch, time, vocab) or (batch, vocab)).
 
         ``seq_lengths`` (batch,) marks right-padded windows: the returned carry
@@ -117,18 +124,21 @@ class CharLSTM(nn.Module):
         if seq_lengths is not None:
             mask = jnp.arange(time)[:, None] < seq_lengths[None, :]  # (time, batch)
         # (time, batch, 4 * hidden): Keras' input kernel rows, i.e. one_hot(ids) @ kernel.
-        x = nn.Embed(self.vocab_size, 4 * self.hidden_size,
-                     embedding_init=keras_glorot_uniform, name="input_kernel")(ids.T)
+        x = nn.Embed(self.vocab_size, 4 * self.hidden_size, embedding_init=keras_glorot_uniform, name="input_kernel")(
+            ids.T
+        )
         if carries is None:
             carries = self.zero_carries(batch, x.dtype)
         new_carries = []
         for layer in range(self.num_layers):
             if layer > 0:
                 # Input kernel of a deeper layer: a plain matmul on the layer below's outputs.
-                x = nn.Dense(4 * self.hidden_size, use_bias=False, kernel_init=keras_glorot_uniform,
-                             name=f"input_kernel_{layer}")(x)  # (time, batch, 4 * hidden)
-            carry, x = LSTMLayer(self.hidden_size, self.unroll, self.recurrent_activation, self.weight_dropout,
-                                 name=f"lstm_{layer}")(carries[layer], x, mask, deterministic)  # (time, batch, H)
+                x = nn.Dense(
+                    4 * self.hidden_size, use_bias=False, kernel_init=keras_glorot_uniform, name=f"input_kernel_{layer}"
+                )(x)  # (time, batch, 4 * hidden)
+            carry, x = LSTMLayer(
+                self.hidden_size, self.unroll, self.recurrent_activation, self.weight_dropout, name=f"lstm_{layer}"
+            )(carries[layer], x, mask, deterministic)  # (time, batch, H)
             new_carries.append(carry)
             if last_only and layer == self.num_layers - 1:
                 # The top layer's h after the last (unpadded) step, (batch, hidden).
@@ -139,8 +149,9 @@ class CharLSTM(nn.Module):
                 locked = (0,) if self.locked_dropout and x.ndim == 3 else ()
                 x = nn.Dropout(self.dropout, broadcast_dims=locked)(x, deterministic=deterministic)
         # Keras Dense: glorot_uniform kernel, zero bias.
-        logits = nn.Dense(self.vocab_size, kernel_init=keras_glorot_uniform,
-                          bias_init=nn.initializers.zeros, name="logits")(x)
+        logits = nn.Dense(
+            self.vocab_size, kernel_init=keras_glorot_uniform, bias_init=nn.initializers.zeros, name="logits"
+        )(x)
         if not last_only:
             logits = jnp.swapaxes(logits, 0, 1)  # (batch, time, vocab)
         return tuple(new_carries), logits
@@ -148,10 +159,16 @@ class CharLSTM(nn.Module):
 
 def build_model(config: TrainConfig, vocab_size: int) -> CharLSTM:
     """The model a ``TrainConfig`` describes (the one place a config becomes a module)."""
-    return CharLSTM(vocab_size=vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                    dropout=config.dropout, unroll=config.unroll,
-                    recurrent_activation=config.recurrent_activation, locked_dropout=config.locked_dropout,
-                    weight_dropout=config.weight_dropout)
+    return CharLSTM(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        dropout=config.dropout,
+        unroll=config.unroll,
+        recurrent_activation=config.recurrent_activation,
+        locked_dropout=config.locked_dropout,
+        weight_dropout=config.weight_dropout,
+    )
 
 
 def init_params(key: jax.Array, model: CharLSTM, maxlen: int = 60):

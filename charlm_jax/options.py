@@ -21,8 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from charlm_jax.config import (BOOK_TEMPERATURES, DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, DEFAULT_SAMPLER,
-                               GENERATION_MODES, SAMPLERS, check_temperatures)
+from charlm_jax.config import (
+    BOOK_TEMPERATURES,
+    DEFAULT_HISTORY_WINDOW,
+    DEFAULT_REPETITION_WINDOW,
+    DEFAULT_SAMPLER,
+    GENERATION_MODES,
+    SAMPLERS,
+    check_temperatures,
+)
 from charlm_jax.errors import CharLMError
 
 STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window")
@@ -89,23 +96,35 @@ class GenerationOptions:
         check_top_k(self.top_k)
         check_fraction("top_p", self.top_p)
         check_fraction("min_p", self.min_p)
-        if self.repetition_penalty is not None and not (np.isfinite(self.repetition_penalty)
-                                                        and self.repetition_penalty > 0):
-            raise CharLMError(f"repetition_penalty must be > 0 (1: none; > 1 discourages repeats), got "
-                              f"{self.repetition_penalty!r}: pass e.g. --repetition-penalty 1.3")
+        if self.repetition_penalty is not None and not (
+            np.isfinite(self.repetition_penalty) and self.repetition_penalty > 0
+        ):
+            raise CharLMError(
+                f"repetition_penalty must be > 0 (1: none; > 1 discourages repeats), got "
+                f"{self.repetition_penalty!r}: pass e.g. --repetition-penalty 1.3"
+            )
         if not _is_int(self.history_window) or self.history_window < 1:
-            raise CharLMError(f"history_window must be a positive integer, got {self.history_window!r}: "
-                              f"pass e.g. --history-window {DEFAULT_HISTORY_WINDOW}")
+            raise CharLMError(
+                f"history_window must be a positive integer, got {self.history_window!r}: "
+                f"pass e.g. --history-window {DEFAULT_HISTORY_WINDOW}"
+            )
         if not _is_int(self.repetition_window) or self.repetition_window < 1:
-            raise CharLMError(f"repetition_window must be a positive integer, got {self.repetition_window!r}: "
-                              "pass e.g. --repetition-window 20")
+            raise CharLMError(
+                f"repetition_window must be a positive integer, got {self.repetition_window!r}: "
+                "pass e.g. --repetition-window 20"
+            )
         if self.repetition_penalty is not None and self.repetition_window > self.history_window:
-            raise CharLMError(f"repetition_window {self.repetition_window} is longer than history_window "
-                              f"{self.history_window}: pass --history-window {self.repetition_window} or more")
-        if self.no_repeat_ngram is not None and (not _is_int(self.no_repeat_ngram)
-                                                 or not 1 <= self.no_repeat_ngram <= self.history_window):
-            raise CharLMError(f"no_repeat_ngram must be an integer from 1 to history_window ({self.history_window}), "
-                              f"got {self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8")
+            raise CharLMError(
+                f"repetition_window {self.repetition_window} is longer than history_window "
+                f"{self.history_window}: pass --history-window {self.repetition_window} or more"
+            )
+        if self.no_repeat_ngram is not None and (
+            not _is_int(self.no_repeat_ngram) or not 1 <= self.no_repeat_ngram <= self.history_window
+        ):
+            raise CharLMError(
+                f"no_repeat_ngram must be an integer from 1 to history_window ({self.history_window}), "
+                f"got {self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8"
+            )
 
     @property
     def rows(self) -> int:
@@ -116,12 +135,12 @@ class GenerationOptions:
         """The scan carries the last ids only when a repetition control reads them."""
         return self.repetition_penalty is not None or self.no_repeat_ngram is not None
 
-    def replace(self, **changes: Any) -> "GenerationOptions":
+    def replace(self, **changes: Any) -> GenerationOptions:
         """A checked copy with ``changes`` (``dataclasses.replace``, validated again)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return GenerationOptions(**{**values, **changes})
 
-    def with_rows(self, temperatures: Any) -> "GenerationOptions":
+    def with_rows(self, temperatures: Any) -> GenerationOptions:
         """The same options with the per-row temperatures given as they are (an array already checked
         and placed on devices, e.g. split over a mesh); not validated again."""
         return _built({**self.__dict__, "temperatures": temperatures})

@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -80,15 +80,22 @@ def text_blocks(path: Path, lowercase: bool, block_chars: int = BLOCK_CHARS) -> 
             while block := handle.read(block_chars):
                 yield np.frombuffer(prepare_text(block, lowercase).encode("utf-32-le"), np.uint32)
     except UnicodeDecodeError as error:
-        raise CharLMError(f"{str(path)!r} is not UTF-8 text (bad byte at offset {error.start} of a block): "
-                          "convert it, e.g. iconv -f latin1 -t utf-8") from None
+        raise CharLMError(
+            f"{str(path)!r} is not UTF-8 text (bad byte at offset {error.start} of a block): "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
     except OSError as error:
-        raise CharLMError(f"cannot read {str(path)!r} ({error.strerror}): check the path and its "
-                          "permissions") from None
+        raise CharLMError(f"cannot read {str(path)!r} ({error.strerror}): check the path and its permissions") from None
 
 
-def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *, lowercase: bool = True,
-            block_chars: int = BLOCK_CHARS, progress: Callable[[int], None] | None = None) -> PreparedCorpus:
+def prepare(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    lowercase: bool = True,
+    block_chars: int = BLOCK_CHARS,
+    progress: Callable[[int], None] | None = None,
+) -> PreparedCorpus:
     """Encode the UTF-8 file ``source`` into ``out_dir`` (see the module docstring); returns it opened.
 
     Two streaming passes: the first finds the vocabulary (a histogram of code points, so each
@@ -118,8 +125,9 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *, lowercase:
         out.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=out, prefix=".ids-", delete=False)
     except OSError as error:
-        raise MachineError(f"cannot write the prepared corpus into {str(out)!r} ({error.strerror}): pass an "
-                           "--out you can write to") from None
+        raise MachineError(
+            f"cannot write the prepared corpus into {str(out)!r} ({error.strerror}): pass an --out you can write to"
+        ) from None
     try:
         written = 0
         with handle:
@@ -128,15 +136,23 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *, lowercase:
                 written += len(codes)
                 if progress:
                     progress(total + written)
-        meta = {"format": FORMAT, "chars": vocab.chars, "dtype": dtype.name, "num_chars": total,
-                "lowercase": lowercase, "source": str(source), "source_sha256": file_sha256(source)}
+        meta = {
+            "format": FORMAT,
+            "chars": vocab.chars,
+            "dtype": dtype.name,
+            "num_chars": total,
+            "lowercase": lowercase,
+            "source": str(source),
+            "source_sha256": file_sha256(source),
+        }
         meta_temp = out / f".{META_NAME}.tmp"
         meta_temp.write_text(json.dumps(meta))
         os.replace(handle.name, out / IDS_NAME)
         os.replace(meta_temp, out / META_NAME)
     except OSError as error:
-        raise MachineError(f"cannot write the prepared corpus into {str(out)!r} ({error.strerror}): free space "
-                           "or pass another --out") from None
+        raise MachineError(
+            f"cannot write the prepared corpus into {str(out)!r} ({error.strerror}): free space or pass another --out"
+        ) from None
     finally:
         if os.path.exists(handle.name):
             os.unlink(handle.name)
@@ -152,27 +168,38 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
     """A prepared directory, its ids memory-mapped read-only; a damaged one is a one-line error."""
     path = Path(path)
     if not is_prepared(path):
-        raise CharLMError(f"{str(path)!r} is not a prepared corpus (no {META_NAME} and {IDS_NAME}): run "
-                          f"charlm-jax prepare --text FILE --out {path}")
+        raise CharLMError(
+            f"{str(path)!r} is not a prepared corpus (no {META_NAME} and {IDS_NAME}): run "
+            f"charlm-jax prepare --text FILE --out {path}"
+        )
     try:
         meta = json.loads((path / META_NAME).read_text())
         dtype = np.dtype(meta["dtype"])
         vocab = Vocab(meta["chars"])
         expected = int(meta["num_chars"]) * dtype.itemsize
     except (ValueError, KeyError, TypeError) as error:
-        raise CharLMError(f"{str(path / META_NAME)!r} is damaged ({type(error).__name__}): prepare the corpus "
-                          "again") from None
+        raise CharLMError(
+            f"{str(path / META_NAME)!r} is damaged ({type(error).__name__}): prepare the corpus again"
+        ) from None
     size = (path / IDS_NAME).stat().st_size
     if size != expected:
-        raise CharLMError(f"{str(path / IDS_NAME)!r} has {size:,} bytes, {expected:,} expected: the preparation "
-                          "was cut short or the file changed; prepare the corpus again")
+        raise CharLMError(
+            f"{str(path / IDS_NAME)!r} has {size:,} bytes, {expected:,} expected: the preparation "
+            "was cut short or the file changed; prepare the corpus again"
+        )
     ids = np.memmap(path / IDS_NAME, dtype=dtype, mode="r", shape=(int(meta["num_chars"]),))
-    return PreparedCorpus(path=path, vocab=vocab, ids=ids, lowercase=bool(meta["lowercase"]),
-                          source_sha256=str(meta.get("source_sha256", "")))
+    return PreparedCorpus(
+        path=path,
+        vocab=vocab,
+        ids=ids,
+        lowercase=bool(meta["lowercase"]),
+        source_sha256=str(meta.get("source_sha256", "")),
+    )
 
 
-def prepared_for(source: str | os.PathLike, cache: str | os.PathLike, lowercase: bool,
-                 progress: Callable[[int], None] | None = None) -> PreparedCorpus:
+def prepared_for(
+    source: str | os.PathLike, cache: str | os.PathLike, lowercase: bool, progress: Callable[[int], None] | None = None
+) -> PreparedCorpus:
     """The prepared corpus of ``source`` in ``cache``, reused when its sha256 and lower-casing match."""
     cache = Path(cache)
     if is_prepared(cache):
@@ -187,8 +214,10 @@ def corpus_ids(source: str | PreparedCorpus, lowercase: bool) -> tuple[Vocab, np
     if isinstance(source, PreparedCorpus):
         if source.lowercase != lowercase:
             state = "lower-cased" if source.lowercase else "not lower-cased"
-            raise CharLMError(f"the prepared corpus {str(source.path)!r} was {state} but this run's --lowercase is "
-                              f"{lowercase}: prepare it again to match, or change the flag")
+            raise CharLMError(
+                f"the prepared corpus {str(source.path)!r} was {state} but this run's --lowercase is "
+                f"{lowercase}: prepare it again to match, or change the flag"
+            )
         return source.vocab, source.ids
     text = prepare_text(source, lowercase)
     vocab = Vocab.from_text(text)

@@ -28,9 +28,11 @@ def describe_mesh(mesh) -> str:
 
 
 def opening_line(chars: int, vocab_size: int, split: Split, mesh, step: int) -> str:
-    return (f"[bold]charlm-jax[/] {chars:,} characters, vocabulary {vocab_size}, {split.train_windows:,} training "
-            f"windows, {len(split.val_starts):,} validation windows{describe_val_cap(split)}; {describe_mesh(mesh)}"
-            + (f"; resuming at step {step}" if step else ""))
+    return (
+        f"[bold]charlm-jax[/] {chars:,} characters, vocabulary {vocab_size}, {split.train_windows:,} training "
+        f"windows, {len(split.val_starts):,} validation windows{describe_val_cap(split)}; {describe_mesh(mesh)}"
+        + (f"; resuming at step {step}" if step else "")
+    )
 
 
 class ProgressBar:
@@ -38,14 +40,22 @@ class ProgressBar:
 
     def __init__(self, console: Console, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
-        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]} win/s"),
-                                 TextColumn("skipped {task.fields[skipped]}"), TimeRemainingColumn(),
-                                 console=console, disable=not console.is_interactive, transient=True)
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[speed]} win/s"),
+            TextColumn("skipped {task.fields[skipped]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_interactive,
+            transient=True,
+        )
         self.task: Any = None
         self.epoch = 0
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         self.progress.__enter__()
         return self
 
@@ -58,20 +68,30 @@ class ProgressBar:
         if epoch != self.epoch:
             if self.task is not None:
                 self.progress.remove_task(self.task)
-            self.task = self.progress.add_task("train", total=self.steps_per_epoch, epoch=epoch, loss=float("nan"),
-                                               speed="-", skipped=skipped)
+            self.task = self.progress.add_task(
+                "train", total=self.steps_per_epoch, epoch=epoch, loss=float("nan"), speed="-", skipped=skipped
+            )
             self.epoch = epoch
-        self.progress.update(self.task, completed=step - (epoch - 1) * self.steps_per_epoch,
-                             loss=float(np.mean(losses or [np.nan])), speed=f"{windows_per_second:,.0f}",
-                             skipped=skipped)
+        self.progress.update(
+            self.task,
+            completed=step - (epoch - 1) * self.steps_per_epoch,
+            loss=float(np.mean(losses or [np.nan])),
+            speed=f"{windows_per_second:,.0f}",
+            skipped=skipped,
+        )
 
 
 def print_record(console: Console, record: dict[str, Any], epochs: int) -> None:
     """A record as the book prints an epoch: the losses, then the prompt and one sample per temperature."""
-    validation = (f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
-                  if "val_loss" in record else "")
-    console.print(f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}{validation} "
-                  f"({record['epoch_seconds']:.1f} s, {record['windows_per_second']:,.0f} windows/s)")
+    validation = (
+        f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
+        if "val_loss" in record
+        else ""
+    )
+    console.print(
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}{validation} "
+        f"({record['epoch_seconds']:.1f} s, {record['windows_per_second']:,.0f} windows/s)"
+    )
     if not np.isfinite(record["train_loss"]):
         console.print("[red]training loss is not finite[/]")
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -28,8 +29,8 @@ from charlm_jax.stopping import StopSignals
 from charlm_jax.train import RunKeys, TrainState, make_optimizer
 
 
-class StopReason(str, enum.Enum):
-    """Why ``fit`` returned. A ``str`` enum, so records and JSON show the plain name."""
+class StopReason(enum.StrEnum):
+    """Why ``fit`` returned. A string enum, so records, JSON and f-strings show the plain name."""
 
     COMPLETED = "completed"
     EARLY_STOPPING = "early_stopping"
@@ -113,7 +114,7 @@ class Run:
         while step < end:
             epoch, first_batch = step // self.steps_per_epoch + 1, step % self.steps_per_epoch
             for block in self.batching.blocks(self.keys.epoch_key(epoch), first_batch):
-                block = block[:end - step]
+                block = block[: end - step]
                 yield block
                 step += len(block)
                 if step >= end:
@@ -161,6 +162,18 @@ class FitResult:
     best_epoch: int | None = None
     best_val_bits_per_char: float | None = None
 
+    @classmethod
+    def of(cls, run: Run, state: RunState, reason: StopReason) -> FitResult:
+        return cls(
+            state=state.train,
+            vocab=run.vocab,
+            config=run.config,
+            history=state.history,
+            stop_reason=reason,
+            best_epoch=state.best_epoch,
+            best_val_bits_per_char=state.best_val_bits_per_char,
+        )
+
     @property
     def resumable(self) -> bool:
         """Stopped before its planned epochs (a signal, a step or time limit): ``resume=True`` continues it."""
@@ -172,27 +185,48 @@ class FitResult:
         return self.stop_reason.by_signal
 
 
-def start_run(config: TrainConfig | None, overrides: Mapping[str, Any], text: str | PreparedCorpus,
-              directory: RunDirectory, resume: bool, mesh, console: Console, limits: Limits) -> tuple[Run, RunState]:
+def start_run(
+    config: TrainConfig | None,
+    overrides: Mapping[str, Any],
+    text: str | PreparedCorpus,
+    directory: RunDirectory,
+    resume: bool,
+    mesh,
+    console: Console,
+    limits: Limits,
+) -> tuple[Run, RunState]:
     """The run's fixed parts and its state: fresh, or restored from the latest readable checkpoint.
 
     Everything a user passed is checked here, before the first block is trained.
     """
     saved = restore_latest(directory, mesh, console, resume)
     meta = saved[0] if saved is not None else None
-    config = replace(config or TrainConfig(), **overrides) if meta is None else resume_config(meta.config, config,
-                                                                                            overrides)
+    config = (
+        replace(config or TrainConfig(), **overrides) if meta is None else resume_config(meta.config, config, overrides)
+    )
     check_batch_divides(config.batch_size, mesh)
     vocab, corpus = corpus_ids(text, config.lowercase)
     if meta is not None and meta.vocab != vocab:
-        raise CharLMError("--resume with a different text: its characters differ from the "
-                          "checkpoint's vocabulary; pass the original run's text")
+        raise CharLMError(
+            "--resume with a different text: its characters differ from the "
+            "checkpoint's vocabulary; pass the original run's text"
+        )
     split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
     batching = make_batching(config.batching, split, config.batch_size, config.maxlen, config.steps_per_call)
-    run = Run(config=config, vocab=vocab, split=split, corpus=corpus, batching=batching,
-              keys=RunKeys.from_seed(config.seed), model=build_model(config, vocab.size), mesh=mesh,
-              directory=directory, console=console, limits=limits,
-              default_prompt=meta.default_prompt if meta is not None else new_run_prompt(config, vocab, corpus, split))
+    run = Run(
+        config=config,
+        vocab=vocab,
+        split=split,
+        corpus=corpus,
+        batching=batching,
+        keys=RunKeys.from_seed(config.seed),
+        model=build_model(config, vocab.size),
+        mesh=mesh,
+        directory=directory,
+        console=console,
+        limits=limits,
+        default_prompt=meta.default_prompt if meta is not None else new_run_prompt(config, vocab, corpus, split),
+    )
     check_work_left(run, meta.step if meta is not None else 0, meta.train_seconds if meta is not None else 0.0)
     state = restored_state(run, *saved) if saved is not None else new_state(run)
     run = replace(run, events=EventLog.open(directory.path) if is_main_process() else EventLog())
@@ -208,8 +242,10 @@ def restore_latest(directory: RunDirectory, mesh, console: Console, resume: bool
     if latest is None:
         return None
     if not resume:
-        raise CharLMError(f"{str(directory.path)!r} already holds a run (step {latest}): pass --resume to "
-                          "continue it, or choose another --out")
+        raise CharLMError(
+            f"{str(directory.path)!r} already holds a run (step {latest}): pass --resume to "
+            "continue it, or choose another --out"
+        )
     meta, saved = directory.store.newest_readable(partial(read_checkpoint, directory.store, mesh), set_aside=True)
     dropped = directory.drop_records_after(meta.step) if is_main_process() else 0
     if dropped:
@@ -221,20 +257,27 @@ def check_work_left(run: Run, step: int, train_seconds: float) -> None:
     """Refuse, before any work, a resume that has nothing left to train within its epochs and limits."""
     if step >= run.total_steps:
         done = step // run.steps_per_epoch
-        raise CharLMError(f"the run in {str(run.directory.path)!r} already has {done} epoch(s): pass --epochs "
-                          f"greater than {done} to train it further")
+        raise CharLMError(
+            f"the run in {str(run.directory.path)!r} already has {done} epoch(s): pass --epochs "
+            f"greater than {done} to train it further"
+        )
     limits = run.limits
     if limits.max_steps is not None and step >= limits.max_steps:
-        raise CharLMError(f"the run in {str(run.directory.path)!r} is at step {step}, already at its step limit "
-                          f"{limits.max_steps}: pass a larger --max-steps to train it further")
+        raise CharLMError(
+            f"the run in {str(run.directory.path)!r} is at step {step}, already at its step limit "
+            f"{limits.max_steps}: pass a larger --max-steps to train it further"
+        )
     if limits.max_seconds is not None and train_seconds >= limits.max_seconds:
-        raise CharLMError(f"the run in {str(run.directory.path)!r} has trained {train_seconds:.0f} s, already its "
-                          f"time limit of {limits.max_seconds:g} s: pass a larger --time-limit to train it further")
+        raise CharLMError(
+            f"the run in {str(run.directory.path)!r} has trained {train_seconds:.0f} s, already its "
+            f"time limit of {limits.max_seconds:g} s: pass a larger --time-limit to train it further"
+        )
 
 
 def new_state(run: Run) -> RunState:
-    train, carries = write_new_run(run.directory.store, run.config, run.vocab, run.default_prompt, run.mesh,
-                                   total_steps=run.total_steps)
+    train, carries = write_new_run(
+        run.directory.store, run.config, run.vocab, run.default_prompt, run.mesh, total_steps=run.total_steps
+    )
     return RunState(train=train, carries=carries, step=0, schedule_steps=run.total_steps)
 
 
@@ -243,11 +286,22 @@ def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, A
     schedule_steps = meta.schedule_steps or run.total_steps
     # The optimizer is rebuilt for the schedule's length; its state comes from the checkpoint.
     # apply_fn=None: the model is a static argument of the compiled block (see train.create_train_state).
-    train = TrainState(step=items["step"], apply_fn=None, params=params,  # type: ignore[arg-type]
-                       tx=make_optimizer(run.config, schedule_steps), opt_state=items["opt_state"])
-    state = RunState(train=train, carries=items["carries"], step=meta.step, train_seconds=meta.train_seconds,
-                     skipped_total=meta.skipped_steps_total, schedule_steps=schedule_steps,
-                     schedule_fitted=meta.schedule_steps is not None)
+    train = TrainState(
+        step=items["step"],
+        apply_fn=None,  # type: ignore[arg-type]
+        params=params,
+        tx=make_optimizer(run.config, schedule_steps),
+        opt_state=items["opt_state"],
+    )
+    state = RunState(
+        train=train,
+        carries=items["carries"],
+        step=meta.step,
+        train_seconds=meta.train_seconds,
+        skipped_total=meta.skipped_steps_total,
+        schedule_steps=schedule_steps,
+        schedule_fitted=meta.schedule_steps is not None,
+    )
     if run.directory.best_store.latest_step() is not None:
         best = run.directory.best_store.restore_meta()
         state.best_epoch, state.best_val_bits_per_char = best.epoch, best.val_bits_per_char

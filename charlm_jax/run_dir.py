@@ -16,9 +16,10 @@ import contextlib
 import errno
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,18 +41,20 @@ def make_run_directory(directory: str | os.PathLike) -> Path:
     """Create ``directory`` (and parents) for a run, or say in one line why it cannot be one."""
     path = Path(directory)
     if (blocker := file_in_the_way(path)) is not None:
-        raise CharLMError(f"{str(blocker)!r} is a file, so {str(path)!r} cannot be a run directory: "
-                          "pass another --out")
+        raise CharLMError(f"{str(blocker)!r} is a file, so {str(path)!r} cannot be a run directory: pass another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise MachineError(f"cannot create the run directory {str(path)!r} ({error.strerror}): "
-                           "pass an --out you can write to") from None
+        raise MachineError(
+            f"cannot create the run directory {str(path)!r} ({error.strerror}): pass an --out you can write to"
+        ) from None
     if not os.access(path, os.W_OK):
         read_only = os.statvfs(path).f_flag & os.ST_RDONLY
-        raise MachineError(f"the run directory {str(path)!r} is not writable "
-                           f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
-                           "write to")
+        raise MachineError(
+            f"the run directory {str(path)!r} is not writable "
+            f"({os.strerror(errno.EROFS if read_only else errno.EACCES)}): pass an --out you can "
+            "write to"
+        )
     return path
 
 
@@ -65,11 +68,14 @@ class RunDirectory:
 
     @classmethod
     @contextlib.contextmanager
-    def opened(cls, path: str | os.PathLike, *, lock: bool) -> Iterator["RunDirectory"]:
+    def opened(cls, path: str | os.PathLike, *, lock: bool) -> Iterator[RunDirectory]:
         """Create (if need be) and open ``path``; with ``lock``, refuse a second trainer while it is open."""
         path = make_run_directory(path)
-        with (RunLock(path) if lock else contextlib.nullcontext()), CheckpointStore(path) as store, \
-                CheckpointStore(path / BEST_SUBDIR, max_to_keep=1) as best_store:
+        with (
+            RunLock(path) if lock else contextlib.nullcontext(),
+            CheckpointStore(path) as store,
+            CheckpointStore(path / BEST_SUBDIR, max_to_keep=1) as best_store,
+        ):
             yield cls(Path(store.directory), store, best_store)
 
     @property
@@ -113,8 +119,9 @@ def zero_carries(config: TrainConfig, mesh=None):
 
     Made on the host and placed once (not built on a device and copied back first).
     """
-    zeros = tuple((np.zeros((config.batch_size, config.hidden_size), np.float32),) * 2
-                  for _ in range(config.num_layers))
+    zeros = tuple(
+        (np.zeros((config.batch_size, config.hidden_size), np.float32),) * 2 for _ in range(config.num_layers)
+    )
     if mesh is None:
         return jax.tree.map(jnp.asarray, zeros)
     return jax.tree.map(lambda x: put_global(x, batch_sharding(mesh)), zeros)
@@ -133,8 +140,16 @@ def new_run_prompt(config: TrainConfig, vocab: Vocab, ids: np.ndarray, split: Sp
     return sample_prompt(RunKeys.from_seed(config.seed).sample_keys(1)[0], vocab, ids, split.val_start, config.maxlen)
 
 
-def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, default_prompt: str, mesh=None, *,
-                  params=None, total_steps: int | None = None) -> tuple[TrainState, Any]:
+def write_new_run(
+    store: CheckpointStore,
+    config: TrainConfig,
+    vocab: Vocab,
+    default_prompt: str,
+    mesh=None,
+    *,
+    params=None,
+    total_steps: int | None = None,
+) -> tuple[TrainState, Any]:
     """Start a run directory: its step-0 checkpoint, which ``load``, ``generate`` and ``--resume`` read.
 
     The parameters are the seed's initialisation, or ``params`` (an imported model's weights); the
@@ -149,8 +164,11 @@ def write_new_run(store: CheckpointStore, config: TrainConfig, vocab: Vocab, def
         # array, or orbax cannot write it.
         state = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), state)
     carries = zero_carries(config, mesh)
-    store.save(state.params, checkpoint_items(state, carries),
-               CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt))
+    store.save(
+        state.params,
+        checkpoint_items(state, carries),
+        CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt),
+    )
     return state, carries
 
 
@@ -164,12 +182,14 @@ def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[Checkpoint
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), meta.config, meta.vocab.size, 1))
     carries = jax.eval_shape(lambda: zero_carries(meta.config))
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), shapes.params)
-    items = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
-                         checkpoint_items(shapes, None))
+    items = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), checkpoint_items(shapes, None)
+    )
     saves_carries = "carries" in store.item_keys(step, "train")
     if saves_carries:
         items["carries"] = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries
+        )
     else:
         del items["carries"]
     params, items = store.restore(params, items, step=step)

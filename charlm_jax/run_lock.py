@@ -32,17 +32,25 @@ class RunLock:
         self.directory = Path(directory)
         self._lock = FileLock(self.directory / LOCK_NAME)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise CharLMError(f"{str(self.directory)!r} is in use by another trainer ({self.holder()}): wait for "
-                              "it to finish or stop it, or pass another --out") from None
+            raise CharLMError(
+                f"{str(self.directory)!r} is in use by another trainer ({self.holder()}): wait for "
+                "it to finish or stop it, or pass another --out"
+            ) from None
         except OSError as error:
-            raise MachineError(f"cannot lock the run directory {str(self.directory)!r} ({error.strerror}): "
-                               "pass an --out you can write to") from None
-        note = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv)}
+            raise MachineError(
+                f"cannot lock the run directory {str(self.directory)!r} ({error.strerror}): "
+                "pass an --out you can write to"
+            ) from None
+        note = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
         try:
             (self.directory / HOLDER_NAME).write_text(json.dumps(note))
         except OSError:

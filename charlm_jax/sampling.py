@@ -31,7 +31,6 @@ Both are far below what a character model's probabilities or any test resolve.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +41,16 @@ from charlm_jax.options import check_fraction, check_sampler, check_top_k
 from charlm_jax.scoring import nats_to_bits
 
 
-def sample(key: jax.Array, logits: jax.Array, temperature=1.0, *, top_k: int | None = None,
-           top_p=None, min_p=None, sampler: str = DEFAULT_SAMPLER) -> jax.Array:
+def sample(
+    key: jax.Array,
+    logits: jax.Array,
+    temperature=1.0,
+    *,
+    top_k: int | None = None,
+    top_p=None,
+    min_p=None,
+    sampler: str = DEFAULT_SAMPLER,
+) -> jax.Array:
     """Draw ids of shape ``logits.shape[:-1]`` from ``softmax(logits / temperature)``.
 
     ``temperature``: scalar or array broadcastable to ``logits.shape[:-1]``; 0 is greedy.
@@ -71,8 +78,16 @@ def draw_noise(key: jax.Array, logits_shape: tuple[int, ...], sampler: str = DEF
     return jax.random.uniform(key, logits_shape[:-1], jnp.float32)
 
 
-def sample_with_noise(noise: jax.Array, logits: jax.Array, temperature=1.0, *, top_k: int | None = None,
-                      top_p=None, min_p=None, sampler: str = DEFAULT_SAMPLER) -> jax.Array:
+def sample_with_noise(
+    noise: jax.Array,
+    logits: jax.Array,
+    temperature=1.0,
+    *,
+    top_k: int | None = None,
+    top_p=None,
+    min_p=None,
+    sampler: str = DEFAULT_SAMPLER,
+) -> jax.Array:
     """``sample`` with its random numbers given (from ``draw_noise``); int32 ids."""
     logits = jnp.asarray(logits, jnp.float32)
     temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), logits.shape[:-1])
@@ -103,8 +118,9 @@ def _inverse_cdf(scaled: jax.Array, uniform: jax.Array) -> jax.Array:
     return jnp.minimum(index, last_with_weight)
 
 
-def tempered_logits(logits: jax.Array, temperature=1.0, *, top_k: int | None = None,
-                    top_p=None, min_p=None) -> jax.Array:
+def tempered_logits(
+    logits: jax.Array, temperature=1.0, *, top_k: int | None = None, top_p=None, min_p=None
+) -> jax.Array:
     """The log-weights the sampler draws from (up to a constant), ``-inf`` where filtered.
 
     For rows with temperature 0 it returns the logits at temperature 1; those
@@ -158,8 +174,9 @@ def _is_concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-def check_sampling_args(logits, temperature, *, top_k=None, top_p=None, min_p=None,
-                        sampler: str = DEFAULT_SAMPLER) -> None:
+def check_sampling_args(
+    logits, temperature, *, top_k=None, top_p=None, min_p=None, sampler: str = DEFAULT_SAMPLER
+) -> None:
     """Refuse inputs ``sample`` cannot honour, while they are still concrete values.
 
     The option checks are ``GenerationOptions``' own (``charlm_jax.options``), so ``sample`` and
@@ -180,8 +197,9 @@ def check_sampling_args(logits, temperature, *, top_k=None, top_p=None, min_p=No
     if logits is not None and _is_concrete(logits):
         values = np.asarray(logits)
         if np.isnan(values).any() or np.isposinf(values).any():
-            raise CharLMError("logits contain NaN or +inf: the model's output is broken; "
-                              "check the checkpoint or the logits function")
+            raise CharLMError(
+                "logits contain NaN or +inf: the model's output is broken; check the checkpoint or the logits function"
+            )
         if values.size and np.all(np.isneginf(values), axis=-1).any():
             raise CharLMError("a row of logits is all -inf (every id masked): unmask at least one id")
 

@@ -73,10 +73,11 @@ def _window_scores(params, model, ids: np.ndarray, maxlen: int) -> np.ndarray:
     starts = np.arange(0, max(len(ids) - maxlen, 0), dtype=np.int32)
     scores = np.empty(len(starts), np.float64)
     for begin in range(0, len(starts), WINDOW_BATCH):
-        batch = starts[begin:begin + WINDOW_BATCH]
+        batch = starts[begin : begin + WINDOW_BATCH]
         padded = np.resize(batch, WINDOW_BATCH)  # the last batch repeats windows, its extra scores dropped
-        scores[begin:begin + len(batch)] = np.asarray(
-            _window_nll(params, corpus, padded, model=model, maxlen=maxlen))[:len(batch)]
+        scores[begin : begin + len(batch)] = np.asarray(
+            _window_nll(params, corpus, padded, model=model, maxlen=maxlen)
+        )[: len(batch)]
     return scores
 
 
@@ -86,10 +87,11 @@ def _stateful_scores(params, model, ids: np.ndarray) -> np.ndarray:
     # Placed like the parameters, as the carries each call returns are, so every call reuses one compile.
     carries = jax.device_put(model.zero_carries(1), jax.tree.leaves(params)[0].sharding)
     for begin in range(0, len(targets), STATEFUL_CHUNK):
-        chunk_inputs = inputs[begin:begin + STATEFUL_CHUNK]
+        chunk_inputs = inputs[begin : begin + STATEFUL_CHUNK]
         n = len(chunk_inputs)
         pad = STATEFUL_CHUNK - n  # only the last chunk: the carry after it is never used
-        carries, chunk_scores = stateful_nll(params, carries, np.pad(chunk_inputs, (0, pad)),
-                                                   np.pad(targets[begin:begin + n], (0, pad)), model=model)
-        scores[begin:begin + n] = np.asarray(chunk_scores)[:n]
+        carries, chunk_scores = stateful_nll(
+            params, carries, np.pad(chunk_inputs, (0, pad)), np.pad(targets[begin : begin + n], (0, pad)), model=model
+        )
+        scores[begin : begin + n] = np.asarray(chunk_scores)[:n]
     return scores

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -79,7 +79,7 @@ class StopSignals:
         self.request(signum)
 
     @contextlib.contextmanager
-    def installed(self, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator["StopSignals"]:
+    def installed(self, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopSignals]:
         """Route ``signals`` to this object while the block runs (main thread only; a no-op elsewhere)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
@@ -92,7 +92,7 @@ class StopSignals:
                 signal.signal(signum, handler)
 
     @contextlib.contextmanager
-    def deferred(self) -> Iterator["StopSignals"]:
+    def deferred(self) -> Iterator[StopSignals]:
         """A first signal inside this block only records the request (the loop polls it)."""
         self._deferring += 1
         try:

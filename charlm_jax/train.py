@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ class RunKeys:
     sample: jax.Array
 
     @classmethod
-    def from_seed(cls, seed: int) -> "RunKeys":
+    def from_seed(cls, seed: int) -> RunKeys:
         return cls(*jax.random.split(jax.random.key(seed), 4))
 
     def epoch_key(self, epoch: int) -> jax.Array:
@@ -58,22 +59,37 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) 
     """
     peak = config.learning_rate
     if config.lr_schedule == "cosine" and total_steps is None:
-        raise CharLMError("lr_schedule='cosine' needs the run's total_steps (epochs x steps per epoch): "
-                          "pass total_steps to make_optimizer / create_train_state")
+        raise CharLMError(
+            "lr_schedule='cosine' needs the run's total_steps (epochs x steps per epoch): "
+            "pass total_steps to make_optimizer / create_train_state"
+        )
     warmup = config.warmup_steps if total_steps is None else min(config.warmup_steps, max(total_steps - 1, 0))
     if config.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(int(total_steps or 0), warmup + 1),
-            end_value=peak * config.lr_final_fraction)
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=max(int(total_steps or 0), warmup + 1),
+            end_value=peak * config.lr_final_fraction,
+        )
     if warmup == 0:
         return optax.constant_schedule(peak)
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
-                                [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
 
 
 # The fields of a TrainConfig that the optimizer reads.
-OPTIMIZER_FIELDS = ("learning_rate", "lr_schedule", "warmup_steps", "lr_final_fraction", "clip_norm", "weight_decay",
-                    "rmsprop_decay", "rmsprop_eps", "rmsprop_eps_in_sqrt", "max_nonfinite_in_row")
+OPTIMIZER_FIELDS = (
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "lr_final_fraction",
+    "clip_norm",
+    "weight_decay",
+    "rmsprop_decay",
+    "rmsprop_eps",
+    "rmsprop_eps_in_sqrt",
+    "max_nonfinite_in_row",
+)
 
 
 def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
@@ -88,7 +104,7 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
     return build_optimizer(settings, total_steps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
     """RMSprop with Keras 3's constants, optionally behind global-norm clipping, on a schedule.
 
@@ -110,13 +126,22 @@ def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> opta
     if config.weight_decay > 0:
         # Decoupled weight decay (as AdamW adds it to Adam): the step is RMSprop's direction plus
         # weight_decay * w, both scaled by the learning rate, so the decay follows the schedule.
-        transforms += [optax.scale_by_rms(decay=config.rmsprop_decay, eps=config.rmsprop_eps,
-                                          eps_in_sqrt=config.rmsprop_eps_in_sqrt),
-                       optax.add_decayed_weights(config.weight_decay),
-                       optax.scale_by_learning_rate(learning_rate)]
+        transforms += [
+            optax.scale_by_rms(
+                decay=config.rmsprop_decay, eps=config.rmsprop_eps, eps_in_sqrt=config.rmsprop_eps_in_sqrt
+            ),
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        ]
     else:
-        transforms.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay,
-                                        eps=config.rmsprop_eps, eps_in_sqrt=config.rmsprop_eps_in_sqrt))
+        transforms.append(
+            optax.rmsprop(
+                learning_rate,
+                decay=config.rmsprop_decay,
+                eps=config.rmsprop_eps,
+                eps_in_sqrt=config.rmsprop_eps_in_sqrt,
+            )
+        )
     optimizer = optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
     if config.max_nonfinite_in_row > 0:
         # Never let a NaN/inf gradient reach the parameters or RMSprop's statistics. optax gives
@@ -128,8 +153,9 @@ def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> opta
 NEVER_GIVE_UP = 2**30
 
 
-def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
-                       total_steps: int | None = None) -> TrainState:
+def create_train_state(
+    key: jax.Array, config: TrainConfig, vocab_size: int, total_steps: int | None = None
+) -> TrainState:
     """Initial params and optimizer state; ``total_steps`` sets the cosine schedule's length."""
     model = build_model(config, vocab_size)
     params = init_params(key, model, config.maxlen)
@@ -141,8 +167,9 @@ def create_train_state(key: jax.Array, config: TrainConfig, vocab_size: int,
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def loss_fn(params, windows: jax.Array, carries, dropout_key: jax.Array, *,
-            model: CharLSTM, maxlen: int, objective: str) -> tuple[jax.Array, Any]:
+def loss_fn(
+    params, windows: jax.Array, carries, dropout_key: jax.Array, *, model: CharLSTM, maxlen: int, objective: str
+) -> tuple[jax.Array, Any]:
     """Mean cross-entropy (nats) of a batch of windows, (batch, maxlen + 1) ids each, read from ``carries``.
 
     A window's first ``maxlen`` ids are the input; the book's target is its last id, the dense
@@ -152,14 +179,24 @@ def loss_fn(params, windows: jax.Array, carries, dropout_key: jax.Array, *,
     """
     inputs = windows[:, :maxlen]
     last_only = objective == "next_char"
-    new_carries, logits = model.apply({"params": params}, inputs, carries, last_only=last_only,
-                                      deterministic=False, rngs={"dropout": dropout_key})
+    new_carries, logits = model.apply(
+        {"params": params}, inputs, carries, last_only=last_only, deterministic=False, rngs={"dropout": dropout_key}
+    )
     targets = windows[:, maxlen] if last_only else windows[:, 1:]  # (batch,) or (batch, maxlen)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), new_carries
 
 
-def train_step(state: TrainState, carries, windows: jax.Array, dropout_key: jax.Array, *, model: CharLSTM,
-               maxlen: int, objective: str, carry_over: bool) -> tuple[TrainState, Any, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    carries,
+    windows: jax.Array,
+    dropout_key: jax.Array,
+    *,
+    model: CharLSTM,
+    maxlen: int,
+    objective: str,
+    carry_over: bool,
+) -> tuple[TrainState, Any, dict[str, jax.Array]]:
     """One optimizer update on a batch, (batch, maxlen + 1) windows, from ``carries``.
 
     The one step of both batchings. Consecutive streams (``carry_over``) start from the carries the
@@ -171,7 +208,8 @@ def train_step(state: TrainState, carries, windows: jax.Array, dropout_key: jax.
         carries = jax.tree.map(jnp.zeros_like, carries)  # a constant: XLA folds it, as for a fresh window
     step_key = jax.random.fold_in(dropout_key, state.step)
     (loss, new_carries), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, windows, carries, step_key, model=model, maxlen=maxlen, objective=objective)
+        state.params, windows, carries, step_key, model=model, maxlen=maxlen, objective=objective
+    )
     new_state, metrics = apply_update(state, loss, grads)
     if carry_over:
         carries = jax.tree.map(lambda c: jnp.where(jnp.isfinite(c), c, 0.0), new_carries)
@@ -188,17 +226,27 @@ def apply_update(state: TrainState, loss: jax.Array, grads) -> tuple[TrainState,
         params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]))
         new_state = new_state.replace(
             params=jax.tree.map(lambda new, old: jnp.where(params_finite, new, old), new_state.params, state.params),
-            opt_state=jax.tree.map(lambda new, old: jnp.where(params_finite, new, old), new_state.opt_state,
-                                   state.opt_state))
+            opt_state=jax.tree.map(
+                lambda new, old: jnp.where(params_finite, new, old), new_state.opt_state, state.opt_state
+            ),
+        )
         skipped = ~(new_state.opt_state.last_finite & params_finite)
     else:
         skipped = ~(jnp.isfinite(grad_norm) & jnp.isfinite(loss))  # reported only: no guard
     return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped}
 
 
-def _train_block(state: TrainState, carries, block_windows: jax.Array, dropout_key: jax.Array, *,
-                 model: CharLSTM, maxlen: int, objective: str,
-                 carry_over: bool) -> tuple[tuple[TrainState, Any], dict[str, jax.Array]]:
+def _train_block(
+    state: TrainState,
+    carries,
+    block_windows: jax.Array,
+    dropout_key: jax.Array,
+    *,
+    model: CharLSTM,
+    maxlen: int,
+    objective: str,
+    carry_over: bool,
+) -> tuple[tuple[TrainState, Any], dict[str, jax.Array]]:
     """``train_step`` over a block of batches, (steps, batch, maxlen + 1) windows, in one ``lax.scan``.
 
     One call per block instead of one per batch: Python, the host sync for the metrics and
@@ -209,15 +257,17 @@ def _train_block(state: TrainState, carries, block_windows: jax.Array, dropout_k
 
     def one_step(state_and_carries, windows):
         state, carries = state_and_carries
-        state, carries, metrics = train_step(state, carries, windows, dropout_key, model=model, maxlen=maxlen,
-                                             objective=objective, carry_over=carry_over)
+        state, carries, metrics = train_step(
+            state, carries, windows, dropout_key, model=model, maxlen=maxlen, objective=objective, carry_over=carry_over
+        )
         return (state, carries), metrics
 
     return jax.lax.scan(one_step, (state, carries), block_windows)
 
 
-def _eval_step(params, windows: jax.Array, weights: jax.Array, *,
-               model: CharLSTM, maxlen: int) -> tuple[jax.Array, jax.Array]:
+def _eval_step(
+    params, windows: jax.Array, weights: jax.Array, *, model: CharLSTM, maxlen: int
+) -> tuple[jax.Array, jax.Array]:
     """Summed next-character NLL (nats) and count over weighted windows.
 
     Always the book's objective (each character predicted from the ``maxlen``
@@ -228,7 +278,7 @@ def _eval_step(params, windows: jax.Array, weights: jax.Array, *,
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_train_block(mesh=None) -> Callable:
     """``train_block`` jitted for ``mesh``: one compiled function per process and mesh, as generation's
     scans are, so every run (the CLI's, a script's, a test's) with the same model and shapes shares one
@@ -243,8 +293,13 @@ def compiled_train_block(mesh=None) -> Callable:
         from charlm_jax.distributed import batch_sharding, block_sharding, replicated
 
         repl, rows = replicated(mesh), batch_sharding(mesh)
-        jitted = jax.jit(_positional_block, static_argnums=static, donate_argnums=(0, 1),
-                         in_shardings=(repl, rows, block_sharding(mesh), repl), out_shardings=((repl, rows), repl))
+        jitted = jax.jit(
+            _positional_block,
+            static_argnums=static,
+            donate_argnums=(0, 1),
+            in_shardings=(repl, rows, block_sharding(mesh), repl),
+            out_shardings=((repl, rows), repl),
+        )
 
     @functools.wraps(_train_block)
     def block(state, carries, block_windows, dropout_key, *, model, maxlen, objective, carry_over):
@@ -255,8 +310,16 @@ def compiled_train_block(mesh=None) -> Callable:
 
 
 def _positional_block(state, carries, block_windows, dropout_key, model, maxlen, objective, carry_over):
-    return _train_block(state, carries, block_windows, dropout_key, model=model, maxlen=maxlen, objective=objective,
-                        carry_over=carry_over)
+    return _train_block(
+        state,
+        carries,
+        block_windows,
+        dropout_key,
+        model=model,
+        maxlen=maxlen,
+        objective=objective,
+        carry_over=carry_over,
+    )
 
 
 # train_block(state, carries, block_windows (steps, batch, maxlen + 1), dropout_key, *, model, maxlen, objective,

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         lm = charlm_jax.load(args.checkpoint)
         text = prepare_text(charlm_jax.load_text(args.text), lm.config.lowercase)
         prompt = args.prompt or lm.default_prompt
-        prompt_ids = lm.encode_prompt(prompt)[-lm.config.maxlen:]
+        prompt_ids = lm.encode_prompt(prompt)[-lm.config.maxlen :]
     except charlm_jax.CharLMError as error:
         print(f"sampling_figures: error: {error}", file=sys.stderr)
         return 2
@@ -88,9 +88,13 @@ def main(argv=None) -> int:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "entropy_vs_temperature.png", dpi=120)
-    summary = {"checkpoint": str(args.checkpoint), "step": lm.step, "prompt": prompt,
-               "entropy_bits": {f"{t:.3g}": e for t, e in zip(grid, entropies)},
-               "top_probabilities": {str(t): {lm.vocab.chars[i]: float(probs[t][i]) for i in top[:5]} for t in temps}}
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "step": lm.step,
+        "prompt": prompt,
+        "entropy_bits": {f"{t:.3g}": e for t, e in zip(grid, entropies)},
+        "top_probabilities": {str(t): {lm.vocab.chars[i]: float(probs[t][i]) for i in top[:5]} for t in temps},
+    }
     (out / "sampling_figures.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out / 'reweighted_distributions.png'} and {out / 'entropy_vs_temperature.png'}")
     return 0

@@ -9,16 +9,14 @@ from rich.console import Console
 from charlm_jax.config import TrainConfig
 
 TINY_TEXT = (
-    "the quick brown fox jumps over the lazy dog. "
-    "a stitch in time saves nine. all that glitters is not gold. "
+    "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. all that glitters is not gold. "
 ) * 12
 
 QUIET = Console(quiet=True)
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    values = dict(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=20,
-                  val_fraction=0.1)
+    values = dict(maxlen=12, step=2, hidden_size=16, batch_size=16, epochs=1, sample_length=20, val_fraction=0.1)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -39,6 +37,14 @@ def train_windows(state, block_windows, key, config, model):
     from charlm_jax.train import train_block
 
     carries = model.zero_carries(np.shape(block_windows)[1])
-    (state, _), metrics = train_block(state, carries, block_windows, key, model=model, maxlen=config.maxlen,
-                                      objective=config.objective, carry_over=False)
+    (state, _), metrics = train_block(
+        state,
+        carries,
+        block_windows,
+        key,
+        model=model,
+        maxlen=config.maxlen,
+        objective=config.objective,
+        carry_over=False,
+    )
     return state, metrics

@@ -65,8 +65,10 @@ def _abstract_items(lm, store, step):
     from charlm_jax.train import create_train_state
 
     state = jax.eval_shape(lambda: create_train_state(jax.random.key(0), lm.config, lm.vocab.size))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        checkpoint_items(state, jax.eval_shape(lambda: zero_carries(lm.config))))
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        checkpoint_items(state, jax.eval_shape(lambda: zero_carries(lm.config))),
+    )
 
 
 def test_an_existing_run_is_never_overwritten_without_resume(trained_run, tiny_text):

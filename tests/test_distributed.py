@@ -15,8 +15,9 @@ def four_device_report(tmp_path_factory):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     script = Path(__file__).with_name("multidevice_check.py")
     out = tmp_path_factory.mktemp("multi")
-    result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), str(out)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -25,8 +25,19 @@ from charlm_jax.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
-TINY_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--no-progress",
-              "--cpu-devices", "1"]
+TINY_FLAGS = [
+    "--maxlen",
+    "12",
+    "--step",
+    "2",
+    "--hidden-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--cpu-devices",
+    "1",
+]
 # No test here bounds how long a stop takes (that depends on the machine); each prints the seconds it
 # measured, and asserts what the stop did: the step saved, the validation or samples abandoned unrecorded.
 
@@ -36,8 +47,13 @@ class Trainer:
 
     def __init__(self, *argv: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen([sys.executable, "-m", "charlm_jax.cli", *map(str, argv)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "charlm_jax.cli", *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -100,12 +116,15 @@ def text_file(tmp_path, tiny_text):
 
 # ----------------------------------------------------------------------------------------- signals
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143),
-                                           pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
+
+@pytest.mark.parametrize(
+    "signum,status", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
+)
 def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, text_file, tiny_text, signum, status):
     out = tmp_path / "run"
-    trainer = Trainer("train", "--text", text_file, "--out", out, "--epochs", "100000", "--sample-length", "0",
-                      *TINY_FLAGS)
+    trainer = Trainer(
+        "train", "--text", text_file, "--out", out, "--epochs", "100000", "--sample-length", "0", *TINY_FLAGS
+    )
     trainer.wait_for("epoch 1/")
     seconds = trainer.signal_and_wait(signum)
     code, stdout, stderr = trainer.finish()
@@ -114,15 +133,24 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
     assert code == status and "Traceback" not in stderr, stderr
     line = next(line for line in stdout.splitlines() if line.startswith("stopped by"))
     step = int(line.split(" at step ")[1].split(";")[0])
-    assert line == f"stopped by {name} at step {step}; checkpoint in {out}; resume with " \
-                   f"charlm-jax train --out {out} --resume"
+    assert (
+        line == f"stopped by {name} at step {step}; checkpoint in {out}; resume with "
+        f"charlm-jax train --out {out} --resume"
+    )
     saved = charlm_jax.load(out)
     assert saved.step == step and all(s <= step for s in record_steps(out))  # metrics never ahead of checkpoints
     # The checkpoint is what an uninterrupted run holds at that step, bit for bit.
-    reference = fit(tiny_config(epochs=100000, sample_length=0), tiny_text, tmp_path / "reference", console=QUIET, limits=Limits(max_steps=step))
+    reference = fit(
+        tiny_config(epochs=100000, sample_length=0),
+        tiny_text,
+        tmp_path / "reference",
+        console=QUIET,
+        limits=Limits(max_steps=step),
+    )
     assert_trees_equal(saved.params, reference.state.params)
-    code, stdout, stderr = run("train", "--text", text_file, "--out", out, "--resume", "--epochs",
-                               str(step // 35 + 2), *TINY_FLAGS)
+    code, stdout, stderr = run(
+        "train", "--text", text_file, "--out", out, "--resume", "--epochs", str(step // 35 + 2), *TINY_FLAGS
+    )
     assert code == 0, stderr
     assert f"resuming at step {step}" in stdout and charlm_jax.load(out).step > step
     steps = record_steps(out)
@@ -133,10 +161,31 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
 def test_stop_during_validation_drops_it_and_saves_within_seconds(tmp_path):
     """A 2.3M-window validation (the python-source corpus, half held out) is abandoned between batches."""
     out = tmp_path / "run"
-    flags = ["--corpus", "python-source", "--out", out, "--val-fraction", "0.5", "--val-chars", "0", "--step", "1000",
-             "--maxlen", "60",
-             "--hidden-size", "64", "--batch-size", "16", "--eval-every-steps", "16", "--sample-length", "0",
-             "--no-progress", "--cpu-devices", "1"]
+    flags = [
+        "--corpus",
+        "python-source",
+        "--out",
+        out,
+        "--val-fraction",
+        "0.5",
+        "--val-chars",
+        "0",
+        "--step",
+        "1000",
+        "--maxlen",
+        "60",
+        "--hidden-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--eval-every-steps",
+        "16",
+        "--sample-length",
+        "0",
+        "--no-progress",
+        "--cpu-devices",
+        "1",
+    ]
     trainer = Trainer("train", *flags)
     trainer.wait_for("validating on")  # 2.3M windows: the signal arrives long before their end
     seconds = trainer.signal_and_wait(signal.SIGINT)
@@ -157,8 +206,20 @@ def test_stop_during_validation_drops_it_and_saves_within_seconds(tmp_path):
 @pytest.mark.slow
 def test_stop_during_the_epoch_samples_is_honoured_between_chunks(tmp_path, text_file):
     out = tmp_path / "run"
-    trainer = Trainer("train", "--text", text_file, "--out", out, "--epochs", "2", "--sample-length", "300000",
-                      "--sample-mode", "window", *TINY_FLAGS)
+    trainer = Trainer(
+        "train",
+        "--text",
+        text_file,
+        "--out",
+        out,
+        "--epochs",
+        "2",
+        "--sample-length",
+        "300000",
+        "--sample-mode",
+        "window",
+        *TINY_FLAGS,
+    )
     trainer.wait_for("epoch 1/2: train loss")  # printed after validation, before 4 x 300,000 characters of samples
     seconds = trainer.signal_and_wait(signal.SIGINT)
     code, stdout, stderr = trainer.finish()
@@ -166,37 +227,61 @@ def test_stop_during_the_epoch_samples_is_honoured_between_chunks(tmp_path, text
     assert code == 130 and "Traceback" not in stderr, stderr
     assert "stopped by SIGINT at step 35;" in stdout
     assert record_steps(out) == [] and charlm_jax.load(out).step == 35
-    code, stdout, stderr = run("train", "--text", text_file, "--out", out, "--resume", "--epochs", "2",
-                               "--sample-length", "0", *TINY_FLAGS[:-2])
+    code, stdout, stderr = run(
+        "train",
+        "--text",
+        text_file,
+        "--out",
+        out,
+        "--resume",
+        "--epochs",
+        "2",
+        "--sample-length",
+        "0",
+        *TINY_FLAGS[:-2],
+    )
     assert code == 0 and "resuming at step 35" in stdout and record_steps(out) == [70], stderr
 
 
 # -------------------------------------------------------------------------------- two trainers
 
+
 def test_a_second_trainer_is_refused_naming_the_holder_and_a_killed_holder_blocks_nothing(tmp_path, text_file):
     out = tmp_path / "run"
-    first = Trainer("train", "--text", text_file, "--out", out, "--epochs", "100000", "--sample-length", "0",
-                    *TINY_FLAGS)
+    first = Trainer(
+        "train", "--text", text_file, "--out", out, "--epochs", "100000", "--sample-length", "0", *TINY_FLAGS
+    )
     first.wait_for("epoch 1/")
     code, _, stderr = run("train", "--text", text_file, "--out", out, "--resume", *TINY_FLAGS)
     line = assert_one_line(stderr, "is in use by another trainer")
     assert code == 2 and f"process {first.process.pid} on " in line
     first.process.kill()  # kill -9: no handler runs, the lock file stays behind
     first.process.wait(timeout=60)
-    code, stdout, stderr = run("train", "--text", text_file, "--out", out, "--resume", "--epochs",
-                               str(charlm_jax.load(out).step // 35 + 1), *TINY_FLAGS)
+    code, stdout, stderr = run(
+        "train",
+        "--text",
+        text_file,
+        "--out",
+        out,
+        "--resume",
+        "--epochs",
+        str(charlm_jax.load(out).step // 35 + 1),
+        *TINY_FLAGS,
+    )
     assert code == 0 and "resuming at step" in stdout, stderr
 
 
 # ------------------------------------------------------------------------------- full disk, read-only
+
 
 @pytest.fixture()
 def small_filesystem(tmp_path):
     """A 16 MiB tmpfs of our own (needs the right to mount, which root has here and in CI)."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small file system here ({result.stderr.strip()}): needs root")
     yield mount_point
@@ -244,6 +329,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resume_is_clean(s
 
 # ----------------------------------------------------------------------------- damaged checkpoints
 
+
 def test_a_damaged_newest_checkpoint_warns_in_one_line_and_resume_sets_it_aside(tmp_path, trained_run, text_file):
     out = tmp_path / "run"
     shutil.copytree(trained_run[0], out)  # steps 35 and 70 of the tiny run (2 epochs)
@@ -261,15 +347,19 @@ def test_a_damaged_newest_checkpoint_warns_in_one_line_and_resume_sets_it_aside(
 
 # ----------------------------------------------------------------------- options and error policy
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["generate", "--chunk", "-1"], "--chunk sets the size of streamed pieces and has no effect without --stream"),
-    (["generate", "--repetition-window", "5"], "--repetition-window has no effect without --repetition-penalty"),
-    (["train", "--lr-final-fraction", "0.2"], "--lr-final-fraction has no effect with a constant learning rate"),
-    (["train", "--sample-length", "0", "--temperatures", "0.5"], "have no effect with --sample-length 0"),
-    (["train", "--val-fraction", "0", "--early-stopping-patience", "2"], "needs a validation split"),
-    (["train", "--corpus", "pydoc", "--sha256", "00"], "has no effect on a built-in corpus"),
-    (["train", "--num-processes", "2"], "need --coordinator"),
-])
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["generate", "--chunk", "-1"], "--chunk sets the size of streamed pieces and has no effect without --stream"),
+        (["generate", "--repetition-window", "5"], "--repetition-window has no effect without --repetition-penalty"),
+        (["train", "--lr-final-fraction", "0.2"], "--lr-final-fraction has no effect with a constant learning rate"),
+        (["train", "--sample-length", "0", "--temperatures", "0.5"], "have no effect with --sample-length 0"),
+        (["train", "--val-fraction", "0", "--early-stopping-patience", "2"], "needs a validation split"),
+        (["train", "--corpus", "pydoc", "--sha256", "00"], "has no effect on a built-in corpus"),
+        (["train", "--num-processes", "2"], "need --coordinator"),
+    ],
+)
 def test_an_option_without_effect_is_refused_in_one_line(capsys, trained_run, tmp_path, argv, fragment):
     from charlm_jax.cli import main
 
@@ -302,8 +392,21 @@ def test_resume_splits_the_cpu_for_the_saved_batch_not_the_flags_default(tmp_pat
     """A batch of 17 runs on one CPU device; resumed with no --batch-size, the default 128 would split the
     CPU in two and refuse the saved batch. The device split must follow the checkpoint."""
     out = tmp_path / "run"
-    flags = ["--text", text_file, "--out", out, "--maxlen", "12", "--step", "2", "--hidden-size", "16",
-             "--sample-length", "0", "--no-progress"]
+    flags = [
+        "--text",
+        text_file,
+        "--out",
+        out,
+        "--maxlen",
+        "12",
+        "--step",
+        "2",
+        "--hidden-size",
+        "16",
+        "--sample-length",
+        "0",
+        "--no-progress",
+    ]
     code, stdout, stderr = run("train", *flags, "--batch-size", "17", "--epochs", "1")
     assert code == 0 and "1 cpu device(s)" in stdout, stderr
     code, stdout, stderr = run("train", *flags, "--resume", "--epochs", "2")

@@ -11,19 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from charlm_jax.config import SAMPLERS
 from charlm_jax.decode import generate_ids
 from charlm_jax.options import GenerationOptions
-from charlm_jax.config import SAMPLERS
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
-TABLE = np.array([
-    [2.0, 0.5, -1.0, 0.0, 1.0],
-    [-1.0, 1.5, 1.0, 0.0, -np.inf],  # 1 -> 4 is impossible
-    [0.0, 0.0, 0.0, 0.0, 0.0],
-    [3.0, -2.0, 1.0, 0.5, 0.0],
-    [0.5, 1.0, 1.5, 2.0, -0.5],
-], np.float32)
+TABLE = np.array(
+    [
+        [2.0, 0.5, -1.0, 0.0, 1.0],
+        [-1.0, 1.5, 1.0, 0.0, -np.inf],  # 1 -> 4 is impossible
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [3.0, -2.0, 1.0, 0.5, 0.0],
+        [0.5, 1.0, 1.5, 2.0, -0.5],
+    ],
+    np.float32,
+)
 
 
 class BigramTable(nn.Module):
@@ -54,8 +57,13 @@ def test_draws_follow_softmax_of_the_penalised_logits(sampler, penalty):
     # Prompt rows whose last `window` ids are {0, 3} (and an older 1 outside the window).
     prompt = np.array([1, 0, 3, 3], np.int32)
     prompts = jnp.asarray(np.tile(prompt, (20_000, 1)))
-    options = GenerationOptions(length=1, temperatures=np.full(20_000, temperature), sampler=sampler,
-                                repetition_penalty=penalty, repetition_window=window)
+    options = GenerationOptions(
+        length=1,
+        temperatures=np.full(20_000, temperature),
+        sampler=sampler,
+        repetition_penalty=penalty,
+        repetition_window=window,
+    )
     ids = np.asarray(generate_ids(params, jax.random.key(7), prompts, options, model=model, maxlen=6))[:, 0]
     counts = np.bincount(ids, minlength=5)
     logits = TABLE[0].astype(np.float64)
@@ -78,7 +86,7 @@ def test_transition_frequencies_match_the_table_at_each_temperature(mode, sample
     ids = np.asarray(generate_ids(params, jax.random.key(0), prompts, options, model=model, maxlen=6))
     text = np.concatenate([np.asarray(prompts), ids], axis=1)  # (batch, 1 + length)
     for t_index, temperature in enumerate(temps):
-        rows = text[t_index * streams:(t_index + 1) * streams]
+        rows = text[t_index * streams : (t_index + 1) * streams]
         counts = np.zeros((5, 5))
         np.add.at(counts, (rows[:, :-1].ravel(), rows[:, 1:].ravel()), 1)
         for prev in range(5):

@@ -39,9 +39,13 @@ def test_guard_changes_finite_updates_by_float32_rounding_at_most():
     for _ in range(3):
         guarded, plain = guarded.apply_gradients(grads=grads), plain.apply_gradients(grads=grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), guarded.params, plain.params)
-    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
-             zip(jax.tree.leaves(plain.params), jax.tree.leaves(create_train_state(
-                 jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7).params))]
+    moved = [
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(
+            jax.tree.leaves(plain.params),
+            jax.tree.leaves(create_train_state(jax.random.key(0), TrainConfig(hidden_size=8), vocab_size=7).params),
+        )
+    ]
     assert min(moved) > 1e-3  # the updates compared are real steps, far above the tolerance
 
 
@@ -56,5 +60,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, ti
     assert_trees_equal(guarded.state.params, initial)
     assert guarded.history[-1]["skipped_steps_total"] == 4
     # ...while the same four steps without the guard destroy them.
-    unguarded = fit(replace(config, max_nonfinite_in_row=0), tiny_text, tmp_path / "off", console=QUIET, limits=Limits(max_steps=4))
+    unguarded = fit(
+        replace(config, max_nonfinite_in_row=0), tiny_text, tmp_path / "off", console=QUIET, limits=Limits(max_steps=4)
+    )
     assert not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(unguarded.state.params))

@@ -34,7 +34,7 @@ def one_hot_windows(starts):
     index = {c: i for i, c in enumerate(CHARS)}
     x = np.zeros((len(starts), MAXLEN, VOCAB), np.float32)
     for row, start in enumerate(starts):
-        for t, char in enumerate(TEXT[start:start + MAXLEN]):
+        for t, char in enumerate(TEXT[start : start + MAXLEN]):
             x[row, t, index[char]] = 1.0
     return x
 
@@ -51,7 +51,7 @@ def book_model(keras, *layers):
 
 
 def our_probabilities(lm, starts):
-    windows = jnp.asarray([[CHARS.index(c) for c in TEXT[s:s + MAXLEN]] for s in starts])
+    windows = jnp.asarray([[CHARS.index(c) for c in TEXT[s : s + MAXLEN]] for s in starts])
     _, logits = lm.model.apply({"params": lm.params}, windows, last_only=True)
     return np.asarray(jax.nn.softmax(logits))
 
@@ -63,8 +63,9 @@ def saved_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keras")
     models = {
         "book": book_model(keras, keras.layers.LSTM(16)),
-        "stacked": book_model(keras, keras.layers.LSTM(12, return_sequences=True), keras.layers.Dropout(0.2),
-                              keras.layers.LSTM(12)),
+        "stacked": book_model(
+            keras, keras.layers.LSTM(12, return_sequences=True), keras.layers.Dropout(0.2), keras.layers.LSTM(12)
+        ),
         "hard_sigmoid": book_model(keras, keras.layers.LSTM(16, recurrent_activation="hard_sigmoid")),
     }
     paths = {}
@@ -77,9 +78,13 @@ def saved_models(tmp_path_factory):
 
 # Each model in one file format by default (the book's in its own .h5, as the seeds saved it); the other
 # three pairs, the same readers on other models, run with the slow set.
-KERAS_CASES = [(name, suffix) if (name, suffix) in {("book", ".h5"), ("stacked", ".keras"), ("hard_sigmoid", ".h5")}
-               else pytest.param(name, suffix, marks=pytest.mark.slow)
-               for name in ("book", "stacked", "hard_sigmoid") for suffix in (".keras", ".h5")]
+KERAS_CASES = [
+    (name, suffix)
+    if (name, suffix) in {("book", ".h5"), ("stacked", ".keras"), ("hard_sigmoid", ".h5")}
+    else pytest.param(name, suffix, marks=pytest.mark.slow)
+    for name in ("book", "stacked", "hard_sigmoid")
+    for suffix in (".keras", ".h5")
+]
 
 
 @pytest.mark.parametrize("name,suffix", KERAS_CASES)
@@ -98,20 +103,34 @@ def test_imported_probabilities_equal_keras_predict(saved_models, tmp_path, name
 
 def write_keras2_h5(path, kernel, recurrent, bias, dense_kernel, dense_bias, maxlen, vocab):
     """A file in the layout Keras 2.1 writes for the book's model (config as a bare layer list)."""
-    config = {"class_name": "Sequential", "config": [
-        {"class_name": "LSTM", "config": {"name": "lstm_1", "units": recurrent.shape[0], "activation": "tanh",
-                                          "recurrent_activation": "hard_sigmoid", "return_sequences": False,
-                                          "go_backwards": False, "batch_input_shape": [None, maxlen, vocab]}},
-        {"class_name": "Dense", "config": {"name": "dense_1", "units": vocab, "activation": "softmax"}},
-    ]}
+    config = {
+        "class_name": "Sequential",
+        "config": [
+            {
+                "class_name": "LSTM",
+                "config": {
+                    "name": "lstm_1",
+                    "units": recurrent.shape[0],
+                    "activation": "tanh",
+                    "recurrent_activation": "hard_sigmoid",
+                    "return_sequences": False,
+                    "go_backwards": False,
+                    "batch_input_shape": [None, maxlen, vocab],
+                },
+            },
+            {"class_name": "Dense", "config": {"name": "dense_1", "units": vocab, "activation": "softmax"}},
+        ],
+    }
     with h5py.File(path, "w") as handle:
         handle.attrs["keras_version"] = b"2.1.6"
         handle.attrs["backend"] = b"tensorflow"
         handle.attrs["model_config"] = json.dumps(config).encode()
         weights = handle.create_group("model_weights")
         weights.attrs["layer_names"] = [b"lstm_1", b"dense_1"]
-        for layer, arrays in (("lstm_1", {"kernel:0": kernel, "recurrent_kernel:0": recurrent, "bias:0": bias}),
-                              ("dense_1", {"kernel:0": dense_kernel, "bias:0": dense_bias})):
+        for layer, arrays in (
+            ("lstm_1", {"kernel:0": kernel, "recurrent_kernel:0": recurrent, "bias:0": bias}),
+            ("dense_1", {"kernel:0": dense_kernel, "bias:0": dense_bias}),
+        ):
             group = weights.create_group(layer)
             group.attrs["weight_names"] = [f"{layer}/{name}".encode() for name in arrays]
             for name, value in arrays.items():
@@ -137,8 +156,10 @@ def keras2_reference(one_hot, kernel, recurrent, bias, dense_kernel, dense_bias)
 def test_a_keras2_file_uses_keras2s_hard_sigmoid(tmp_path):
     rng = np.random.default_rng(1)
     hidden = 8
-    arrays = [rng.normal(0, 0.8, shape).astype(np.float32) for shape in
-              [(VOCAB, 4 * hidden), (hidden, 4 * hidden), (4 * hidden,), (hidden, VOCAB), (VOCAB,)]]
+    arrays = [
+        rng.normal(0, 0.8, shape).astype(np.float32)
+        for shape in [(VOCAB, 4 * hidden), (hidden, 4 * hidden), (4 * hidden,), (hidden, VOCAB), (VOCAB,)]
+    ]
     path = tmp_path / "book_keras2.h5"
     write_keras2_h5(path, *arrays, MAXLEN, VOCAB)
     lm = charlm_jax.import_keras(path, tmp_path / "run", text=TINY_TEXT)
@@ -161,10 +182,44 @@ def test_cli_import_then_generate_eval_and_resume(capsys, saved_models, tmp_path
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])["bits_per_char"]
     assert printed == pytest.approx(charlm_jax.bits_per_char(charlm_jax.load(out), TINY_TEXT), rel=1e-12)
     before = charlm_jax.bits_per_char(charlm_jax.load(out), TEXT[-200:])
-    assert main(["train", "--text", str(text_file), "--out", str(out), "--resume", "--epochs", "2",
-                 "--sample-length", "0", "--no-progress", "--batch-size", "16"]) != 0  # settings differ: refused
-    assert main(["train", "--text", str(text_file), "--out", str(out), "--resume", "--epochs", "2",
-                 "--sample-length", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--text",
+                str(text_file),
+                "--out",
+                str(out),
+                "--resume",
+                "--epochs",
+                "2",
+                "--sample-length",
+                "0",
+                "--no-progress",
+                "--batch-size",
+                "16",
+            ]
+        )
+        != 0
+    )  # settings differ: refused
+    assert (
+        main(
+            [
+                "train",
+                "--text",
+                str(text_file),
+                "--out",
+                str(out),
+                "--resume",
+                "--epochs",
+                "2",
+                "--sample-length",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert charlm_jax.load(out).step > 0 and charlm_jax.bits_per_char(charlm_jax.load(out), TEXT[-200:]) != before
 
 

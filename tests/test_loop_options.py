@@ -32,11 +32,16 @@ def test_best_checkpoint_holds_the_epoch_with_the_lowest_validation(tmp_path, ti
         store.close()
     assert (meta.epoch, meta.val_bits_per_char) == (best_epoch, min(bits))
     # Its params are that epoch's: re-training to that epoch reproduces them exactly.
-    again = fit(tiny_config(epochs=best_epoch, learning_rate=0.05, sample_length=0), tiny_text,
-                tmp_path / "again", console=QUIET)
+    again = fit(
+        tiny_config(epochs=best_epoch, learning_rate=0.05, sample_length=0),
+        tiny_text,
+        tmp_path / "again",
+        console=QUIET,
+    )
     assert_trees_equal(best.params, again.state.params)
-    assert [r.get("best", False) for r in result.history] == \
-        [b < min(bits[:i], default=np.inf) for i, b in enumerate(bits)]
+    assert [r.get("best", False) for r in result.history] == [
+        b < min(bits[:i], default=np.inf) for i, b in enumerate(bits)
+    ]
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path, tiny_text):
@@ -62,7 +67,9 @@ def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_
     assert first.stop_reason == "time_limit" and first.resumable and not first.interrupted
     partial = records_of(tmp_path)[-1]
     assert partial["partial_epoch"] and partial["epoch"] == 1 and np.isfinite(partial["val_bits_per_char"])
-    assert partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == config.steps_per_call  # one block
+    assert (
+        partial["train_seconds"] > 0 and partial["step"] == int(first.state.step) == config.steps_per_call
+    )  # one block
     done = fit(config, tiny_text, tmp_path, console=QUIET, resume=True)
     assert done.stop_reason == "completed"
     seconds = [r["train_seconds"] for r in records_of(tmp_path)]
@@ -84,27 +91,73 @@ def test_cli_recipe_fast_trains_with_its_values_and_flags_override(capsys, tmp_p
     text_file = tmp_path / "tiny.txt"
     text_file.write_text(tiny_text)
     out = tmp_path / "run"
-    code = main(["train", "--recipe", "fast", "--text", str(text_file), "--out", str(out), "--epochs", "1",
-                 "--maxlen", "12", "--step", "2", "--hidden-size", "16", "--num-layers", "1", "--batch-size", "16",
-                 "--sample-length", "0", "--warmup-steps", "3", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--recipe",
+            "fast",
+            "--text",
+            str(text_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--maxlen",
+            "12",
+            "--step",
+            "2",
+            "--hidden-size",
+            "16",
+            "--num-layers",
+            "1",
+            "--batch-size",
+            "16",
+            "--sample-length",
+            "0",
+            "--warmup-steps",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     lm = charlm_jax.load(out)
-    expected = charlm_jax.recipe_config("fast", epochs=1, maxlen=12, step=2, hidden_size=16, num_layers=1,
-                                        batch_size=16, sample_length=0, warmup_steps=3)
+    expected = charlm_jax.recipe_config(
+        "fast",
+        epochs=1,
+        maxlen=12,
+        step=2,
+        hidden_size=16,
+        num_layers=1,
+        batch_size=16,
+        sample_length=0,
+        warmup_steps=3,
+    )
     assert lm.config == expected and lm.config.objective == "dense" and lm.config.dropout == 0.4
     assert "best validation" in capsys.readouterr().out
     # --resume keeps the run's recipe; only --epochs changes.
     code = main(["train", "--text", str(text_file), "--out", str(out), "--epochs", "2", "--resume", "--no-progress"])
     assert code == 0 and charlm_jax.load(out).config == charlm_jax.recipe_config(
-        "fast", epochs=2, maxlen=12, step=2, hidden_size=16, num_layers=1, batch_size=16, sample_length=0,
-        warmup_steps=3)
+        "fast",
+        epochs=2,
+        maxlen=12,
+        step=2,
+        hidden_size=16,
+        num_layers=1,
+        batch_size=16,
+        sample_length=0,
+        warmup_steps=3,
+    )
     assert charlm_jax.load(out / "best").step > 0
 
 
 def test_cli_time_limit_must_be_positive(capsys, tmp_path):
     code = main(["train", "--time-limit", "0", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("charlm-jax: error: --time-limit (Limits.max_seconds) must be > 0") and err.count("\n") == 1
+    assert (
+        code == 2
+        and err.startswith("charlm-jax: error: --time-limit (Limits.max_seconds) must be > 0")
+        and err.count("\n") == 1
+    )
 
 
 class TickingClock:
@@ -121,7 +174,13 @@ class TickingClock:
 def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_path, tiny_text):
     """With an injected clock (0.1 s per block of 4 steps) the plan is exact, whatever the machine's speed."""
     config = tiny_config(epochs=500, lr_schedule="cosine", warmup_steps=0, sample_length=0, steps_per_call=4)
-    first = fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=3.0, clock=TickingClock(0.1)),)
+    first = fit(
+        config,
+        tiny_text,
+        tmp_path,
+        console=QUIET,
+        limits=Limits(max_seconds=3.0, clock=TickingClock(0.1)),
+    )
     planned = records_of(tmp_path)[-1]
     assert first.stop_reason == "time_limit" and 3.0 <= planned["train_seconds"] < 3.2
     # Planned after the second block: 8 steps + 98 % of the 2.8 s left at 0.025 s per step, not 500 epochs.
@@ -129,7 +188,14 @@ def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_pa
     assert planned["learning_rate"] < config.learning_rate  # the cosine has decayed within the budget
     with CheckpointStore(tmp_path, create=False) as store:
         assert store.restore_meta().schedule_steps == planned["schedule_steps"]
-    fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=4.0, clock=TickingClock(0.1)), resume=True,)
+    fit(
+        config,
+        tiny_text,
+        tmp_path,
+        console=QUIET,
+        limits=Limits(max_seconds=4.0, clock=TickingClock(0.1)),
+        resume=True,
+    )
     assert records_of(tmp_path)[-1]["schedule_steps"] == planned["schedule_steps"]  # the plan is kept
 
 
@@ -139,8 +205,7 @@ def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_t
     steps = [(r["step"], r.get("partial_epoch", False)) for r in result.history]
     # 35 steps per epoch in blocks of 4: evaluations after the blocks that reach 10, 20, 30, 40, 50, 60.
     assert steps == [(12, True), (20, True), (32, True), (35, False), (43, True), (51, True), (63, True), (70, False)]
-    plain = fit(tiny_config(epochs=2, sample_length=0, steps_per_call=4), tiny_text, tmp_path / "plain",
-                console=QUIET)
+    plain = fit(tiny_config(epochs=2, sample_length=0, steps_per_call=4), tiny_text, tmp_path / "plain", console=QUIET)
     assert_trees_equal(result.state.params, plain.state.params)
     assert result.history[-1]["val_bits_per_char"] == plain.history[-1]["val_bits_per_char"]
 
@@ -156,6 +221,10 @@ def test_a_second_fit_with_the_same_shapes_compiles_nothing(tmp_path, tiny_text)
     fit(config, tiny_text, tmp_path / "first", console=QUIET)
     after_first = [fn._cache_size() for fn in compiled]
     # Another seed, more epochs, other temperatures: the same shapes and static options.
-    fit(tiny_config(hidden_size=19, epochs=2, steps_per_call=7, seed=3, temperatures=(0.7, 0.1, 1.5, 2.0)),
-        tiny_text, tmp_path / "second", console=QUIET)
+    fit(
+        tiny_config(hidden_size=19, epochs=2, steps_per_call=7, seed=3, temperatures=(0.7, 0.1, 1.5, 2.0)),
+        tiny_text,
+        tmp_path / "second",
+        console=QUIET,
+    )
     assert [fn._cache_size() for fn in compiled] == after_first

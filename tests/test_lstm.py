@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from charlm_jax import lstm, model as model_module
+from charlm_jax import lstm
+from charlm_jax import model as model_module
 from charlm_jax.config import RECURRENT_ACTIVATIONS
 from charlm_jax.lstm import _forward, lstm_scan
 from charlm_jax.model import CharLSTM, init_params
@@ -103,10 +104,16 @@ def model_loss(params, model, ids, seq_lengths, objective):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-@pytest.mark.parametrize("objective,num_layers,padded", [
-    ("next_char", 1, False), ("dense", 1, False), ("next_char", 3, False), ("dense", 2, False),
-    ("next_char", 2, True),
-])
+@pytest.mark.parametrize(
+    "objective,num_layers,padded",
+    [
+        ("next_char", 1, False),
+        ("dense", 1, False),
+        ("next_char", 3, False),
+        ("dense", 2, False),
+        ("next_char", 2, True),
+    ],
+)
 def test_model_loss_gradients_equal_autodiff(monkeypatch, objective, num_layers, padded):
     model = CharLSTM(vocab_size=9, hidden_size=6, num_layers=num_layers)
     params32 = init_params(jax.random.key(0), model, 8)

@@ -28,9 +28,14 @@ def test_forward_equals_keras_equations_on_one_hot_inputs():
     ids = jax.random.randint(jax.random.key(1), (4, 9), 0, 11)
     _, logits = model.apply({"params": params}, ids, last_only=True)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    expected = keras_lstm_reference(np.eye(11)[np.asarray(ids)], p["input_kernel"]["embedding"],
-                                    p["lstm_0"]["recurrent_kernel"], p["lstm_0"]["bias"],
-                                    p["logits"]["kernel"], p["logits"]["bias"])
+    expected = keras_lstm_reference(
+        np.eye(11)[np.asarray(ids)],
+        p["input_kernel"]["embedding"],
+        p["lstm_0"]["recurrent_kernel"],
+        p["lstm_0"]["bias"],
+        p["logits"]["kernel"],
+        p["logits"]["bias"],
+    )
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -38,8 +43,8 @@ def test_initialisation_matches_keras():
     vocab, hidden = 57, 128
     params = init_params(jax.random.key(0), CharLSTM(vocab_size=vocab, hidden_size=hidden))
     bias = np.asarray(params["lstm_0"]["bias"])
-    np.testing.assert_array_equal(bias[hidden:2 * hidden], 1.0)  # unit_forget_bias
-    np.testing.assert_array_equal(np.delete(bias, np.s_[hidden:2 * hidden]), 0.0)
+    np.testing.assert_array_equal(bias[hidden : 2 * hidden], 1.0)  # unit_forget_bias
+    np.testing.assert_array_equal(np.delete(bias, np.s_[hidden : 2 * hidden]), 0.0)
     recurrent = np.asarray(params["lstm_0"]["recurrent_kernel"], np.float64)  # (hidden, 4 hidden)
     np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(hidden), atol=1e-4)  # orthonormal rows
     kernel = np.asarray(params["input_kernel"]["embedding"])  # (vocab, 4 hidden), glorot over fused shape

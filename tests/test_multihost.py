@@ -19,8 +19,21 @@ import charlm_jax
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--sample-length", "10",
-         "--no-progress", "--steps-per-call", "8"]
+FLAGS = [
+    "--maxlen",
+    "12",
+    "--step",
+    "2",
+    "--hidden-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--sample-length",
+    "10",
+    "--no-progress",
+    "--steps-per-call",
+    "8",
+]
 
 
 def free_port() -> int:
@@ -31,15 +44,33 @@ def free_port() -> int:
 
 def train(text_file, out, *extra, processes=1):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_file), "--out", str(out), *FLAGS, *extra]
+    base = [
+        sys.executable,
+        "-m",
+        "charlm_jax.cli",
+        "train",
+        "--text",
+        str(text_file),
+        "--out",
+        str(out),
+        *FLAGS,
+        *extra,
+    ]
     if processes == 1:
         result = subprocess.run(base, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         return [result.stdout]
     port = free_port()
-    runs = [subprocess.Popen(base + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                     "--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env) for i in range(processes)]
+    runs = [
+        subprocess.Popen(
+            base + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(processes)
+    ]
     outputs = [run.communicate(timeout=600) for run in runs]
     for run, (_, err) in zip(runs, outputs):
         assert run.returncode == 0, err[-3000:]
@@ -67,8 +98,11 @@ def test_two_processes_follow_one_process_and_resume_across_both(tmp_path, tiny_
     assert [r["samples"] for r in ours] == [r["samples"] for r in reference]
     lm = charlm_jax.load(joined)  # one set of checkpoints, readable by a single process
     assert lm.step == ours[-1]["step"] and charlm_jax.load(joined / "best").step == ours[-1]["step"]
-    np.testing.assert_allclose(charlm_jax.bits_per_char(lm, tiny_text[-200:]),
-                               charlm_jax.bits_per_char(charlm_jax.load(alone), tiny_text[-200:]), rtol=1e-5)
+    np.testing.assert_allclose(
+        charlm_jax.bits_per_char(lm, tiny_text[-200:]),
+        charlm_jax.bits_per_char(charlm_jax.load(alone), tiny_text[-200:]),
+        rtol=1e-5,
+    )
 
 
 def test_two_processes_on_a_prepared_corpus_follow_one_process_on_the_text(tmp_path, tiny_text):
@@ -76,16 +110,38 @@ def test_two_processes_on_a_prepared_corpus_follow_one_process_on_the_text(tmp_p
     single-process run on the text."""
     text_file = tmp_path / "text.txt"
     text_file.write_text(tiny_text)
-    subprocess.run([sys.executable, "-m", "charlm_jax.cli", "prepare", "--text", str(text_file), "--out",
-                    str(tmp_path / "data")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "charlm_jax.cli", "prepare", "--text", str(text_file), "--out", str(tmp_path / "data")],
+        check=True,
+        capture_output=True,
+    )
     alone, joined = tmp_path / "alone", tmp_path / "joined"
     train(text_file, alone, "--epochs", "2")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     port = free_port()
-    base = [sys.executable, "-m", "charlm_jax.cli", "train", "--data", str(tmp_path / "data"), "--out", str(joined),
-            *FLAGS, "--epochs", "2", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    runs = [subprocess.Popen(base + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env) for i in range(2)]
+    base = [
+        sys.executable,
+        "-m",
+        "charlm_jax.cli",
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(joined),
+        *FLAGS,
+        "--epochs",
+        "2",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+    ]
+    runs = [
+        subprocess.Popen(
+            base + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for i in range(2)
+    ]
     for run in runs:
         _, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-3000:]

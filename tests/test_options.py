@@ -12,8 +12,8 @@ import pytest
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, host_windows, split_windows
 from charlm_jax.errors import CharLMError
-from charlm_jax.recipes import RECIPES, recipe_config
 from charlm_jax.model import build_model
+from charlm_jax.recipes import RECIPES, recipe_config
 from charlm_jax.train import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
 
 from helpers import tiny_config, train_windows
@@ -33,13 +33,20 @@ def test_loss_is_the_mean_cross_entropy_of_the_objective_s_targets(tiny_text, ob
     model = build_model(config, vocab.size)
     params = create_train_state(jax.random.key(0), config, vocab.size).params
     starts = np.array([0, 5, 17, 40], np.int32)
-    loss, _ = loss_fn(params, jnp.asarray(host_windows(ids, starts, config.maxlen + 1)), model.zero_carries(4),
-                      jax.random.key(1), model=model, maxlen=config.maxlen, objective=objective)  # no dropout
-    windows = np.stack([ids[s:s + config.maxlen] for s in starts])  # (batch, maxlen)
+    loss, _ = loss_fn(
+        params,
+        jnp.asarray(host_windows(ids, starts, config.maxlen + 1)),
+        model.zero_carries(4),
+        jax.random.key(1),
+        model=model,
+        maxlen=config.maxlen,
+        objective=objective,
+    )  # no dropout
+    windows = np.stack([ids[s : s + config.maxlen] for s in starts])  # (batch, maxlen)
     _, logits = model.apply({"params": params}, jnp.asarray(windows))  # (batch, maxlen, vocab)
     log_probs = _log_softmax64(logits)
     if objective == "dense":  # every position predicts the character after it
-        targets = np.stack([ids[s + 1:s + config.maxlen + 1] for s in starts])
+        targets = np.stack([ids[s + 1 : s + config.maxlen + 1] for s in starts])
         expected = -np.mean(np.take_along_axis(log_probs, targets[..., None], axis=-1))
     else:  # the book: only the character after the window
         targets = ids[starts + config.maxlen]
@@ -129,15 +136,24 @@ def test_book_recipe_is_the_default_config():
     assert recipe_config("book") == TrainConfig() == recipe_config()
     book = TrainConfig()
     assert (book.maxlen, book.step, book.hidden_size, book.batch_size, book.learning_rate) == (60, 3, 128, 128, 0.01)
-    assert (book.objective, book.clip_norm, book.lr_schedule, book.early_stopping_patience) == \
-        ("next_char", None, "constant", 0)
+    assert (book.objective, book.clip_norm, book.lr_schedule, book.early_stopping_patience) == (
+        "next_char",
+        None,
+        "constant",
+        0,
+    )
 
 
 def test_fast_recipe_keeps_the_books_data_and_optimizer_family_and_overrides_apply():
     fast = recipe_config("fast")
     book = TrainConfig()
-    assert (fast.maxlen, fast.step, fast.batch_size, fast.val_fraction, fast.lowercase) == \
-        (book.maxlen, book.step, book.batch_size, book.val_fraction, book.lowercase)
+    assert (fast.maxlen, fast.step, fast.batch_size, fast.val_fraction, fast.lowercase) == (
+        book.maxlen,
+        book.step,
+        book.batch_size,
+        book.val_fraction,
+        book.lowercase,
+    )
     assert (fast.rmsprop_decay, fast.rmsprop_eps) == (book.rmsprop_decay, book.rmsprop_eps)
     assert fast.objective == "dense" and fast.clip_norm is not None and fast.lr_schedule == "cosine"
     assert recipe_config("fast", epochs=7, clip_norm=2.0).clip_norm == 2.0

@@ -11,7 +11,7 @@ from charlm_jax import cli
 from charlm_jax.data import Vocab, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
-from charlm_jax.prepared import META_NAME, IDS_NAME, open_prepared, prepare, prepared_for
+from charlm_jax.prepared import IDS_NAME, META_NAME, open_prepared, prepare, prepared_for
 
 from helpers import QUIET, tiny_config
 
@@ -25,8 +25,10 @@ def test_streamed_preparation_equals_encoding_the_whole_text(tmp_path, block_cha
     source.write_text(MIXED, encoding="utf-8", newline="")
     corpus = prepare(source, tmp_path / "prepared", lowercase=lowercase, block_chars=block_chars)
     # Python lower-cases a capital sigma by its context; blocks of 7 cut "ΣΊΣΥΦΟΣ" and may differ there.
-    text = "".join(block.lower() if lowercase else block
-                   for block in (MIXED[i:i + block_chars] for i in range(0, len(MIXED), block_chars)))
+    text = "".join(
+        block.lower() if lowercase else block
+        for block in (MIXED[i : i + block_chars] for i in range(0, len(MIXED), block_chars))
+    )
     vocab = Vocab.from_text(text)
     assert corpus.vocab == vocab and corpus.ids.dtype == np.uint8 and corpus.num_chars == len(text)
     np.testing.assert_array_equal(np.asarray(corpus.ids), vocab.encode(text))
@@ -81,7 +83,9 @@ def test_training_on_a_prepared_corpus_equals_training_on_the_text(tmp_path, tin
     from_ids = fit(config, corpus, tmp_path / "b", console=QUIET)
     for a, b in zip(from_text.history, from_ids.history):
         timing = ("seconds", "per_second")
-        assert ({k: v for k, v in a.items() if not k.endswith(timing)} == {k: v for k, v in b.items() if not k.endswith(timing)})
+        assert {k: v for k, v in a.items() if not k.endswith(timing)} == {
+            k: v for k, v in b.items() if not k.endswith(timing)
+        }
     assert charlm_jax.load(tmp_path / "a").default_prompt == charlm_jax.load(tmp_path / "b").default_prompt
     with pytest.raises(CharLMError, match="was lower-cased but this run's --lowercase is False"):
         fit(tiny_config(lowercase=False), corpus, tmp_path / "c", console=QUIET)
@@ -101,8 +105,8 @@ def test_the_validation_cap_scores_the_same_evenly_spaced_windows(tmp_path, tiny
     lm = charlm_jax.load(tmp_path / "run")
     split = split_windows(len(tiny_text), config.maxlen, config.step, config.val_fraction, config.val_chars)
     assert split.val_stride > 1
-    scores = charlm_jax.score(lm, tiny_text[split.val_start:])  # every window of the tail
-    expected = -np.mean(scores[::split.val_stride])
+    scores = charlm_jax.score(lm, tiny_text[split.val_start :])  # every window of the tail
+    expected = -np.mean(scores[:: split.val_stride])
     assert result.history[-1]["val_bits_per_char"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -111,8 +115,21 @@ def test_prepare_train_and_eval_from_the_cli(tmp_path, tiny_text, capsys):
     source.write_text(tiny_text)
     assert cli.main(["prepare", "--text", str(source), "--out", str(tmp_path / "data")]) == 0
     assert f"prepared {len(tiny_text):,} characters (28 distinct, uint8)" in capsys.readouterr().out
-    flags = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--epochs", "1",
-             "--sample-length", "0", "--no-progress"]
+    flags = [
+        "--maxlen",
+        "12",
+        "--step",
+        "2",
+        "--hidden-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--sample-length",
+        "0",
+        "--no-progress",
+    ]
     assert cli.main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *flags]) == 0
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--json"]) == 0
@@ -120,16 +137,30 @@ def test_prepare_train_and_eval_from_the_cli(tmp_path, tiny_text, capsys):
     lm = charlm_jax.load(tmp_path / "run")
     split = split_windows(len(tiny_text), 12, 2, 0.1)
     assert scored["characters"] == len(tiny_text) - split.val_start - 12  # the whole tail, uncapped
-    assert scored["bits_per_char"] == pytest.approx(charlm_jax.bits_per_char(lm, tiny_text[split.val_start:]),
-                                                    rel=1e-6)
+    assert scored["bits_per_char"] == pytest.approx(
+        charlm_jax.bits_per_char(lm, tiny_text[split.val_start :]), rel=1e-6
+    )
 
 
 def test_a_large_text_file_trains_through_a_prepared_corpus_by_itself(tmp_path, tiny_text, capsys, monkeypatch):
     monkeypatch.setattr(cli, "AUTO_PREPARE_BYTES", 1000)
     source = tmp_path / "text.txt"
     source.write_text(tiny_text)
-    flags = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--epochs", "1",
-             "--sample-length", "0", "--no-progress"]
+    flags = [
+        "--maxlen",
+        "12",
+        "--step",
+        "2",
+        "--hidden-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--sample-length",
+        "0",
+        "--no-progress",
+    ]
     assert cli.main(["train", "--text", str(source), "--out", str(tmp_path / "run"), *flags]) == 0
     assert "reading it through a prepared corpus" in capsys.readouterr().out
     assert open_prepared(tmp_path / "run" / "prepared").num_chars == len(tiny_text)
@@ -139,11 +170,19 @@ def test_tensorboard_reads_back_what_the_run_recorded(tmp_path, tiny_text):
     pytest.importorskip("tensorboardX")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     result = fit(tiny_config(epochs=2, steps_per_call=4), tiny_text, tmp_path, console=QUIET)
-    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events = event_accumulator.EventAccumulator(
+        str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}
+    )
     events.Reload()
     scalars = events.Tags()["scalars"]
-    for tag in ("train/loss", "train/grad_norm", "train/learning_rate", "train/characters_per_second",
-                "train/skipped_steps_total", "validation/bits_per_char"):
+    for tag in (
+        "train/loss",
+        "train/grad_norm",
+        "train/learning_rate",
+        "train/characters_per_second",
+        "train/skipped_steps_total",
+        "validation/bits_per_char",
+    ):
         assert tag in scalars, tag
     val = [(e.step, e.value) for e in events.Scalars("validation/bits_per_char")]
     assert val == [(r["step"], pytest.approx(r["val_bits_per_char"], rel=1e-6)) for r in result.history]

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from charlm_jax.config import SAMPLERS
 from charlm_jax.errors import CharLMError
-from charlm_jax.sampling import (draw_noise, entropy_bits, repetition_penalty, sample,
-                                 sample_with_noise, tempered_logits)
+from charlm_jax.sampling import draw_noise, entropy_bits, repetition_penalty, sample, sample_with_noise, tempered_logits
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
@@ -104,8 +103,9 @@ def test_adding_a_constant_to_the_logits_changes_nothing(sampler, eighths, const
     logits = jnp.asarray(eighths, jnp.float32)[None, :] / 8
     keys = jax.random.split(jax.random.key(1), 64)
     draw = jax.vmap(lambda k, x: sample(k, x, temperature, sampler=sampler))
-    np.testing.assert_array_equal(draw(keys, jnp.repeat(logits, 64, 0)),
-                                  draw(keys, jnp.repeat(logits + constant, 64, 0)))
+    np.testing.assert_array_equal(
+        draw(keys, jnp.repeat(logits, 64, 0)), draw(keys, jnp.repeat(logits + constant, 64, 0))
+    )
 
 
 @HYPOTHESIS
@@ -229,13 +229,16 @@ def test_masked_ids_are_never_drawn_and_huge_logits_give_no_nan(sampler):
     assert not np.isnan(tempered).any()
 
 
-@pytest.mark.parametrize("logits,temperature,fragment", [
-    ([0.0, np.nan], 1.0, "NaN or \\+inf"),
-    ([0.0, np.inf], 1.0, "NaN or \\+inf"),
-    ([-np.inf, -np.inf], 1.0, "all -inf"),
-    ([0.0, 1.0], -0.1, "temperature must be >= 0"),
-    ([0.0, 1.0], np.nan, "temperature must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "logits,temperature,fragment",
+    [
+        ([0.0, np.nan], 1.0, "NaN or \\+inf"),
+        ([0.0, np.inf], 1.0, "NaN or \\+inf"),
+        ([-np.inf, -np.inf], 1.0, "all -inf"),
+        ([0.0, 1.0], -0.1, "temperature must be >= 0"),
+        ([0.0, 1.0], np.nan, "temperature must be >= 0"),
+    ],
+)
 def test_bad_inputs_are_refused_at_the_boundary(logits, temperature, fragment):
     with pytest.raises(CharLMError, match=fragment):
         sample(jax.random.key(0), jnp.asarray(logits, jnp.float32), temperature)
@@ -243,8 +246,12 @@ def test_bad_inputs_are_refused_at_the_boundary(logits, temperature, fragment):
 
 def test_bad_filters_are_refused():
     logits = jnp.zeros(4)
-    for kwargs, fragment in [({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"), ({"min_p": 1.5}, "min_p"),
-                             ({"sampler": "beam"}, "sampler must be one of")]:
+    for kwargs, fragment in [
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"sampler": "beam"}, "sampler must be one of"),
+    ]:
         with pytest.raises(CharLMError, match=fragment):
             sample(jax.random.key(0), logits, 1.0, **kwargs)
 
@@ -278,8 +285,9 @@ def test_noise_drawn_apart_gives_the_same_draw(sampler):
     keys = jax.random.split(jax.random.key(5), 8)
     noise = jax.vmap(lambda k: draw_noise(k, logits.shape, sampler))(keys)
     for key, step_noise in zip(keys, noise):
-        np.testing.assert_array_equal(sample(key, logits, 0.7, sampler=sampler),
-                                      sample_with_noise(step_noise, logits, 0.7, sampler=sampler))
+        np.testing.assert_array_equal(
+            sample(key, logits, 0.7, sampler=sampler), sample_with_noise(step_noise, logits, 0.7, sampler=sampler)
+        )
 
 
 def test_inverse_cdf_never_draws_a_masked_id_even_at_the_edges_of_u():

@@ -62,12 +62,15 @@ def test_texts_longer_than_one_batch_are_scored_in_fixed_shapes(trained_run, mon
     assert len(text) - 1 > 2 * 64 and (len(text) - 1) % 64
 
 
-@pytest.mark.parametrize("text,mode,fragment", [
-    ("the quick Ω fox", "window", "not in the model's vocabulary: 'ω'"),
-    ("the quick", "window", "window scoring needs at least 13"),
-    ("t", "stateful", "stateful scoring needs at least 2"),
-    ("the quick brown fox", "beam", "mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "text,mode,fragment",
+    [
+        ("the quick Ω fox", "window", "not in the model's vocabulary: 'ω'"),
+        ("the quick", "window", "window scoring needs at least 13"),
+        ("t", "stateful", "stateful scoring needs at least 2"),
+        ("the quick brown fox", "beam", "mode must be one of"),
+    ],
+)
 def test_bad_texts_are_one_line_errors(trained_run, text, mode, fragment):
     lm = charlm_jax.load(trained_run[0])
     with pytest.raises(CharLMError, match=fragment):

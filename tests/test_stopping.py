@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from charlm_jax.stopping import StopSignals, Stopped
+from charlm_jax.stopping import Stopped, StopSignals
 
 
 def test_outside_training_a_signal_stops_at_once_with_the_shells_exit_status():

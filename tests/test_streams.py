@@ -52,14 +52,15 @@ def test_the_carries_passed_on_are_the_model_state_after_the_batch(tiny_text):
     model = build_model(config, 20)
     state = create_train_state(jax.random.key(0), config, 20, total_steps=10)
     windows = jax.random.randint(jax.random.key(1), (2, 4, config.maxlen + 1), 0, 20)  # (steps, streams, width)
-    expected, _ = model.apply({"params": state.params}, windows[0, :, :config.maxlen], model.zero_carries(4))
+    expected, _ = model.apply({"params": state.params}, windows[0, :, : config.maxlen], model.zero_carries(4))
     # The train state and carries are donated: each call gets its own.
     block = partial(train_block, model=model, maxlen=config.maxlen, objective="dense", carry_over=True)
     (_, carries_two), metrics = block(state, model.zero_carries(4), windows, jax.random.key(2))
-    (after_one, carries_one), first = block(create_train_state(jax.random.key(0), config, 20, 10),
-                                            model.zero_carries(4), windows[:1], jax.random.key(2))
+    (after_one, carries_one), first = block(
+        create_train_state(jax.random.key(0), config, 20, 10), model.zero_carries(4), windows[:1], jax.random.key(2)
+    )
     assert_trees_close(carries_one, expected, rtol=1e-5, atol=1e-6)
-    carried, logits = model.apply({"params": after_one.params}, windows[1, :, :config.maxlen], carries_one)
+    carried, logits = model.apply({"params": after_one.params}, windows[1, :, : config.maxlen], carries_one)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, windows[1, :, 1:]).mean()
     np.testing.assert_allclose(metrics["loss"][1], loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"][0], first["loss"][0], rtol=1e-6)
@@ -73,18 +74,25 @@ def test_streams_need_the_dense_objective():
 
 def test_a_text_too_short_for_the_streams_is_a_clear_error(tmp_path, tiny_text):
     with pytest.raises(CharLMError, match="smaller --batch-size"):
-        fit(tiny_config(batching="streams", objective="dense", batch_size=128), tiny_text, tmp_path,
-            console=QUIET)
+        fit(tiny_config(batching="streams", objective="dense", batch_size=128), tiny_text, tmp_path, console=QUIET)
 
 
 def test_a_streams_run_resumed_mid_epoch_reaches_the_same_parameters(tmp_path, tiny_text):
-    config = tiny_config(batching="streams", objective="dense", batch_size=8, epochs=3, steps_per_call=3,
-                         dropout=0.2, locked_dropout=True, weight_dropout=0.2, sample_length=0)
+    config = tiny_config(
+        batching="streams",
+        objective="dense",
+        batch_size=8,
+        epochs=3,
+        steps_per_call=3,
+        dropout=0.2,
+        locked_dropout=True,
+        weight_dropout=0.2,
+        sample_length=0,
+    )
     whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET)
     per_epoch = ConsecutiveStreams(1134, 8, config.maxlen, 1).steps_per_epoch
     assert int(whole.state.step) == 3 * per_epoch
-    first = fit(config, tiny_text, tmp_path / "split", console=QUIET,
-                limits=Limits(max_steps=per_epoch + 2))
+    first = fit(config, tiny_text, tmp_path / "split", console=QUIET, limits=Limits(max_steps=per_epoch + 2))
     assert first.resumable
     resumed = fit(config, tiny_text, tmp_path / "split", console=QUIET, resume=True)
     assert_trees_equal(resumed.state.params, whole.state.params)
@@ -95,8 +103,9 @@ def test_a_streams_run_resumed_mid_epoch_reaches_the_same_parameters(tmp_path, t
 def test_gradients_with_the_regularisers_equal_autodiff_in_float64(monkeypatch, locked, weight_dropout):
     # The dropout masks are drawn outside the fused layer, so with the same key both gradients see the same
     # masks; the hand-written backward pass must match autodiff of a plain scan through them.
-    model = CharLSTM(vocab_size=9, hidden_size=6, num_layers=2, dropout=0.3, locked_dropout=locked,
-                     weight_dropout=weight_dropout)
+    model = CharLSTM(
+        vocab_size=9, hidden_size=6, num_layers=2, dropout=0.3, locked_dropout=locked, weight_dropout=weight_dropout
+    )
     params32 = init_params(jax.random.key(0), model, 8)
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: p.astype(jnp.float64) * 2.0, params32)
@@ -104,8 +113,9 @@ def test_gradients_with_the_regularisers_equal_autodiff_in_float64(monkeypatch, 
         carries = jax.tree.map(lambda c: c + 0.1, model.zero_carries(4, jnp.float64))
 
         def loss(params):
-            _, logits = model.apply({"params": params}, ids[:, :8], carries, deterministic=False,
-                                    rngs={"dropout": jax.random.key(5)})
+            _, logits = model.apply(
+                {"params": params}, ids[:, :8], carries, deterministic=False, rngs={"dropout": jax.random.key(5)}
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
 
         ours = jax.grad(loss)(params)
@@ -119,8 +129,14 @@ def test_locked_dropout_drops_a_unit_for_the_whole_sequence():
     model = CharLSTM(vocab_size=9, hidden_size=32, dropout=0.5, locked_dropout=True)
     params = init_params(jax.random.key(0), model, 8)
     ids = jax.random.randint(jax.random.key(1), (3, 10), 0, 9)
-    _, state = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(2)},
-                           capture_intermediates=True, mutable=["intermediates"])
+    _, state = model.apply(
+        {"params": params},
+        ids,
+        deterministic=False,
+        rngs={"dropout": jax.random.key(2)},
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )
     dropped = state["intermediates"]["Dropout_0"]["__call__"][0] == 0  # (time, batch, hidden)
     assert dropped.any() and (dropped == dropped[:1]).all()
 
@@ -135,8 +151,14 @@ def test_weight_dropout_changes_training_only():
     assert not np.allclose(dropped, plain)
     # Training sees the recurrent kernel with about half its weights zeroed and the rest scaled by 1 / (1 - p):
     # the plain model given that masked kernel computes exactly the dropped logits.
-    (_, again), captured = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(2)},
-                                       capture_intermediates=True, mutable=["intermediates"])
+    (_, again), captured = model.apply(
+        {"params": params},
+        ids,
+        deterministic=False,
+        rngs={"dropout": jax.random.key(2)},
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )
     np.testing.assert_array_equal(again, dropped)
     masked = np.asarray(captured["intermediates"]["lstm_0"]["Dropout_0"]["__call__"][0])  # the kernel the scan read
     kernel = np.asarray(params["lstm_0"]["recurrent_kernel"])
@@ -144,13 +166,23 @@ def test_weight_dropout_changes_training_only():
     assert 0.35 < 1 - kept.mean() < 0.65
     np.testing.assert_allclose(masked[kept], kernel[kept] / 0.5, rtol=1e-6)
     swapped = {**params, "lstm_0": {**params["lstm_0"], "recurrent_kernel": masked}}
-    np.testing.assert_allclose(CharLSTM(vocab_size=9, hidden_size=8).apply({"params": swapped}, ids)[1], dropped,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        CharLSTM(vocab_size=9, hidden_size=8).apply({"params": swapped}, ids)[1], dropped, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_streams_run_validates_on_its_step_schedule_not_at_each_short_epoch(tmp_path, tiny_text):
-    config = recipe_config("streams", maxlen=12, hidden_size=16, num_layers=1, batch_size=8, epochs=3,
-                           eval_every_steps=4, steps_per_call=2, sample_length=0)
+    config = recipe_config(
+        "streams",
+        maxlen=12,
+        hidden_size=16,
+        num_layers=1,
+        batch_size=8,
+        epochs=3,
+        eval_every_steps=4,
+        steps_per_call=2,
+        sample_length=0,
+    )
     assert config.batching == "streams" and config.objective == "dense"
     result = fit(config, tiny_text, tmp_path, console=QUIET)
     per_epoch = ConsecutiveStreams(1134, 8, 12, 1).steps_per_epoch  # 10 steps: the schedule and the epochs' ends differ

@@ -10,7 +10,7 @@ from charlm_jax.data import Vocab, host_windows, split_windows
 from charlm_jax.model import build_model
 from charlm_jax.train import create_train_state, eval_step, make_optimizer, train_block
 
-from helpers import train_windows, assert_trees_equal, tiny_config
+from helpers import assert_trees_equal, tiny_config, train_windows
 
 
 def test_rmsprop_matches_keras_formula_by_hand():
@@ -69,8 +69,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_text):
 
 def test_overfits_a_tiny_text_to_near_zero_loss():
     text = "abcdefgh" * 8
-    config, corpus, split, state, train_fn, eval_fn = _setup(text, maxlen=6, step=1, hidden_size=32,
-                                                             batch_size=16, val_fraction=0.0)
+    config, corpus, split, state, train_fn, eval_fn = _setup(
+        text, maxlen=6, step=1, hidden_size=32, batch_size=16, val_fraction=0.0
+    )
     starts = split.train_starts
     for i in range(150):
         batch = jnp.asarray(np.resize(np.roll(starts, i), 16))
