@@ -200,7 +200,9 @@ def training_text(args: argparse.Namespace, lowercase: bool):
     if args.data is not None:
         return open_prepared(args.data)
     if args.text is not None:
-        path = local_text_file(args.text, None)  # the checksum only if it is prepared (load_text checks its own)
+        # A download is checked before it is cached; a local file once, where it is read.
+        downloaded = args.text.startswith(("http://", "https://"))
+        path = local_text_file(args.text, args.sha256 if downloaded else None)
         if path.is_file() and path.stat().st_size > AUTO_PREPARE_BYTES:
             path = local_text_file(args.text, args.sha256)
             cache = Path(args.out) / "prepared"
@@ -216,8 +218,7 @@ def training_text(args: argparse.Namespace, lowercase: bool):
 def local_text_file(text: str, sha256: str | None) -> Path:
     """The file ``--text`` names: a path, or a URL's download in the cache (``fetch_url``); its checksum
     checked against ``sha256`` when given (streamed: the file may be larger than memory)."""
-    from charlm_jax.corpus import fetch_url
-    from charlm_jax.prepared import file_sha256
+    from charlm_jax.corpus import fetch_url, file_sha256
 
     if text.startswith(("http://", "https://")):
         return fetch_url(text, sha256=sha256)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.metadata
+import json
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, CharLMWarning
 
 DEFAULT_CORPUS = "pydoc"
 BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare", "python-source")
@@ -85,37 +87,44 @@ def fetch_url(
 ) -> Path:
     """Download ``url`` once into the cache (like ``keras.utils.get_file``) and return its path.
 
-    The file is written in blocks to a temporary name and renamed when complete and checked, so
-    an interrupted download (a network error, Ctrl-C, SIGTERM, a full disk) never leaves a file
-    that later runs would trust: the temporary file is removed on the way out.
+    Nothing is cached that was not verified: the body is written in blocks to a temporary name, its
+    length checked against the server's ``Content-Length`` (a body that ends early is not an error to
+    ``urllib``: it just stops), its sha256 against ``sha256`` when given, and only then renamed into the
+    cache beside a record of its length and digest. A cached entry is used only while it still matches
+    its record; a damaged one (or one without a record) is fetched again. An interrupted download (a
+    network error, Ctrl-C, SIGTERM, a full disk) leaves nothing behind.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rsplit("/", 1)[-1]) or "download"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    target = cache / f"{digest}-{name}"
-    if target.exists():
-        if sha256 is not None:
-            _check_sha256(target.read_bytes(), sha256, url)
-        return target
+    target = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    record_path = target.with_name(target.name + RECORD_SUFFIX)
+    if target.exists() or record_path.exists():
+        recorded, problem = _cached_entry(target, record_path)
+        if problem is None:
+            if sha256 is not None and recorded != sha256.lower():
+                raise CharLMError(
+                    f"sha256 of {url} is {recorded}, expected {sha256}: the file changed or the checksum is wrong"
+                )
+            return target
+        warnings.warn(
+            CachedDownloadWarning(f"the cached download of {url} is {problem}; fetching it again"), stacklevel=3
+        )
+        for path in (record_path, target):
+            path.unlink(missing_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=cache, prefix=".download-", delete=False)
     try:
-        checksum = hashlib.sha256()
         with handle, urllib.request.urlopen(url, timeout=timeout) as response:
-            while block := response.read(DOWNLOAD_BLOCK):
-                try:
-                    handle.write(block)
-                except OSError as error:  # the disk, not the network: name the file
-                    raise OSError(error.errno, error.strerror, str(cache)) from None
-                checksum.update(block)
-        if sha256 is not None and checksum.hexdigest() != sha256.lower():
+            size, digest = _write_body(response, handle, cache, url)
+        if sha256 is not None and digest != sha256.lower():
             raise CharLMError(
-                f"sha256 of {url} is {checksum.hexdigest()}, expected {sha256}: "
-                "the file changed or the checksum is wrong"
+                f"sha256 of {url} is {digest}, expected {sha256}: the file changed or the checksum is wrong "
+                "(nothing was cached)"
             )
         os.replace(handle.name, target)
+        _write_record(record_path, {"url": url, "bytes": size, "sha256": digest})
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as error:
-        reason = getattr(error, "reason", error)
+        reason = getattr(error, "reason", None) or type(error).__name__
         raise CharLMError(
             f"cannot download {url} ({reason}): check the URL and your network, "
             "or download it yourself and pass the local path"
@@ -128,6 +137,64 @@ def fetch_url(
 
 # Bytes read per block of a download: small enough that a stop request is honoured at once.
 DOWNLOAD_BLOCK = 1 << 20
+# A cached download's record (its URL, length and sha256) sits beside it under this suffix.
+RECORD_SUFFIX = ".record.json"
+
+
+class CachedDownloadWarning(CharLMWarning):
+    """A cached download no longer matched its record and was fetched again (the CLI prints one line)."""
+
+
+def _write_body(response, handle, cache: Path, url: str) -> tuple[int, str]:
+    """Copy a response body into ``handle``; (bytes, sha256). A body shorter than announced is refused."""
+    declared = response.headers.get("Content-Length")
+    checksum, size = hashlib.sha256(), 0
+    while block := response.read(DOWNLOAD_BLOCK):
+        try:
+            handle.write(block)
+        except OSError as error:  # the disk, not the network: name the file
+            raise OSError(error.errno, error.strerror, str(cache)) from None
+        checksum.update(block)
+        size += len(block)
+    if declared is not None and declared.isdigit() and size != int(declared):
+        raise CharLMError(
+            f"the download of {url} ended after {size:,} of the {int(declared):,} bytes the server announced "
+            "(the connection closed early); nothing was cached: try again"
+        )
+    return size, checksum.hexdigest()
+
+
+def _cached_entry(target: Path, record_path: Path) -> tuple[str, str | None]:
+    """(recorded sha256, None) for an entry that matches its record, else ("", what is wrong with it)."""
+    try:
+        record = json.loads(record_path.read_text())
+        size, digest = int(record["bytes"]), str(record["sha256"])
+    except FileNotFoundError:
+        return "", "without a record of its length and digest (interrupted, or cached by an older charlm-jax)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", "without a readable record"
+    if not target.is_file():
+        return "", "missing"
+    if target.stat().st_size != size:
+        return "", f"{target.stat().st_size:,} bytes where its record says {size:,}"
+    if file_sha256(target) != digest:
+        return "", "changed since it was downloaded (its sha256 differs from its record)"
+    return digest, None
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 24) -> str:
+    """The sha256 of a file, read in blocks (it may be larger than memory)."""
+    checksum = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            checksum.update(chunk)
+    return checksum.hexdigest()
+
+
+def _write_record(path: Path, record: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
 
 
 def _check_sha256(data: bytes, expected: str, where: str) -> None:

@@ -17,7 +17,6 @@ read windows from the memory map: only the pages a batch touches are read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm_jax.corpus import file_sha256
 from charlm_jax.data import Vocab, prepare_text
 from charlm_jax.errors import CharLMError, MachineError
 
@@ -63,14 +63,6 @@ def smallest_dtype(vocab_size: int) -> np.dtype:
         if vocab_size <= np.iinfo(dtype).max + 1:
             return np.dtype(dtype)
     raise AssertionError("unreachable: Unicode has fewer than 2**32 code points")
-
-
-def file_sha256(path: Path, block: int = 1 << 24) -> str:
-    checksum = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            checksum.update(chunk)
-    return checksum.hexdigest()
 
 
 def text_blocks(path: Path, lowercase: bool, block_chars: int = BLOCK_CHARS) -> Iterator[np.ndarray]:
