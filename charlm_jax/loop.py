@@ -16,8 +16,10 @@ uninterrupted run, because every random choice is a pure function of (seed, epoc
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -56,6 +58,9 @@ from charlm_jax.train import compiled_train_block, eval_step, learning_rate_sche
 EVAL_BATCH = 256
 # A validation this large takes long enough to say so when it starts.
 ANNOUNCED_VALIDATION = 100_000
+# With several processes a validation asks whether any of them was told to stop every this many batches
+# (a collective of a few bytes; a batch of the book's model is tens of milliseconds on a CPU).
+POLL_EVERY_BATCHES = 8
 
 
 def fit(
@@ -203,11 +208,10 @@ def stop_reason(run: Run, state: RunState) -> StopReason | None:
     """Whether to stop at this block boundary, and why.
 
     With several processes every one must stop at the same block: a signal one of them got is
-    agreed on through a collective (``distributed.agreed_stop``, which also asks JAX's preemption
-    service, the owner of SIGTERM in a multi-process run, whether this block is its sync point).
+    agreed on through a collective (``distributed.agreed_stop``).
     """
     limits = run.limits
-    if agreed_stop(run.signals, state.blocks_run):
+    if agreed_stop(run.signals):
         return signal_reason(run.signals)
     if limits.max_steps is not None and state.step >= limits.max_steps:
         return StopReason.STEP_LIMIT
@@ -323,9 +327,17 @@ def save_checkpoint(run: Run, state: RunState) -> None:
 
 
 def save_stopped(run: Run, state: RunState) -> None:
-    """A signal's stop: the current step saved, and the command that continues it."""
+    """A signal's stop: the current step saved, and the command that continues it (every other process
+    of a multi-process run says on its stderr where it stopped)."""
     save_checkpoint(run, state)
     path = run.directory.path
+    if not is_main_process():
+        print(
+            f"charlm-jax: process {jax.process_index()} of {jax.process_count()} stopped by {run.signals.name} "
+            f"at step {state.step}; process 0 saved the checkpoint in {path}",
+            file=sys.stderr,
+            flush=True,
+        )
     run.console.print(
         f"stopped by {run.signals.name} at step {state.step}; checkpoint in {path}; resume with "
         f"charlm-jax train --out {path} --resume"
@@ -352,8 +364,8 @@ def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
 def validate(run: Run, params) -> float:
     """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``).
 
-    A stop request abandons it between batches (``Stopped``); with several processes the
-    batches are collectives every process must run, so there it runs to the end.
+    A stop request abandons it between batches (``Stopped``); with several processes, once every
+    process has agreed on it (``stop_poll``), so they all abandon the same batch.
     """
     starts = run.split.val_starts
     if len(starts) >= ANNOUNCED_VALIDATION:
@@ -365,7 +377,7 @@ def validate(run: Run, params) -> float:
     batch = max(EVAL_BATCH - EVAL_BATCH % devices, devices)
     total, count = 0.0, 0.0
     data = batch_sharding(run.mesh)
-    poll = local_poll(run.signals)
+    poll = stop_poll(run.signals, every=POLL_EVERY_BATCHES)
     for batch_starts, weights in padded_eval_batches(starts, batch):
         poll()
         windows = put_windows(run.corpus, batch_starts, run.config.maxlen + 1, data)
@@ -375,10 +387,19 @@ def validate(run: Run, params) -> float:
     return total / max(count, 1.0)
 
 
-def local_poll(signals: StopSignals | None) -> Callable[[], None]:
-    """What abandons a validation or a sample between batches: ``signals.check`` in a single process;
-    nothing with several, whose batches are collectives every process must run to the end."""
-    return signals.check if signals is not None and jax.process_count() == 1 else (lambda: None)
+def stop_poll(signals: StopSignals, every: int = 1) -> Callable[[], None]:
+    """What abandons a validation or a sample between its batches (raising ``Stopped``): in one process its own
+    request; with several, a request agreed on by all of them every ``every`` calls (a collective, which every
+    process reaches at the same batch, since they run the same batches), so they abandon it together."""
+    if jax.process_count() == 1:
+        return signals.check
+    calls = itertools.count(1)
+
+    def poll() -> None:
+        if next(calls) % every == 0 and agreed_stop(signals):
+            signals.check()
+
+    return poll
 
 
 def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, str]:
@@ -393,7 +414,7 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
     options = config.sample_options()
     prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (options.rows, len(prompt)))
     prompt_rows, temperature_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
-    poll = local_poll(run.signals)
+    poll = stop_poll(run.signals)
     chunk, pieces = min(SAMPLE_CHUNK, options.length), []
     for ids in sample_in_chunks(
         params,

@@ -149,3 +149,125 @@ def test_two_processes_on_a_prepared_corpus_follow_one_process_on_the_text(tmp_p
     assert [r["step"] for r in ours] == [r["step"] for r in reference]
     for key in ("train_loss", "val_bits_per_char", "grad_norm_max"):
         np.testing.assert_allclose([r[key] for r in ours], [r[key] for r in reference], rtol=1e-5)
+
+
+def test_two_processes_stopped_by_sigterm_save_one_step_and_resume_exactly(tmp_path, tiny_text):
+    """SIGTERM to both processes (as a scheduler preempts a job): each stops at the same block, the step is
+    saved once, process 1 says so in one line of its own, and --resume on both continues exactly."""
+    import signal
+    import threading
+    import time
+
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(tiny_text)
+    flags = [*FLAGS, "--sample-length", "0"]
+    env, port = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"), free_port()
+    out = tmp_path / "stopped"
+    base = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_file), "--out", str(out), *flags]
+    runs = [
+        subprocess.Popen(
+            [*base, "--epochs", "100000", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+            + ["--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    printed, errors = [], {}
+    threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True).start()
+    readers = [threading.Thread(target=lambda i=i: errors.setdefault(i, runs[i].stderr.read())) for i in range(2)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 300
+    while not any(line.startswith("epoch 2/") for line in printed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sent = time.monotonic()
+    for run in runs:
+        run.send_signal(signal.SIGTERM)
+    seconds = []
+    for run in runs:
+        run.wait(timeout=120)
+        seconds.append(time.monotonic() - sent)
+    for reader in readers:
+        reader.join(timeout=30)
+    print(f"two processes, SIGTERM to exit: {seconds[0]:.2f} s and {seconds[1]:.2f} s")
+    assert [run.returncode for run in runs] == [143, 143], errors
+    stopped = next(line for line in printed if line.startswith("stopped by SIGTERM"))
+    step = int(stopped.split(" at step ")[1].split(";")[0])
+    assert (
+        stopped.strip() == f"stopped by SIGTERM at step {step}; checkpoint in {out}; resume with "
+        f"charlm-jax train --out {out} --resume"
+    )
+    ours = [line for line in errors[1].splitlines() if line.startswith("charlm-jax")]
+    assert ours == [
+        f"charlm-jax: process 1 of 2 stopped by SIGTERM at step {step}; process 0 saved the checkpoint in {out}"
+    ], errors[1]
+    assert "preemption_notifier" not in errors[0] + errors[1]
+    # The step saved is what one process reaches when it stops there.
+    saved = charlm_jax.load(out)
+    assert saved.step == step
+    alone = tmp_path / "alone"
+    subprocess.run(
+        [*base[:7], str(alone), *flags, "--epochs", "100000", "--max-steps", str(step)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    for ours_leaf, alone_leaf in zip(jax_leaves(saved.params), jax_leaves(charlm_jax.load(alone).params)):
+        np.testing.assert_allclose(ours_leaf, alone_leaf, rtol=1e-5, atol=1e-6)
+    # --resume on both processes reaches the parameters of a two-process run never stopped.
+    epochs = str(step // 35 + 2)
+    train(text_file, out, *flags[len(FLAGS) :], "--epochs", epochs, "--resume", processes=2)
+    whole = tmp_path / "whole"
+    train(text_file, whole, *flags[len(FLAGS) :], "--epochs", epochs, processes=2)
+    for resumed_leaf, whole_leaf in zip(
+        jax_leaves(charlm_jax.load(out).params), jax_leaves(charlm_jax.load(whole).params)
+    ):
+        np.testing.assert_array_equal(resumed_leaf, whole_leaf)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def test_two_processes_abandon_a_long_validation_together_at_sigterm(tmp_path):
+    """A 2.3M-window validation (python-source, half held out) is a collective of both processes: a SIGTERM
+    is agreed on between its batches and both drop it, record nothing and save the same step."""
+    import signal
+    import threading
+    import time
+
+    out, port = tmp_path / "run", free_port()
+    flags = ["--corpus", "python-source", "--out", str(out), "--val-fraction", "0.5", "--val-chars", "0"]
+    flags += ["--step", "1000", "--maxlen", "60", "--hidden-size", "64", "--batch-size", "16"]
+    flags += ["--eval-every-steps", "16", "--sample-length", "0", "--no-progress"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "charlm_jax.cli", "train", *flags, "--coordinator", f"127.0.0.1:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    printed = []
+    threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True).start()
+    deadline = time.monotonic() + 300
+    while not any(line.startswith("validating on") for line in printed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sent = time.monotonic()
+    for run in runs:
+        run.send_signal(signal.SIGTERM)
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    print(f"two processes, SIGTERM in a validation to exit: {time.monotonic() - sent:.2f} s")
+    assert [run.returncode for run in runs] == [143, 143], errors
+    assert any(line.startswith("stopped by SIGTERM at step 16;") for line in printed), printed
+    assert not (out / "metrics.jsonl").exists()  # the abandoned validation recorded nothing
+    assert charlm_jax.load(out).step == 16
