@@ -90,7 +90,7 @@ def test_a_body_cut_short_is_refused_and_nothing_is_cached(server, tmp_path, pat
 
 def test_the_cli_refuses_a_truncated_download_in_one_line(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CHARLM_JAX_CACHE", str(tmp_path / "cache"))
-    code = main(["train", "--text", server + "/short.txt", "--out", str(tmp_path / "run"), "--cpu-devices", "1"])
+    code = main(["train", "--text", server + "/short.txt", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "ended after 9,000 of the 18,000 bytes" in err, err
     assert cached_files(tmp_path / "cache") == []
@@ -112,7 +112,7 @@ def test_a_wrong_checksum_caches_nothing_and_a_right_one_records_length_and_dige
 def test_the_cli_caches_nothing_when_its_checksum_fails(server, tmp_path, monkeypatch, capsys):
     """train --text URL --sha256 WRONG is refused, and a later run without --sha256 downloads afresh."""
     monkeypatch.setenv("CHARLM_JAX_CACHE", str(tmp_path / "cache"))
-    argv = ["train", "--text", server + "/full.txt", "--out", str(tmp_path / "run"), "--cpu-devices", "1"]
+    argv = ["train", "--text", server + "/full.txt", "--out", str(tmp_path / "run")]
     assert main([*argv, "--sha256", "0" * 64]) == 2 and "sha256" in capsys.readouterr().err
     assert cached_files(tmp_path / "cache") == []
 
