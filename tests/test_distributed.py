@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# One subprocess compiling every computation for 1 and for 4 devices: the slowest unit of the suite (~35 s
+# on 2 cores), so it runs with the slow set (CI runs it on every submission).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def four_device_report(tmp_path_factory):

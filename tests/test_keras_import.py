@@ -56,24 +56,43 @@ def our_probabilities(lm, starts):
     return np.asarray(jax.nn.softmax(logits))
 
 
+class SavedModels(dict):
+    """Real models of Keras 3, each built and saved in both formats the first time a test asks for it."""
+
+    def __init__(self, keras, folder) -> None:
+        super().__init__()
+        self.keras, self.folder, self.paths = keras, folder, _Paths(self)
+
+    def __missing__(self, name: str):
+        layers = self.keras.layers
+        stacks = {
+            "book": lambda: [layers.LSTM(16)],
+            "stacked": lambda: [layers.LSTM(12, return_sequences=True), layers.Dropout(0.2), layers.LSTM(12)],
+            "hard_sigmoid": lambda: [layers.LSTM(16, recurrent_activation="hard_sigmoid")],
+        }
+        model = book_model(self.keras, *stacks[name]())
+        for suffix in (".keras", ".h5"):
+            model.save(self.folder / f"{name}{suffix}")
+        self[name] = model
+        return model
+
+
+class _Paths:
+    def __init__(self, models: SavedModels) -> None:
+        self.models = models
+
+    def __getitem__(self, key: tuple[str, str]):
+        name, suffix = key
+        self.models[name]  # built on first use
+        return self.models.folder / f"{name}{suffix}"
+
+
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    """Real models of Keras 3 (the dev extra's); the tests that need them are skipped without it."""
+    """(models, paths): the tests that need Keras are skipped without it (the dev extra has it)."""
     keras = pytest.importorskip("keras")
-    folder = tmp_path_factory.mktemp("keras")
-    models = {
-        "book": book_model(keras, keras.layers.LSTM(16)),
-        "stacked": book_model(
-            keras, keras.layers.LSTM(12, return_sequences=True), keras.layers.Dropout(0.2), keras.layers.LSTM(12)
-        ),
-        "hard_sigmoid": book_model(keras, keras.layers.LSTM(16, recurrent_activation="hard_sigmoid")),
-    }
-    paths = {}
-    for name, model in models.items():
-        for suffix in (".keras", ".h5"):
-            paths[name, suffix] = folder / f"{name}{suffix}"
-            model.save(paths[name, suffix])
-    return models, paths
+    models = SavedModels(keras, tmp_path_factory.mktemp("keras"))
+    return models, models.paths
 
 
 # Each model in one file format by default (the book's in its own .h5, as the seeds saved it); the other
