@@ -90,7 +90,7 @@ class Split:
     @property
     def train_starts(self) -> np.ndarray:
         """Every training window's start, (train_windows,) int32: built on demand, for inspection (the
-        loop draws starts per block from ``epoch_blocks``; at 10^8 characters this array is 130 MB)."""
+        loop draws starts per block from ``ShuffledWindows.blocks``; at 10^8 characters this array is 130 MB)."""
         return np.arange(self.train_windows, dtype=np.int32) * np.int32(self.step)
 
 
