@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from charlm_jax.errors import CharLMError
 
 BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
@@ -37,11 +35,13 @@ DEFAULT_VAL_CHARS = 200_000
 RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
 
 
-def check_temperatures(temperatures: Any) -> np.ndarray:
+def check_temperatures(temperatures: Any) -> Any:
     """Temperatures as a (rows,) float32 array, refused in one line unless finite and >= 0 (0: greedy).
 
     The one rule, for ``--temperatures`` of ``generate`` and of ``train``'s per-epoch samples alike.
     """
+    import numpy as np  # here, not at the top: `charlm-jax --help` imports this module and needs no numpy
+
     values = np.atleast_1d(np.asarray(temperatures, np.float64))
     if values.ndim != 1 or values.size == 0:
         raise CharLMError(f"temperatures must be a non-empty list of numbers, got {temperatures!r}")
