@@ -23,9 +23,9 @@ from pathlib import Path
 from common import device_name, versions, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import TINY_TEXT  # noqa: E402
+from helpers import TINY_CLI_FLAGS, TINY_TEXT  # noqa: E402
 
-FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16", "--sample-length", "0"]
+FLAGS = [*TINY_CLI_FLAGS, "--sample-length", "0"]
 FLAGS += ["--no-progress", "--epochs", "100000"]
 
 

@@ -13,6 +13,8 @@ TINY_TEXT = (
 ) * 12
 
 QUIET = Console(quiet=True)
+# tiny_config's shape as `charlm-jax train` flags, for the tests that run the CLI.
+TINY_CLI_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--batch-size", "16"]
 
 
 def tiny_config(**overrides) -> TrainConfig:

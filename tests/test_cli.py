@@ -14,15 +14,10 @@ import charlm_jax
 from charlm_jax.cli import main
 from charlm_jax.corpus import load_text
 
+from helpers import TINY_CLI_FLAGS
+
 TINY_FLAGS = [
-    "--maxlen",
-    "12",
-    "--step",
-    "2",
-    "--hidden-size",
-    "16",
-    "--batch-size",
-    "16",
+    *TINY_CLI_FLAGS,
     "--sample-length",
     "20",
     "--no-progress",

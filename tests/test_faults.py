@@ -23,17 +23,10 @@ import pytest
 import charlm_jax
 from charlm_jax.loop import Limits, fit
 
-from helpers import QUIET, assert_trees_equal, tiny_config
+from helpers import QUIET, TINY_CLI_FLAGS, assert_trees_equal, tiny_config
 
 TINY_FLAGS = [
-    "--maxlen",
-    "12",
-    "--step",
-    "2",
-    "--hidden-size",
-    "16",
-    "--batch-size",
-    "16",
+    *TINY_CLI_FLAGS,
     "--no-progress",
     "--cpu-devices",
     "1",

@@ -17,17 +17,12 @@ import pytest
 
 import charlm_jax
 
+from helpers import TINY_CLI_FLAGS
+
 pytestmark = pytest.mark.slow
 
 FLAGS = [
-    "--maxlen",
-    "12",
-    "--step",
-    "2",
-    "--hidden-size",
-    "16",
-    "--batch-size",
-    "16",
+    *TINY_CLI_FLAGS,
     "--sample-length",
     "10",
     "--no-progress",

@@ -13,7 +13,7 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.loop import fit
 from charlm_jax.prepared import IDS_NAME, META_NAME, open_prepared, prepare, prepared_for
 
-from helpers import QUIET, tiny_config
+from helpers import QUIET, TINY_CLI_FLAGS, tiny_config
 
 MIXED = "Héllo, Wörld!\r\nΣΊΣΥΦΟΣ and İstanbul: tabs\tand 🙂 emoji.\n" * 5
 
@@ -116,14 +116,7 @@ def test_prepare_train_and_eval_from_the_cli(tmp_path, tiny_text, capsys):
     assert cli.main(["prepare", "--text", str(source), "--out", str(tmp_path / "data")]) == 0
     assert f"prepared {len(tiny_text):,} characters (28 distinct, uint8)" in capsys.readouterr().out
     flags = [
-        "--maxlen",
-        "12",
-        "--step",
-        "2",
-        "--hidden-size",
-        "16",
-        "--batch-size",
-        "16",
+        *TINY_CLI_FLAGS,
         "--epochs",
         "1",
         "--sample-length",
@@ -147,14 +140,7 @@ def test_a_large_text_file_trains_through_a_prepared_corpus_by_itself(tmp_path, 
     source = tmp_path / "text.txt"
     source.write_text(tiny_text)
     flags = [
-        "--maxlen",
-        "12",
-        "--step",
-        "2",
-        "--hidden-size",
-        "16",
-        "--batch-size",
-        "16",
+        *TINY_CLI_FLAGS,
         "--epochs",
         "1",
         "--sample-length",
