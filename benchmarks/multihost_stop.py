@@ -51,7 +51,11 @@ def one_try(folder: Path) -> dict:
         for i in range(2)
     ]
     printed: list[str] = []
-    threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True).start()
+    # One reader per pipe, joined before the output is read: stderr is drained so a chatty process never blocks.
+    readers = [threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True)]
+    readers += [threading.Thread(target=run.stderr.read, daemon=True) for run in runs]
+    for reader in readers:
+        reader.start()
     deadline = time.monotonic() + 300
     while not any(line.startswith("epoch 2/") for line in printed) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -62,6 +66,8 @@ def one_try(folder: Path) -> dict:
     for run in runs:
         run.wait(timeout=120)
         seconds.append(round(time.monotonic() - sent, 2))
+    for reader in readers:
+        reader.join(timeout=30)
     stopped = next((line.strip() for line in printed if line.startswith("stopped by")), "")
     return {"seconds_to_exit": seconds, "exit_status": [run.returncode for run in runs], "line": stopped}
 

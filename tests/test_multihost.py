@@ -72,6 +72,28 @@ def train(text_file, out, *extra, processes=1):
     return [stdout for stdout, _ in outputs]
 
 
+def watch(runs):
+    """Read process 0's stdout line by line and every stderr to the end, each pipe by one thread only (a second
+    reader, such as communicate(), would take lines from the first). Returns (printed, errors, finish);
+    finish() waits for the readers so nothing printed at exit is missed."""
+    import threading
+
+    printed, errors = [], {}
+    readers = [threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True)]
+    readers += [
+        threading.Thread(target=lambda i=i: errors.setdefault(i, runs[i].stderr.read()), daemon=True)
+        for i in range(len(runs))
+    ]
+    for reader in readers:
+        reader.start()
+
+    def finish():
+        for reader in readers:
+            reader.join(timeout=30)
+
+    return printed, errors, finish
+
+
 def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -150,7 +172,6 @@ def test_two_processes_stopped_by_sigterm_save_one_step_and_resume_exactly(tmp_p
     """SIGTERM to both processes (as a scheduler preempts a job): each stops at the same block, the step is
     saved once, process 1 says so in one line of its own, and --resume on both continues exactly."""
     import signal
-    import threading
     import time
 
     text_file = tmp_path / "text.txt"
@@ -170,11 +191,7 @@ def test_two_processes_stopped_by_sigterm_save_one_step_and_resume_exactly(tmp_p
         )
         for i in range(2)
     ]
-    printed, errors = [], {}
-    threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True).start()
-    readers = [threading.Thread(target=lambda i=i: errors.setdefault(i, runs[i].stderr.read())) for i in range(2)]
-    for reader in readers:
-        reader.start()
+    printed, errors, finish = watch(runs)
     deadline = time.monotonic() + 300
     while not any(line.startswith("epoch 2/") for line in printed) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -185,8 +202,7 @@ def test_two_processes_stopped_by_sigterm_save_one_step_and_resume_exactly(tmp_p
     for run in runs:
         run.wait(timeout=120)
         seconds.append(time.monotonic() - sent)
-    for reader in readers:
-        reader.join(timeout=30)
+    finish()
     print(f"two processes, SIGTERM to exit: {seconds[0]:.2f} s and {seconds[1]:.2f} s")
     assert [run.returncode for run in runs] == [143, 143], errors
     stopped = next(line for line in printed if line.startswith("stopped by SIGTERM"))
@@ -233,7 +249,6 @@ def test_two_processes_abandon_a_long_validation_together_at_sigterm(tmp_path):
     """A 2.3M-window validation (python-source, half held out) is a collective of both processes: a SIGTERM
     is agreed on between its batches and both drop it, record nothing and save the same step."""
     import signal
-    import threading
     import time
 
     out, port = tmp_path / "run", free_port()
@@ -252,16 +267,17 @@ def test_two_processes_abandon_a_long_validation_together_at_sigterm(tmp_path):
         )
         for i in range(2)
     ]
-    printed = []
-    threading.Thread(target=lambda: printed.extend(runs[0].stdout), daemon=True).start()
+    printed, errors, finish = watch(runs)
     deadline = time.monotonic() + 300
     while not any(line.startswith("validating on") for line in printed) and time.monotonic() < deadline:
         time.sleep(0.1)
     sent = time.monotonic()
     for run in runs:
         run.send_signal(signal.SIGTERM)
-    errors = [run.communicate(timeout=120)[1] for run in runs]
+    for run in runs:
+        run.wait(timeout=120)
     print(f"two processes, SIGTERM in a validation to exit: {time.monotonic() - sent:.2f} s")
+    finish()
     assert [run.returncode for run in runs] == [143, 143], errors
     assert any(line.startswith("stopped by SIGTERM at step 16;") for line in printed), printed
     assert not (out / "metrics.jsonl").exists()  # the abandoned validation recorded nothing
