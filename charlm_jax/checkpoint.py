@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab
 from charlm_jax.errors import CharLMError, CharLMWarning, MachineError
+from charlm_jax.run_text import TextRecord
 
 FORMAT_VERSION = 1
 ITEM_NAMES = ("params", "train", "meta")
@@ -74,6 +75,9 @@ class CheckpointMeta:
     skipped_steps_total: int = 0
     # The learning-rate schedule's length when it was fitted to a time budget (None: the epochs').
     schedule_steps: int | None = None
+    # Where the run's text came from, its length and sha256 (None: written before runs recorded it, or an
+    # imported model given no text).
+    text: TextRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,7 @@ class CheckpointMeta:
             "train_seconds": self.train_seconds,
             "skipped_steps_total": self.skipped_steps_total,
             "schedule_steps": self.schedule_steps,
+            "text": self.text.to_json() if self.text is not None else None,
         }
 
     @classmethod
@@ -108,6 +113,7 @@ class CheckpointMeta:
                 train_seconds=float(data.get("train_seconds", 0.0)),
                 skipped_steps_total=int(data.get("skipped_steps_total", 0)),
                 schedule_steps=_optional_int(data.get("schedule_steps")),
+                text=TextRecord.from_json(data.get("text")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DamagedCheckpoint(
@@ -290,11 +296,19 @@ def peek_saved_config(directory: str | os.PathLike) -> TrainConfig | None:
     devices, and orbax's reader starts JAX's backends (after which the split is fixed). A
     layout it does not recognise gives None (the flags' batch size is used instead).
     """
+    return _peek(directory, lambda data: TrainConfig.from_dict(data["config"]))
+
+
+def peek_saved_text(directory: str | os.PathLike) -> TextRecord | None:
+    """The text record of the newest checkpoint in ``directory`` (plain JSON, no JAX), or None."""
+    return _peek(directory, lambda data: TextRecord.from_json(data.get("text")))
+
+
+def _peek(directory: str | os.PathLike, read: Callable[[dict[str, Any]], T]) -> T | None:
     steps = sorted((int(p.name) for p in Path(directory).glob("[0-9]*") if p.name.isdigit()), reverse=True)
     for step in steps:
         try:
-            data = json.loads((Path(directory) / str(step) / "meta" / "metadata").read_text())
-            return TrainConfig.from_dict(data["config"])
+            return read(json.loads((Path(directory) / str(step) / "meta" / "metadata").read_text()))
         except (OSError, ValueError, KeyError, TypeError, CharLMError):
             continue
     return None

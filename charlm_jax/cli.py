@@ -53,14 +53,6 @@ def start_jax(args: argparse.Namespace, rows: int, min_rows: int) -> None:
         maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
 
-def _mesh_if_several_devices():
-    import jax
-
-    from charlm_jax.distributed import make_mesh
-
-    return make_mesh() if jax.device_count() > 1 else None
-
-
 def refuse_ineffective(pairs: Sequence[tuple[bool, str]]) -> None:
     """Options that would be silently dropped in the given combination: refused, each with its fix."""
     for ineffective, message in pairs:
@@ -177,7 +169,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
             for index, temperature in enumerate(args.temperatures)
         ]
     else:
-        texts = generate(lm, prompt, options, seed=args.seed, mesh=_mesh_if_several_devices())
+        texts = generate(lm, prompt, options, seed=args.seed)  # rows split over the devices start_jax made
     print(f'--- Generating with seed: "{prompt}"')
     for index, temperature in enumerate(args.temperatures):
         print(f"------ temperature: {temperature:g}")
@@ -193,12 +185,15 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
 
 def training_text(args: argparse.Namespace, lowercase: bool):
     """The text a run trains on: a string, or a prepared corpus (--data, or a --text file over
-    AUTO_PREPARE_BYTES, prepared into <out>/prepared once and reused while its sha256 matches)."""
+    AUTO_PREPARE_BYTES, prepared into <out>/prepared once and reused while its sha256 matches), or None
+    when no text is named (the run's own text on --resume, else the built-in corpus)."""
     from charlm_jax.corpus import load_text
     from charlm_jax.prepared import open_prepared, prepared_for
 
     if args.data is not None:
         return open_prepared(args.data)
+    if args.text is None and args.corpus is None:
+        return None  # fit's choice: the run's own text for --resume, the built-in corpus for a new run
     if args.text is not None:
         # A download is checked before it is cached; a local file once, where it is read.
         downloaded = args.text.startswith(("http://", "https://"))
@@ -255,13 +250,14 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.prepared import PreparedCorpus, open_prepared
 
     lm = load(args.checkpoint, step=args.step)
-    text: str | PreparedCorpus
+    text: str | PreparedCorpus | None = None
     if args.data is not None:
         text = open_prepared(args.data)
-    else:
+    elif args.text is not None or args.corpus is not None:
         text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    scores = score(lm, text, mode=args.mode)
+    scores = score(lm, text, mode=args.mode)  # None: the held-out tail of the run's own text
     bits = float(-scores.mean())
+    scored = f"the held-out tail of {lm.text.describe()}" if text is None and lm.text is not None else None
     if args.json:
         print(
             json.dumps(
@@ -270,11 +266,15 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
                     "characters": int(len(scores)),
                     "mode": args.mode,
                     "checkpoint": str(args.checkpoint),
+                    "scored": scored or "the text given",
                 }
             )
         )
     else:
-        print(f"{bits:.4f} bits/char over {len(scores):,} characters ({args.mode} mode)")
+        print(
+            f"{bits:.4f} bits/char over {len(scores):,} characters ({args.mode} mode)"
+            + (f" of {scored}" if scored else "")
+        )
     return 0
 
 
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CharLMError as error:
             if debug:
                 raise
-            print(f"charlm-jax: error: {error}", file=sys.stderr)
+            print(f"charlm-jax: error: {error.cli_message}", file=sys.stderr)
             return getattr(error, "exit_status", 2)
         except OSError as error:
             if debug:

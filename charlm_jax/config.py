@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, worded
 
 BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 
@@ -222,10 +222,9 @@ def resume_config(
     stored = saved.to_dict()
     differing = [k for k in stored if k not in RESUMABLE_FIELDS and wanted[k] != stored[k]]
     if differing:
-        raise CharLMError(
-            f"--resume with settings that differ from the checkpoint's: {differing}; "
-            f"pass the same settings as the original run (only {', '.join(RESUMABLE_FIELDS)} "
-            "may change)"
+        raise worded(
+            f"{{resume}} with settings that differ from the checkpoint's: {differing}; pass the same settings as "
+            f"the original run (only {', '.join(RESUMABLE_FIELDS)} may change)"
         )
     return TrainConfig.from_dict(wanted)
 

@@ -29,24 +29,47 @@ DEFAULT_CORPUS = "pydoc"
 BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare", "python-source")
 
 
+class SourcedText(str):
+    """A text that remembers where it was read from, so a run can record it and read it again.
+
+    ``kind`` is "file", "url" or "corpus"; ``source`` what ``load_text`` takes to read it again (an
+    absolute path, the URL, the corpus name). Any edit of it (a slice, ``lower()``, a concatenation) is a
+    plain ``str``: another text, with no source.
+    """
+
+    kind: str
+    source: str
+
+    def __new__(cls, text: str, kind: str, source: str) -> SourcedText:
+        sourced = super().__new__(cls, text)
+        sourced.kind, sourced.source = kind, source
+        return sourced
+
+    def __reduce__(self):
+        return (SourcedText, (str(self), self.kind, self.source))
+
+
 def default_cache_dir() -> Path:
     """Where downloaded texts are kept: ``$CHARLM_JAX_CACHE`` or ``~/.cache/charlm_jax``."""
     return Path(os.environ.get("CHARLM_JAX_CACHE", Path.home() / ".cache" / "charlm_jax"))
 
 
 def load_text(
-    source: str | None = None, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> str:
+    source: str | os.PathLike | None = None, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> SourcedText:
     """Return the raw text named by ``source``: a built-in corpus name, a URL or a path.
 
     ``None`` means the built-in default corpus. The text is returned exactly as
-    read (no lower-casing: that is a config choice applied by the caller).
+    read (no lower-casing: that is a config choice applied by the caller), as a ``str`` that
+    remembers its source (``SourcedText``): ``fit`` records it, and ``resume=True`` reads it again.
     """
+    source = os.fspath(source) if source is not None else None
     if source is None or source in BUILTIN_CORPORA:
-        text = builtin_corpus(source or DEFAULT_CORPUS)
+        name = source or DEFAULT_CORPUS
+        text = SourcedText(builtin_corpus(name), "corpus", name)
     elif source.startswith(("http://", "https://")):
         path = fetch_url(source, sha256=sha256, cache_dir=cache_dir)
-        text = read_text_file(path)
+        text = SourcedText(read_text_file(path), "url", source)
     else:
         path = Path(source)
         if not path.exists() and not path.suffix and "/" not in source:
@@ -56,7 +79,7 @@ def load_text(
             )
         if sha256 is not None:
             _check_sha256(path.read_bytes() if path.is_file() else b"", sha256, str(path))
-        text = read_text_file(path)
+        text = SourcedText(read_text_file(path), "file", str(path.resolve()))
     if not text:
         raise CharLMError(f"the text from {source or DEFAULT_CORPUS!r} is empty: pass a file with some text in it")
     return text
@@ -253,3 +276,23 @@ def strip_play_markdown(markdown: str) -> str:
     text = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"\1", text)
     text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
     return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m charlm_jax.corpus NAME > my.txt``: a built-in corpus as a file, to try the tool on."""
+    import sys
+
+    names = sys.argv[1:] if argv is None else argv
+    if len(names) != 1 or names[0] not in BUILTIN_CORPORA:
+        print(f"usage: python -m charlm_jax.corpus {{{','.join(BUILTIN_CORPORA)}}} > my.txt", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.buffer.write(builtin_corpus(names[0]).encode("utf-8"))
+    except CharLMError as error:
+        print(f"charlm-jax: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

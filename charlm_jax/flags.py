@@ -34,7 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         choices=list(RECIPES),
         default=None,
         help=f"named set of the values below: {' | '.join(RECIPES)}; flags given with it "
-        f"override its values (default: {DEFAULT_RECIPE}; see README, Recipes)",
+        f"override its values (default: {DEFAULT_RECIPE}; see docs/recipes.md)",
     )
     for field in dataclasses.fields(TrainConfig):
         flags = ["--" + field.name.replace("_", "-")]
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--text",
         metavar="PATH_OR_URL",
-        help="UTF-8 text file, or http(s) URL downloaded once into ~/.cache/charlm_jax (default: the built-in corpus)",
+        help="UTF-8 text file, or http(s) URL downloaded once into ~/.cache/charlm_jax (default: the built-in corpus; "
+        "with --resume, the run's own text, which the run records)",
     )
     source.add_argument(
         "--corpus",
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cpu_devices_flag(train)
     _add_config_flags(train)
-    cluster = train.add_argument_group("multi-host (default: single process; see README)")
+    cluster = train.add_argument_group("multi-host (default: single process; see docs/design.md, More than one device)")
     cluster.add_argument(
         "--coordinator",
         metavar="HOST:PORT",
@@ -231,8 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a text: mean negative log2-probability per character.",
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
-    scored = evaluate.add_mutually_exclusive_group(required=True)
-    scored.add_argument("--text", metavar="PATH_OR_URL", help="UTF-8 text file or http(s) URL to score")
+    scored = evaluate.add_mutually_exclusive_group()
+    scored.add_argument(
+        "--text",
+        metavar="PATH_OR_URL",
+        help="UTF-8 text file or http(s) URL to score (default, with none of --text, --corpus, --data: the held-out "
+        "tail of the run's own text)",
+    )
     scored.add_argument(
         "--corpus", metavar="NAME", help="built-in corpus to score: pydoc, python-source, king-lear, shakespeare"
     )

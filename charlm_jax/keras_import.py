@@ -18,6 +18,7 @@ from charlm_jax.keras_files import keras_config, keras_params, keras_vocab, read
 from charlm_jax.lm import LanguageModel, load
 from charlm_jax.model import build_model, init_params
 from charlm_jax.run_dir import make_run_directory, new_run_prompt, write_new_run
+from charlm_jax.run_text import record_of
 
 
 def import_keras(
@@ -37,6 +38,9 @@ def import_keras(
     """
     if (text is None) == (chars is None):
         raise CharLMError("pass the training text (--text or --corpus) or its characters (--chars), one of them")
+    from charlm_jax.distributed import use_every_core
+
+    use_every_core()
     model = read_keras_model(model_path)
     vocab = keras_vocab(model, text, chars, lowercase)
     config = keras_config(model, maxlen, lowercase)
@@ -61,5 +65,6 @@ def import_keras(
     if out.is_dir() and any(out.iterdir()):
         raise CharLMError(f"{str(out)!r} is not empty: pass a new --out for the imported model")
     with CheckpointStore(make_run_directory(out)) as store:
-        write_new_run(store, config, vocab, default_prompt, params=imported)
+        # The text it was trained on, when given, is recorded: train --resume and eval read it again.
+        write_new_run(store, config, vocab, default_prompt, params=imported, text=record_of(text) if text else None)
     return load(out)

@@ -19,12 +19,13 @@ from charlm_jax.checkpoint import CheckpointMeta
 from charlm_jax.config import TrainConfig, resume_config
 from charlm_jax.data import Batching, Split, Vocab, make_batching, split_windows
 from charlm_jax.distributed import check_batch_divides, is_main_process
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, worded
 from charlm_jax.event_log import EVENTS_SUBDIR, EventLog
 from charlm_jax.model import CharLSTM, build_model
 from charlm_jax.prepared import PreparedCorpus, corpus_ids
 from charlm_jax.report import opening_line
 from charlm_jax.run_dir import RunDirectory, new_run_prompt, read_checkpoint, write_new_run
+from charlm_jax.run_text import TextRecord, check_same_text, read_recorded_text, record_of
 from charlm_jax.stopping import StopSignals
 from charlm_jax.train import RunKeys, TrainState, make_optimizer
 
@@ -90,6 +91,7 @@ class Run:
     console: Console
     limits: Limits  # its signals are always set (fit's own, or the caller's)
     default_prompt: str
+    text: TextRecord  # where the text came from, saved with every checkpoint
     events: EventLog = field(default_factory=EventLog)  # TensorBoard, when the extra is installed
 
     @property
@@ -188,7 +190,7 @@ class FitResult:
 def start_run(
     config: TrainConfig | None,
     overrides: Mapping[str, Any],
-    text: str | PreparedCorpus,
+    text: str | PreparedCorpus | None,
     directory: RunDirectory,
     resume: bool,
     mesh,
@@ -205,11 +207,12 @@ def start_run(
         replace(config or TrainConfig(), **overrides) if meta is None else resume_config(meta.config, config, overrides)
     )
     check_batch_divides(config.batch_size, mesh)
+    text, record = run_text(text, meta, directory)
     vocab, corpus = corpus_ids(text, config.lowercase)
-    if meta is not None and meta.vocab != vocab:
-        raise CharLMError(
-            "--resume with a different text: its characters differ from the "
-            "checkpoint's vocabulary; pass the original run's text"
+    if meta is not None and meta.vocab != vocab:  # a run from before texts were recorded, given another text
+        raise worded(
+            "{resume} with a different text: its characters differ from the checkpoint's vocabulary; pass the "
+            "original run's {text}"
         )
     split = split_windows(len(corpus), config.maxlen, config.step, config.val_fraction, config.val_chars)
     batching = make_batching(config.batching, split, config.batch_size, config.maxlen, config.steps_per_call)
@@ -226,6 +229,7 @@ def start_run(
         console=console,
         limits=limits,
         default_prompt=meta.default_prompt if meta is not None else new_run_prompt(config, vocab, corpus, split),
+        text=record,
     )
     check_work_left(run, meta.step if meta is not None else 0, meta.train_seconds if meta is not None else 0.0)
     state = restored_state(run, *saved) if saved is not None else new_state(run)
@@ -236,15 +240,34 @@ def start_run(
     return run, state
 
 
+def run_text(
+    text: str | PreparedCorpus | None, meta: CheckpointMeta | None, directory: RunDirectory
+) -> tuple[str | PreparedCorpus, TextRecord]:
+    """The text to train on and its record: the one given (a resume's checked against the run's own by
+    sha256), else the run's own read again (a resume), else the built-in default corpus (a new run)."""
+    where = repr(str(directory.path))
+    if text is None:
+        if meta is None:
+            from charlm_jax.corpus import load_text
+
+            text = load_text()
+        else:
+            text = read_recorded_text(meta.text, where)
+    record = record_of(text)
+    if meta is not None:
+        check_same_text(meta.text, record, where)
+    return text, record
+
+
 def restore_latest(directory: RunDirectory, mesh, console: Console, resume: bool):
     """(meta, (params, items)) of the newest readable checkpoint to resume from, or None for a new run."""
     latest = directory.store.latest_step()
     if latest is None:
         return None
     if not resume:
-        raise CharLMError(
-            f"{str(directory.path)!r} already holds a run (step {latest}): pass --resume to "
-            "continue it, or choose another --out"
+        raise worded(
+            f"{str(directory.path)!r} already holds a run (step {latest}): pass {{resume}} to continue it, or "
+            "choose another {out}"
         )
     meta, saved = directory.store.newest_readable(partial(read_checkpoint, directory.store, mesh), set_aside=True)
     dropped = directory.drop_records_after(meta.step) if is_main_process() else 0
@@ -257,26 +280,32 @@ def check_work_left(run: Run, step: int, train_seconds: float) -> None:
     """Refuse, before any work, a resume that has nothing left to train within its epochs and limits."""
     if step >= run.total_steps:
         done = step // run.steps_per_epoch
-        raise CharLMError(
-            f"the run in {str(run.directory.path)!r} already has {done} epoch(s): pass --epochs "
-            f"greater than {done} to train it further"
+        raise worded(
+            f"the run in {str(run.directory.path)!r} already has {done} epoch(s): pass {{epochs}} greater than "
+            f"{done} to train it further"
         )
     limits = run.limits
     if limits.max_steps is not None and step >= limits.max_steps:
-        raise CharLMError(
+        raise worded(
             f"the run in {str(run.directory.path)!r} is at step {step}, already at its step limit "
-            f"{limits.max_steps}: pass a larger --max-steps to train it further"
+            f"{limits.max_steps}: pass a larger {{max_steps}} to train it further"
         )
     if limits.max_seconds is not None and train_seconds >= limits.max_seconds:
-        raise CharLMError(
+        raise worded(
             f"the run in {str(run.directory.path)!r} has trained {train_seconds:.0f} s, already its "
-            f"time limit of {limits.max_seconds:g} s: pass a larger --time-limit to train it further"
+            f"time limit of {limits.max_seconds:g} s: pass a larger {{time_limit}} to train it further"
         )
 
 
 def new_state(run: Run) -> RunState:
     train, carries = write_new_run(
-        run.directory.store, run.config, run.vocab, run.default_prompt, run.mesh, total_steps=run.total_steps
+        run.directory.store,
+        run.config,
+        run.vocab,
+        run.default_prompt,
+        run.mesh,
+        total_steps=run.total_steps,
+        text=run.text,
     )
     return RunState(train=train, carries=carries, step=0, schedule_steps=run.total_steps)
 

@@ -31,6 +31,7 @@ from charlm_jax.data import Split, Vocab, sample_prompt, split_windows
 from charlm_jax.distributed import batch_sharding, put_global, replicated
 from charlm_jax.errors import CharLMError, MachineError
 from charlm_jax.run_lock import RunLock
+from charlm_jax.run_text import TextRecord
 from charlm_jax.train import RunKeys, TrainState, create_train_state
 
 BEST_SUBDIR = "best"
@@ -149,6 +150,7 @@ def write_new_run(
     *,
     params=None,
     total_steps: int | None = None,
+    text: TextRecord | None = None,
 ) -> tuple[TrainState, Any]:
     """Start a run directory: its step-0 checkpoint, which ``load``, ``generate`` and ``--resume`` read.
 
@@ -167,7 +169,7 @@ def write_new_run(
     store.save(
         state.params,
         checkpoint_items(state, carries),
-        CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt),
+        CheckpointMeta(config=config, vocab=vocab, step=0, epoch=0, default_prompt=default_prompt, text=text),
     )
     return state, carries
 

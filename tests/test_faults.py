@@ -141,9 +141,10 @@ def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, 
         limits=Limits(max_steps=step),
     )
     assert_trees_equal(saved.params, reference.state.params)
-    code, stdout, stderr = run(
-        "train", "--text", text_file, "--out", out, "--resume", "--epochs", str(step // 35 + 2), *TINY_FLAGS
-    )
+    # The command as printed (no --text: the run reads its own text again), with a step limit so it ends.
+    printed = line.split("resume with ")[1].split()
+    assert printed[:2] == ["charlm-jax", "train"]
+    code, stdout, stderr = run(*printed[1:], "--max-steps", str(step + 40), "--no-progress", "--cpu-devices", "1")
     assert code == 0, stderr
     assert f"resuming at step {step}" in stdout and charlm_jax.load(out).step > step
     steps = record_steps(out)
