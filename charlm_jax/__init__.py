@@ -29,6 +29,7 @@ _EXPORTS = {
     "bits_per_char": "lm",
     "generate": "lm",
     "load": "lm",
+    "next_char_probabilities": "lm",
     "score": "lm",
     "stream": "lm",
     "FitResult": "run",
@@ -38,6 +39,8 @@ _EXPORTS = {
     "RECIPES": "recipes",
     "recipe_config": "recipes",
     "sample": "sampling",
+    "use_every_core": "distributed",
+    "configure_cpu_devices": "distributed",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

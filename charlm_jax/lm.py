@@ -32,6 +32,7 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.options import GenerationOptions
 from charlm_jax.prepared import PreparedCorpus, corpus_ids
+from charlm_jax.run_text import TextRecord, read_recorded_text
 from charlm_jax.scoring import SCORE_MODES, score_ids
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
@@ -48,6 +49,7 @@ class LanguageModel:
     config: TrainConfig
     default_prompt: str
     step: int = 0
+    text: TextRecord | None = None  # the run's text: where it came from, its length and sha256
 
     @cached_property
     def model(self) -> CharLSTM:
@@ -80,6 +82,9 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
     ``CheckpointStore.newest_readable``); an explicit ``step`` that cannot be read is an error.
     """
     from charlm_jax.checkpoint import CheckpointStore
+    from charlm_jax.distributed import use_every_core
+
+    use_every_core()
 
     def read(at: int) -> LanguageModel:
         meta = store.restore_meta(at)
@@ -90,7 +95,12 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
         params, _ = store.restore(target, step=at)
         return LanguageModel(
-            params=params, vocab=meta.vocab, config=meta.config, default_prompt=meta.default_prompt, step=meta.step
+            params=params,
+            vocab=meta.vocab,
+            config=meta.config,
+            default_prompt=meta.default_prompt,
+            step=meta.step,
+            text=meta.text,
         )
 
     with CheckpointStore(checkpoint_dir, create=False) as store:
@@ -133,13 +143,19 @@ def generate(
     ``jax.random`` key. ``settings``: ``GenerationOptions`` fields (``length``,
     ``temperatures``, ``mode``, ``sampler``, ``top_k``, ``top_p``, ``min_p``,
     ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``, ``history_window``) when ``options`` is not
-    given. With a ``mesh`` (``charlm_jax.distributed.make_mesh``) the rows are split over its
-    devices; each row's text depends only on the seed, its index and its settings.
+    given. The rows are split over ``mesh``'s devices (``charlm_jax.distributed.make_mesh``), by default
+    over the CPU's cores as the CLI splits them; each row's text depends only on the seed, its index
+    and its settings, not on the devices.
     """
     options = generation_options(options, settings)
     prompt = lm.default_prompt if prompt is None else prompt
     prompt_rows = np.broadcast_to(lm.encode_prompt(prompt), (options.rows, len(prompt)))  # (rows, prompt)
     params = lm.params
+    if mesh is None:  # the rows split over the CPU's cores as the CLI splits them (rows never talk)
+        from charlm_jax.distributed import default_mesh, use_every_core
+
+        use_every_core()
+        mesh = default_mesh(options.rows, min_rows=1)
     if mesh is not None:
         from charlm_jax.distributed import shard_rows
 
@@ -196,7 +212,7 @@ def _seed(seed: int | jax.Array):
     return as_key(seed)
 
 
-def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -> np.ndarray:
+def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str = "window") -> np.ndarray:
     """log2-probability of each scored character of ``text`` under the model (float64 numpy).
 
     ``window``: every character from position ``maxlen`` on, predicted from the ``maxlen``
@@ -204,11 +220,14 @@ def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -
     tail). ``stateful``: every character from position 1 on, with the state carried from
     the first character. The text goes through the model's preprocessing (lower-casing).
     A ``PreparedCorpus`` (``charlm_jax.prepared``) is scored on the tail the run held out
-    (its ``val_fraction``), all of it: what validation scores, uncapped.
+    (its ``val_fraction``), all of it: what validation scores, uncapped. ``None``: that tail of
+    the run's own text, read again from where the run recorded it (``lm.text``).
     """
     if mode not in SCORE_MODES:
         raise CharLMError(f"mode must be one of {', '.join(SCORE_MODES)}, got {mode!r}")
-    if isinstance(text, str):
+    if text is None:
+        ids = held_out_ids(lm, read_recorded_text(lm.text, "this model's run"))
+    elif isinstance(text, str):
         ids = lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="text")
     else:
         ids = held_out_ids(lm, text)
@@ -221,13 +240,14 @@ def score(lm: LanguageModel, text: str | PreparedCorpus, mode: str = "window") -
     return score_ids(lm.params, lm.model, ids, mode, lm.config.maxlen)
 
 
-def held_out_ids(lm: LanguageModel, corpus) -> np.ndarray:
-    """The ids of the tail a run on ``corpus`` (a ``PreparedCorpus``) held out for validation, int32."""
+def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
+    """The ids of the tail a run on ``corpus`` (a text or a ``PreparedCorpus``) held out for validation, int32."""
     vocab, ids = corpus_ids(corpus, lm.config.lowercase)
     if vocab != lm.vocab:
+        named = f"the prepared corpus {str(corpus.path)!r}" if isinstance(corpus, PreparedCorpus) else "the text"
         raise CharLMError(
-            f"the prepared corpus {str(corpus.path)!r} has other characters than the model's "
-            "vocabulary: pass the corpus the run was trained on, or --text"
+            f"{named} has other characters than the model's vocabulary: pass the corpus the run was trained on, "
+            "or --text"
         )
     if lm.config.val_fraction == 0:
         raise CharLMError("the run held nothing out (--val-fraction 0): score a text with --text instead")
@@ -235,6 +255,29 @@ def held_out_ids(lm: LanguageModel, corpus) -> np.ndarray:
     return np.asarray(ids[split.val_start :], np.int32)
 
 
-def bits_per_char(lm: LanguageModel, text: str, mode: str = "window") -> float:
+def next_char_probabilities(lm: LanguageModel, prompt: str, temperatures: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """The model's distribution over the next character after ``prompt`` at each temperature, (T, vocab).
+
+    Read as the book reads it (the last ``maxlen`` characters of the prompt, from a zero state), then
+    ``softmax(logits / T)`` exactly as the samplers draw it (T = 0: all mass on the likeliest).
+    What a temperature does to a distribution can be looked at, or tested, directly.
+    """
+    from charlm_jax.config import check_temperatures
+    from charlm_jax.sampling import tempered_logits
+
+    check_temperatures(temperatures)
+    ids = lm.encode_prompt(prompt)[-lm.config.maxlen :]
+    _, logits = lm.model.apply({"params": lm.params}, jax.numpy.asarray(ids)[None, :], last_only=True)
+    last = jax.numpy.asarray(logits)[0]  # (vocab,)
+    rows = []
+    for t in temperatures:
+        if float(t) == 0.0:  # greedy: what sample draws at T = 0
+            rows.append(np.eye(lm.vocab.size)[int(np.argmax(last))])
+        else:
+            rows.append(np.asarray(jax.nn.softmax(tempered_logits(last, float(t)))))
+    return np.stack(rows).astype(np.float64)
+
+
+def bits_per_char(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str = "window") -> float:
     """Mean negative log2-probability of the scored characters of ``text`` (see ``score``)."""
     return float(-np.mean(score(lm, text, mode)))

@@ -36,12 +36,14 @@ from charlm_jax.distributed import (
     agreed_stop,
     batch_sharding,
     block_sharding,
+    default_mesh,
     is_main_process,
     make_mesh,
     put_global,
     put_windows,
     shard_rows,
     to_host,
+    use_every_core,
 )
 from charlm_jax.errors import CharLMError
 from charlm_jax.prepared import PreparedCorpus
@@ -65,7 +67,7 @@ POLL_EVERY_BATCHES = 8
 
 def fit(
     config: TrainConfig | None,
-    text: str | PreparedCorpus,
+    text: str | PreparedCorpus | None,
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
@@ -77,12 +79,17 @@ def fit(
     """Train on ``text`` (a string, or a ``PreparedCorpus`` read from its memory map), checkpointing into
     ``out_dir``; see the module docstring.
 
+    The run records where its text came from (``load_text`` results know; a bare string is recorded by
+    length and sha256 only). ``text=None`` means the built-in corpus for a new run and the run's own text
+    for ``resume=True``; a resume given another text is refused, even one with the same characters.
+
     ``config`` is the run's whole setting (None: the defaults, the book's). ``overrides``
     (TrainConfig fields) go on top of it, or, when resuming, on top of the saved run's config,
     where only the fields in ``config.RESUMABLE_FIELDS`` may change; a full ``config`` given
     with ``resume=True`` must match the saved one in every other field. ``limits``: when to stop
     early (``Limits``). The progress bar shows on an interactive ``console`` only.
     """
+    use_every_core()
     limits = limits or Limits()
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
     signals = limits.signals or StopSignals()
@@ -91,7 +98,7 @@ def fit(
         signals.deferred(),
         RunDirectory.opened(out_dir, lock=is_main_process()) as directory,
     ):
-        limits, mesh = replace(limits, signals=signals), mesh or make_mesh()
+        limits, mesh = replace(limits, signals=signals), mesh or training_mesh(config, overrides, out_dir, resume)
         run, state = start_run(config, overrides or {}, text, directory, resume, mesh, console, limits)
         reason = None
         with ProgressBar(console, run.steps_per_epoch) as bar, contextlib.closing(run.events):
@@ -118,6 +125,16 @@ def fit(
             save_stopped(run, state)
     say_best(run, state, reason)
     return FitResult.of(run, state, reason or StopReason.COMPLETED)
+
+
+def training_mesh(config: TrainConfig | None, overrides: Mapping[str, Any] | None, out_dir, resume: bool):
+    """The devices a run trains on when its caller names none: ``default_mesh`` for its batch size (a
+    resumed run's saved one, read as JSON before any checkpoint is restored)."""
+    from charlm_jax.checkpoint import peek_saved_config
+
+    saved = peek_saved_config(out_dir) if resume else None
+    batch = saved.batch_size if saved is not None else replace(config or TrainConfig(), **(overrides or {})).batch_size
+    return default_mesh(batch) or make_mesh(jax.devices()[:1])
 
 
 # ----------------------------------------------------------------------------------- one block
@@ -315,6 +332,7 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
         train_seconds=state.train_seconds,
         skipped_steps_total=state.skipped_total,
         schedule_steps=state.schedule_steps if state.schedule_fitted else None,
+        text=run.text,
     )
 
 
@@ -339,9 +357,21 @@ def save_stopped(run: Run, state: RunState) -> None:
             flush=True,
         )
     run.console.print(
-        f"stopped by {run.signals.name} at step {state.step}; checkpoint in {path}; resume with "
-        f"charlm-jax train --out {path} --resume"
+        f"stopped by {run.signals.name} at step {state.step}; checkpoint in {path}; resume with {resume_command(run)}"
     )
+
+
+def resume_command(run: Run) -> str:
+    """The command that continues this run as it was asked for: the run's text and settings are read from
+    its checkpoint; the limits, which are not settings, are repeated."""
+    limits = run.limits
+    flags = "".join(
+        [
+            f" --max-steps {limits.max_steps}" if limits.max_steps is not None else "",
+            f" --time-limit {limits.max_seconds:g}" if limits.max_seconds is not None else "",
+        ]
+    )
+    return f"charlm-jax train --out {run.directory.path} --resume{flags}"
 
 
 def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
