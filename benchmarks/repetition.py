@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 
 import charlm_jax  # noqa: E402
 
-from common import device_name, write_results  # noqa: E402
+from common import device_name, versions, write_results  # noqa: E402
 
 OPTIONS: dict[str, dict] = {
     "none": {},
@@ -103,7 +103,16 @@ def main(argv=None) -> int:
         )
     lines += ["", "First prompt's samples (prompt | continuation, first 200 characters):", ""]
     lines += [f"- {key}: `{value[: lm.config.maxlen + 3 + 200]!r}`" for key, value in samples.items()]
-    write_results(args.tag, {"rows": rows, "samples": samples, "checkpoint": str(checkpoint)}, "\n".join(lines) + "\n")
+    data = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(),
+        "versions": versions(),
+        "command": "python benchmarks/repetition.py",
+        "rows": rows,
+        "samples": samples,
+        "checkpoint": str(checkpoint),
+    }
+    write_results(args.tag, data, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
