@@ -222,7 +222,10 @@ def maybe_initialize_distributed(
     # processes over loopback, 20 s (and, in earlier tries, 50-59 s) of further training from SIGTERM to that
     # point, past the ~30 s a scheduler gives before SIGKILL, with its C++ notifier's line as the last one
     # a user sees.
-    jax.config.update("jax_enable_preemption_service", False)
+    try:
+        jax.config.update("jax_enable_preemption_service", False)
+    except AttributeError:  # JAX before the option (its service is then only started on TPUs and GPUs)
+        pass
     try:
         if coordinator is None:
             jax.distributed.initialize()

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def four_device_report(tmp_path_factory):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    # Without the tests' JAX_NUM_CPU_DEVICES=1 (conftest), which older JAX lets override XLA_FLAGS.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     script = Path(__file__).with_name("multidevice_check.py")
     out = tmp_path_factory.mktemp("multi")
     result = subprocess.run(

@@ -19,7 +19,7 @@ from charlm_jax.config import RECURRENT_ACTIVATIONS
 from charlm_jax.lstm import _forward, lstm_scan
 from charlm_jax.model import CharLSTM, init_params
 
-from helpers import assert_trees_close
+from helpers import assert_trees_close, float64_mode
 
 TIME, BATCH, HIDDEN = 7, 3, 5
 
@@ -36,7 +36,7 @@ def test_the_config_names_every_activation_the_layer_has():
 @pytest.mark.parametrize("activation", sorted(lstm.ACTIVATION_FUNCTIONS))
 @pytest.mark.parametrize("padded", [False, True])
 def test_gradients_equal_autodiff_in_float64(activation, padded):
-    with jax.enable_x64(True):
+    with float64_mode():
         keys = jax.random.split(jax.random.key(0), 7)
         normal = lambda key, shape, scale=1.0: scale * jax.random.normal(key, shape, jnp.float64)  # noqa: E731
         gate_inputs = normal(keys[0], (TIME, BATCH, 4 * HIDDEN), 2.0)  # large enough to saturate hard sigmoids
@@ -117,7 +117,7 @@ def model_loss(params, model, ids, seq_lengths, objective):
 def test_model_loss_gradients_equal_autodiff(monkeypatch, objective, num_layers, padded):
     model = CharLSTM(vocab_size=9, hidden_size=6, num_layers=num_layers)
     params32 = init_params(jax.random.key(0), model, 8)
-    with jax.enable_x64(True):
+    with float64_mode():
         params = jax.tree.map(lambda p: p.astype(jnp.float64) * 2.0, params32)
         ids = jax.random.randint(jax.random.key(1), (4, 9), 0, 9)
         seq_lengths = jnp.array([8, 5, 3, 1]) if padded else None

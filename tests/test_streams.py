@@ -16,7 +16,7 @@ from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.recipes import recipe_config
 from charlm_jax.train import create_train_state, train_block
 
-from helpers import QUIET, assert_trees_close, assert_trees_equal, tiny_config
+from helpers import QUIET, assert_trees_close, assert_trees_equal, float64_mode, tiny_config
 from test_lstm import autodiff_scan
 
 
@@ -107,7 +107,7 @@ def test_gradients_with_the_regularisers_equal_autodiff_in_float64(monkeypatch, 
         vocab_size=9, hidden_size=6, num_layers=2, dropout=0.3, locked_dropout=locked, weight_dropout=weight_dropout
     )
     params32 = init_params(jax.random.key(0), model, 8)
-    with jax.enable_x64(True):
+    with float64_mode():
         params = jax.tree.map(lambda p: p.astype(jnp.float64) * 2.0, params32)
         ids = jax.random.randint(jax.random.key(1), (4, 9), 0, 9)
         carries = jax.tree.map(lambda c: c + 0.1, model.zero_carries(4, jnp.float64))
