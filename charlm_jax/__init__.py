@@ -18,6 +18,7 @@ from typing import Any
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "AdaptOptions": "adapt_options",
     "BOOK_TEMPERATURES": "config",
     "TrainConfig": "config",
     "load_text": "corpus",

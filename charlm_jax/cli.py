@@ -73,6 +73,21 @@ def sha256_without_file(args: argparse.Namespace) -> tuple[bool, str]:
     )
 
 
+def adapt_options(args: argparse.Namespace):
+    """``--adapt`` and its settings as an AdaptOptions (checked here, before any work), or None; a setting
+    given without ``--adapt`` is refused, as it would do nothing."""
+    from charlm_jax.adapt_options import AdaptOptions
+
+    names = {"adapt_lr": "learning_rate", "adapt_decay": "decay", "adapt_segment": "segment", "adapt_rule": "rule"}
+    given_settings = {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
+    if not args.adapt:
+        if given_settings:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in names if getattr(args, flag) is not None)
+            raise CharLMError(f"{flags} set how --adapt adapts and have no effect without it: add --adapt or drop them")
+        return None
+    return AdaptOptions(**given_settings)
+
+
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.loop import Limits, fit
 
@@ -140,6 +155,9 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
             ),
         ]
     )
+    adapt = adapt_options(args)
+    if adapt is not None and args.stream:
+        raise CharLMError("--adapt with --stream is not supported: drop --stream to generate from the adapted weights")
     start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
     from charlm_jax.lm import generate, load, stream
     from charlm_jax.options import GenerationOptions
@@ -158,7 +176,12 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         history_window=args.history_window if args.history_window is not None else DEFAULT_HISTORY_WINDOW,
     )  # every option checked here, before the checkpoint is read
     lm = load(args.checkpoint, step=args.step)
-    prompt = args.prompt if args.prompt is not None else lm.default_prompt
+    if args.prompt_file is not None:
+        from charlm_jax.corpus import read_text_file
+
+        prompt = read_text_file(args.prompt_file)
+    else:
+        prompt = args.prompt if args.prompt is not None else lm.default_prompt
     lm.encode_prompt(prompt)  # unknown characters refused before anything is printed
     chunk = {} if args.chunk is None else {"chunk": args.chunk}
     if args.stream:
@@ -169,17 +192,18 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
             for index, temperature in enumerate(args.temperatures)
         ]
     else:
-        texts = generate(lm, prompt, options, seed=args.seed)  # rows split over the devices start_jax made
-    print(f'--- Generating with seed: "{prompt}"')
+        texts = generate(lm, prompt, options, seed=args.seed, adapt=adapt)  # rows split over start_jax's devices
+    shown = prompt if len(prompt) <= 200 else f"...{prompt[-200:]}"  # a prompt file's last characters
+    print(f'--- Generating with seed: "{shown}"' + (" (read adapting)" if adapt is not None else ""))
     for index, temperature in enumerate(args.temperatures):
         print(f"------ temperature: {temperature:g}")
         if args.stream:
-            print(prompt, end="", flush=True)
+            print(shown, end="", flush=True)
             for piece in pieces[index]:
                 print(piece, end="", flush=True)
             print()
         else:
-            print(prompt + texts[index])
+            print(shown + texts[index])
     return 0
 
 
@@ -245,6 +269,10 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     import json
 
     refuse_ineffective([sha256_without_file(args)])
+    adapt = adapt_options(args)
+    mode = args.mode or ("stateful" if adapt is not None else "window")
+    if adapt is not None and mode != "stateful":
+        raise CharLMError("--adapt reads the text with its state carried: drop --mode window (or pass --mode stateful)")
     from charlm_jax.corpus import load_text
     from charlm_jax.lm import load, score
     from charlm_jax.prepared import PreparedCorpus, open_prepared
@@ -255,7 +283,7 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
         text = open_prepared(args.data)
     elif args.text is not None or args.corpus is not None:
         text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    scores = score(lm, text, mode=args.mode)  # None: the held-out tail of the run's own text
+    scores = score(lm, text, mode=mode, adapt=adapt)  # text None: the held-out tail of the run's own text
     bits = float(-scores.mean())
     scored = f"the held-out tail of {lm.text.describe()}" if text is None and lm.text is not None else None
     if args.json:
@@ -264,15 +292,17 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
                 {
                     "bits_per_char": bits,
                     "characters": int(len(scores)),
-                    "mode": args.mode,
+                    "mode": mode,
+                    "adapt": dataclasses.asdict(adapt) if adapt is not None else None,
                     "checkpoint": str(args.checkpoint),
                     "scored": scored or "the text given",
                 }
             )
         )
     else:
+        adapted = ", adapted" if adapt is not None else ""
         print(
-            f"{bits:.4f} bits/char over {len(scores):,} characters ({args.mode} mode)"
+            f"{bits:.4f} bits/char over {len(scores):,} characters ({mode} mode{adapted})"
             + (f" of {scored}" if scored else "")
         )
     return 0

@@ -67,6 +67,32 @@ def _add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_adapt_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """Dynamic evaluation's flags (charlm_jax.AdaptOptions; defaults chosen by benchmarks/dynamic_eval.py)."""
+    from charlm_jax.adapt_options import RULES, AdaptOptions
+
+    defaults = AdaptOptions()
+    group = parser.add_argument_group("dynamic evaluation (docs/generation.md)")
+    group.add_argument("--adapt", action="store_true", help=f"adapt the weights while reading {what} (default: off)")
+    group.add_argument(
+        "--adapt-lr", type=float, metavar="F", help=f"adaptation learning rate (default: {defaults.learning_rate:g})"
+    )
+    group.add_argument(
+        "--adapt-decay",
+        type=float,
+        metavar="F",
+        help=f"decay towards the trained weights per segment (default: {defaults.decay:g})",
+    )
+    group.add_argument(
+        "--adapt-segment", type=int, metavar="N", help=f"characters per update (default: {defaults.segment})"
+    )
+    group.add_argument(
+        "--adapt-rule",
+        choices=RULES,
+        help=f"rms: the paper's RMS-normalised step; sgd: plain (default: {defaults.rule})",
+    )
+
+
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
     parser.add_argument(
@@ -194,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate text from a trained checkpoint, all temperatures in one call.",
     )
     generate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
-    generate.add_argument("--prompt", help="text to continue (default: the excerpt saved with the checkpoint)")
+    prompted = generate.add_mutually_exclusive_group()
+    prompted.add_argument("--prompt", help="text to continue (default: the excerpt saved with the checkpoint)")
+    prompted.add_argument(
+        "--prompt-file",
+        metavar="PATH",
+        help="a UTF-8 file whose text, of any length, is the prompt (with --adapt: read adapting)",
+    )
+    _add_adapt_flags(generate, "the prompt, then generate from the adapted weights")
     generate.add_argument("--length", type=int, default=400, help="characters to generate (default: 400)")
     generate.add_argument(
         "--temperatures",
@@ -252,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--mode",
         choices=("window", "stateful"),
-        default="window",
         help="window: each character from the maxlen before it, from a zero state (the "
         "training run's validation metric); stateful: state carried from the first "
-        "character (default: window)",
+        "character (default: window; stateful with --adapt)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    _add_adapt_flags(evaluate, "the text (each segment scored before the model learns from it; needs --mode stateful)")
     evaluate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
 
     prepare = commands.add_parser(

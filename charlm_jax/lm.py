@@ -16,6 +16,7 @@ same shapes and static options compiles nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from charlm_jax.adapt import adaptive_pass, gradient_scale
+from charlm_jax.adapt_options import AdaptOptions, as_adapt_options
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import Vocab, prepare_text, split_windows
 from charlm_jax.decode import SAMPLE_CHUNK, as_key, generate_ids, sample_in_chunks
@@ -133,6 +136,7 @@ def generate(
     seed: int | jax.Array = 0,
     include_prompt: bool = False,
     mesh=None,
+    adapt=None,
     **settings: Any,
 ) -> list[str]:
     """One generated string per temperature (per row of ``options``), all drawn in one jitted call.
@@ -143,18 +147,27 @@ def generate(
     ``jax.random`` key. ``settings``: ``GenerationOptions`` fields (``length``,
     ``temperatures``, ``mode``, ``sampler``, ``top_k``, ``top_p``, ``min_p``,
     ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``, ``history_window``) when ``options`` is not
-    given. The rows are split over ``mesh``'s devices (``charlm_jax.distributed.make_mesh``), by default
-    over the CPU's cores as the CLI splits them; each row's text depends only on the seed, its index
+    given. ``adapt`` (True or a ``charlm_jax.AdaptOptions``) first reads the prompt adapting the weights
+    to it (dynamic evaluation: a long prompt of an author or a code base steers the weights, not only
+    the state), then generates from the adapted weights. The rows are split over ``mesh``'s devices
+    (``charlm_jax.distributed.make_mesh``), by default over the CPU's cores as the CLI splits them; each row's text depends only on the seed, its index
     and its settings, not on the devices.
     """
-    options = generation_options(options, settings)
-    prompt = lm.default_prompt if prompt is None else prompt
-    prompt_rows = np.broadcast_to(lm.encode_prompt(prompt), (options.rows, len(prompt)))  # (rows, prompt)
-    params = lm.params
-    if mesh is None:  # the rows split over the CPU's cores as the CLI splits them (rows never talk)
-        from charlm_jax.distributed import default_mesh, use_every_core
+    from charlm_jax.distributed import default_mesh, use_every_core
 
-        use_every_core()
+    use_every_core()
+    options = generation_options(options, settings)
+    adapt_options = as_adapt_options(adapt)
+    prompt = lm.default_prompt if prompt is None else prompt
+    prompt_ids = lm.encode_prompt(prompt)
+    prompt_rows = np.broadcast_to(prompt_ids, (options.rows, len(prompt_ids)))  # (rows, prompt)
+    params = lm.params
+    if adapt_options is not None:
+        # Read the prompt adapting (dynamic evaluation); the rows continue from the adapted weights,
+        # which read the prompt again for their state. One seed still gives one text.
+        _, params, _ = adaptive_pass(lm.params, lm.model, prompt_ids, adapt_options, adapt_scale(lm, adapt_options))
+        lm = dataclasses.replace(lm, params=params)
+    if mesh is None:  # the rows split over the CPU's cores as the CLI splits them (rows never talk)
         mesh = default_mesh(options.rows, min_rows=1)
     if mesh is not None:
         from charlm_jax.distributed import shard_rows
@@ -212,7 +225,7 @@ def _seed(seed: int | jax.Array):
     return as_key(seed)
 
 
-def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str = "window") -> np.ndarray:
+def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str = "window", adapt=None) -> np.ndarray:
     """log2-probability of each scored character of ``text`` under the model (float64 numpy).
 
     ``window``: every character from position ``maxlen`` on, predicted from the ``maxlen``
@@ -222,9 +235,16 @@ def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str
     A ``PreparedCorpus`` (``charlm_jax.prepared``) is scored on the tail the run held out
     (its ``val_fraction``), all of it: what validation scores, uncapped. ``None``: that tail of
     the run's own text, read again from where the run recorded it (``lm.text``).
+
+    ``adapt`` (``True`` for the defaults, or a ``charlm_jax.AdaptOptions``): dynamic evaluation, the
+    weights adapted segment by segment as the text is read, each segment scored before the model learns
+    from it (``charlm_jax.adapt``); ``stateful`` mode only. The model itself is left unchanged.
     """
     if mode not in SCORE_MODES:
         raise CharLMError(f"mode must be one of {', '.join(SCORE_MODES)}, got {mode!r}")
+    options = as_adapt_options(adapt)
+    if options is not None and mode != "stateful":
+        raise CharLMError("adapt reads the text with its state carried from segment to segment: pass mode='stateful'")
     if text is None:
         ids = held_out_ids(lm, read_recorded_text(lm.text, "this model's run"))
     elif isinstance(text, str):
@@ -237,7 +257,30 @@ def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str
             f"text has {len(ids)} characters; {mode} scoring needs at least {needed}: "
             "pass a longer text" + (" or --mode stateful" if mode == "window" else "")
         )
+    if options is not None:
+        log_probs, _, _ = adaptive_pass(lm.params, lm.model, ids, options, adapt_scale(lm, options))
+        return log_probs / np.log(2.0)
     return score_ids(lm.params, lm.model, ids, mode, lm.config.maxlen)
+
+
+def adapt_scale(lm: LanguageModel, options: AdaptOptions):
+    """The ``rms`` rule's gradient scale, from the run's own training text (kept per segment length);
+    None for the ``sgd`` rule, which needs none."""
+    if options.rule != "rms":
+        return None
+    key = ("adapt-scale", options.segment, options.scale_batches, options.scale_batch)
+    if key not in lm._placed:
+        if lm.text is None or not lm.text.readable:
+            raise CharLMError(
+                "the rms adaptation rule measures the gradient scale on the run's training text, which this model's "
+                "run did not record in a form it can read again: pass AdaptOptions(rule='sgd') (--adapt-rule sgd)"
+            )
+        vocab, ids = corpus_ids(read_recorded_text(lm.text, "this model's run"), lm.config.lowercase)
+        if vocab != lm.vocab:
+            raise CharLMError("the run's recorded text has other characters than the model: pass --adapt-rule sgd")
+        split = split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
+        lm._placed[key] = gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
+    return lm._placed[key]
 
 
 def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
