@@ -88,6 +88,7 @@ try:
         text,
         out_dir + "/bad",
         console=Console(quiet=True),
+        mesh=make_mesh(),  # all 4 devices named: fit's own default would pick the devices the batch divides over
     )
     bad_batch_error = None
 except CharLMError as error:
@@ -121,9 +122,22 @@ stream_fits = {
     for n in (1, 4)
 }
 fit(
-    stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), limits=Limits(max_steps=9)
+    stream_config,
+    text,
+    f"{out_dir}/streams-split",
+    console=Console(quiet=True),
+    limits=Limits(max_steps=9),
+    mesh=make_mesh(),
 )  # inside the second epoch: the carries are restored, not zero
-resumed = fit(stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), resume=True)
+resumed = fit(
+    stream_config, text, f"{out_dir}/streams-split", console=Console(quiet=True), resume=True, mesh=make_mesh()
+)
+# With no mesh named, fit trains a batch of 8 on one device (at least 16 rows per CPU device, as the CLI).
+default_devices = len(
+    jax.tree.leaves(fit(stream_config, text, f"{out_dir}/streams-default", console=Console(quiet=True)).state.params)[
+        0
+    ].sharding.device_set
+)
 stream_params_diff = max(
     float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
     for a, b in zip(
@@ -158,6 +172,7 @@ print(
                 for n, result in stream_fits.items()
             },
             "stream_resumed_params_diff": stream_params_diff,
+            "default_mesh_devices_batch_8": default_devices,
         }
     )
 )

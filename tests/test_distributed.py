@@ -65,3 +65,4 @@ def test_streams_split_over_four_devices_follow_one_device_and_resume_exactly(fo
     for key in ("train_loss", "val_bits_per_char"):
         np.testing.assert_allclose([r[key] for r in four], [r[key] for r in one], rtol=1e-4)
     assert four_device_report["stream_resumed_params_diff"] == 0.0
+    assert four_device_report["default_mesh_devices_batch_8"] == 1
