@@ -19,14 +19,14 @@ CHUNK_SEGMENTS = 64
 class AdaptOptions:
     """How the weights adapt while a text is read (``charlm_jax.adapt`` explains the rules); checked when built.
 
-    The defaults were chosen by ``benchmarks/dynamic_eval.py`` on the tuning texts (pydoc and
-    python-source) and applied untouched to the others (docs/generation.md, Dynamic evaluation).
+    The defaults are the best of a first sweep by ``benchmarks/dynamic_eval.py`` on the tuning texts (pydoc
+    and python-source), on small models (300 steps of the streams recipe): see docs/generation.md.
     ``scale_batches`` batches of ``scale_batch`` training windows estimate the gradient scale of ``rms``.
     """
 
     learning_rate: float = 3e-4
     decay: float = 1e-3
-    segment: int = 50
+    segment: int = 25
     rule: str = "rms"
     eps: float = 1e-5
     scale_batches: int = 32
