@@ -78,14 +78,14 @@ def adapt_options(args: argparse.Namespace):
     given without ``--adapt`` is refused, as it would do nothing."""
     from charlm_jax.adapt_options import AdaptOptions
 
-    names = {"adapt_lr": "learning_rate", "adapt_decay": "decay", "adapt_segment": "segment", "adapt_rule": "rule"}
-    given_settings = {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
+    fields = {"adapt_lr": "learning_rate", "adapt_decay": "decay", "adapt_segment": "segment", "adapt_rule": "rule"}
+    given = {flag: getattr(args, flag) for flag in fields if getattr(args, flag) is not None}
     if not args.adapt:
-        if given_settings:
-            flags = ", ".join("--" + flag.replace("_", "-") for flag in names if getattr(args, flag) is not None)
+        if given:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
             raise CharLMError(f"{flags} set how --adapt adapts and have no effect without it: add --adapt or drop them")
         return None
-    return AdaptOptions(**given_settings)
+    return AdaptOptions(**{fields[flag]: value for flag, value in given.items()})
 
 
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:

@@ -65,17 +65,17 @@ class LanguageModel:
         return self.vocab.encode(prepare_text(prompt, self.config.lowercase), what="prompt")
 
     @cached_property
-    def _placed(self) -> dict:
-        """The parameters replicated over each mesh they were asked for."""
+    def _cache(self) -> dict:
+        """What this model computes once: its parameters placed on each mesh, the adaptation's gradient scale."""
         return {}
 
     def params_on(self, mesh) -> dict:
         """The parameters replicated over ``mesh``'s devices, placed once per mesh."""
-        if mesh not in self._placed:
+        if mesh not in self._cache:
             from charlm_jax.distributed import put_global, replicated
 
-            self._placed[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
-        return self._placed[mesh]
+            self._cache[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
+        return self._cache[mesh]
 
 
 def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> LanguageModel:
@@ -269,22 +269,27 @@ def adapt_scale(lm: LanguageModel, options: AdaptOptions):
     if options.rule != "rms":
         return None
     key = ("adapt-scale", options.segment, options.scale_batches, options.scale_batch)
-    if key not in lm._placed:
+    if key not in lm._cache:
         if lm.text is None or not lm.text.readable:
             raise CharLMError(
                 "the rms adaptation rule measures the gradient scale on the run's training text, which this model's "
                 "run did not record in a form it can read again: pass AdaptOptions(rule='sgd') (--adapt-rule sgd)"
             )
-        vocab, ids = corpus_ids(read_recorded_text(lm.text, "this model's run"), lm.config.lowercase)
-        if vocab != lm.vocab:
-            raise CharLMError("the run's recorded text has other characters than the model: pass --adapt-rule sgd")
-        split = split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
-        lm._placed[key] = gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
-    return lm._placed[key]
+        ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run"))
+        lm._cache[key] = gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
+    return lm._cache[key]
 
 
 def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
     """The ids of the tail a run on ``corpus`` (a text or a ``PreparedCorpus``) held out for validation, int32."""
+    if lm.config.val_fraction == 0:
+        raise CharLMError("the run held nothing out (--val-fraction 0): score a text with --text instead")
+    ids, split = run_ids(lm, corpus)
+    return np.asarray(ids[split.val_start :], np.int32)
+
+
+def run_ids(lm: LanguageModel, corpus: str | PreparedCorpus):
+    """``corpus``'s ids as the model's run read them, and the run's split of them (head trained on, tail held out)."""
     vocab, ids = corpus_ids(corpus, lm.config.lowercase)
     if vocab != lm.vocab:
         named = f"the prepared corpus {str(corpus.path)!r}" if isinstance(corpus, PreparedCorpus) else "the text"
@@ -292,10 +297,7 @@ def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
             f"{named} has other characters than the model's vocabulary: pass the corpus the run was trained on, "
             "or --text"
         )
-    if lm.config.val_fraction == 0:
-        raise CharLMError("the run held nothing out (--val-fraction 0): score a text with --text instead")
-    split = split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
-    return np.asarray(ids[split.val_start :], np.int32)
+    return ids, split_windows(len(ids), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
 
 
 def next_char_probabilities(lm: LanguageModel, prompt: str, temperatures: tuple[float, ...] = (1.0,)) -> np.ndarray:

@@ -246,13 +246,14 @@ def run_text(
     """The text to train on and its record: the one given (a resume's checked against the run's own by
     sha256), else the run's own read again (a resume), else the built-in default corpus (a new run)."""
     where = repr(str(directory.path))
+    if text is None and meta is not None:
+        text = read_recorded_text(meta.text, where)  # checked against the record as it is read (hashed once)
+        assert meta.text is not None  # read_recorded_text refuses a run without one
+        return text, meta.text
     if text is None:
-        if meta is None:
-            from charlm_jax.corpus import load_text
+        from charlm_jax.corpus import load_text
 
-            text = load_text()
-        else:
-            text = read_recorded_text(meta.text, where)
+        text = load_text()
     record = record_of(text)
     if meta is not None:
         check_same_text(meta.text, record, where)

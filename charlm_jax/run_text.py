@@ -85,8 +85,7 @@ def read_recorded_text(record: TextRecord | None, where: str) -> str | PreparedC
     from charlm_jax.corpus import load_text
     from charlm_jax.prepared import open_prepared
 
-    gone = Path(str(record.source)).exists() is False and record.kind in ("file", "prepared")
-    if gone:
+    if record.kind in ("file", "prepared") and not Path(str(record.source)).exists():
         raise worded(
             f"the run in {where} trained on {record.source!r}, which is gone: put it back, or pass the run's {{text}}"
         )
