@@ -240,6 +240,7 @@ def test_stop_during_the_epoch_samples_is_honoured_between_chunks(tmp_path, text
 # -------------------------------------------------------------------------------- two trainers
 
 
+@pytest.mark.slow  # real trainers in subprocesses: the default run's four minutes (CI runs it)
 def test_a_second_trainer_is_refused_naming_the_holder_and_a_killed_holder_blocks_nothing(tmp_path, text_file):
     out = tmp_path / "run"
     first = Trainer(
@@ -324,6 +325,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resume_is_clean(s
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 
+@pytest.mark.slow  # real trainers in subprocesses: the default run's four minutes (CI runs it)
 def test_a_damaged_newest_checkpoint_warns_in_one_line_and_resume_sets_it_aside(tmp_path, trained_run, text_file):
     out = tmp_path / "run"
     shutil.copytree(trained_run[0], out)  # steps 35 and 70 of the tiny run (2 epochs)
@@ -382,6 +384,7 @@ def test_a_keras_file_whose_config_is_not_an_object_is_one_line(tmp_path):
     assert not (tmp_path / "imported").exists()
 
 
+@pytest.mark.slow  # real trainers in subprocesses: the default run's four minutes (CI runs it)
 def test_resume_splits_the_cpu_for_the_saved_batch_not_the_flags_default(tmp_path, text_file):
     """A batch of 17 runs on one CPU device; resumed with no --batch-size, the default 128 would split the
     CPU in two and refuse the saved batch. The device split must follow the checkpoint."""
