@@ -33,6 +33,7 @@ _EXPORTS = {
     "next_char_probabilities": "lm",
     "score": "lm",
     "stream": "lm",
+    "with_compute_dtype": "lm",
     "FitResult": "run",
     "Limits": "run",
     "fit": "loop",

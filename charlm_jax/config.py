@@ -33,6 +33,7 @@ DEFAULT_VAL_CHARS = 200_000
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
 RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # precision.COMPUTE_DTYPES; here too, so the config imports no JAX
 
 
 def check_temperatures(temperatures: Any) -> Any:
@@ -90,6 +91,12 @@ class TrainConfig:
         "activation of the LSTM's i, f, o gates; the hard sigmoids exist for imported Keras "
         "models (Keras 2 and 3 define them differently)",
         RECURRENT_ACTIVATIONS,
+    )
+    compute_dtype: str = _field(
+        "float32",
+        "dtype of the model's matrix products, accumulated in float32; state, loss, optimizer and weights stay "
+        "float32 (book: float32)",
+        COMPUTE_DTYPES,
     )
     # --- optimisation (book: RMSprop(lr=0.01), batch_size=128, 60 epochs) ---
     batch_size: int = _field(128, "global batch size in windows (book: 128); must divide over the devices")
@@ -196,6 +203,7 @@ class TrainConfig:
 # Fields a resumed run may change: its length, how often and how it reports, and the speed knob;
 # none of them changes the parameters a step computes.
 RESUMABLE_FIELDS = (
+    "compute_dtype",  # the weights are float32 whatever computes with them
     "epochs",
     "steps_per_call",
     "eval_every_steps",

@@ -78,6 +78,13 @@ class LanguageModel:
         return self._cache[mesh]
 
 
+def with_compute_dtype(lm: LanguageModel, compute_dtype: str) -> LanguageModel:
+    """The same weights computing in ``compute_dtype`` (``float32`` or ``bfloat16``): checkpoints hold
+    float32 weights whatever dtype trained them, so a model scores and generates in either."""
+    config = dataclasses.replace(lm.config, compute_dtype=compute_dtype)  # validated: one line if unknown
+    return dataclasses.replace(lm, config=config)
+
+
 def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> LanguageModel:
     """The model saved in a training run's output directory (latest intact step unless ``step``).
 

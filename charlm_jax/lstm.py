@@ -35,6 +35,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from charlm_jax import precision
+
 Carry = tuple[jax.Array, jax.Array]  # (c, h), each (batch, hidden)
 
 
@@ -57,12 +59,20 @@ ACTIVATION_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
 
 
 def lstm_cell(
-    carry: Carry, gate_inputs: jax.Array, recurrent_kernel: jax.Array, bias: jax.Array, activation: str = "sigmoid"
+    carry: Carry,
+    gate_inputs: jax.Array,
+    recurrent_kernel: jax.Array,
+    bias: jax.Array,
+    activation: str = "sigmoid",
+    compute_dtype: str = "float32",
 ) -> tuple[Carry, jax.Array]:
-    """One step of the equations above; returns the new carry and the activated gates (batch, 4H)."""
+    """One step of the equations above; returns the new carry and the activated gates (batch, 4H).
+
+    ``compute_dtype`` (``precision``): the dtype of the product ``h W``; everything else stays float32.
+    """
     c, h = carry  # (batch, hidden) each
     act = ACTIVATION_FUNCTIONS[activation][0]
-    z = gate_inputs + h @ recurrent_kernel + bias  # (batch, 4 * hidden)
+    z = gate_inputs + precision.matmul(h, recurrent_kernel, compute_dtype) + bias  # (batch, 4 * hidden)
     z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
     i, f, g, o = act(z_i), act(z_f), jnp.tanh(z_g), act(z_o)
     c = f * c + i * g
@@ -77,12 +87,14 @@ def _masked(mask_t, new: Carry, old: Carry) -> Carry:
     return jnp.where(keep, new[0], old[0]), jnp.where(keep, new[1], old[1])
 
 
-def _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, keep_residuals):
+def _forward(
+    gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype, keep_residuals
+):
     """The forward scan; with ``keep_residuals`` it also stacks what the backward pass reads."""
 
     def step(carry, inputs):
         x_t, mask_t = inputs
-        new, gates = lstm_cell(carry, x_t, recurrent_kernel, bias, activation)
+        new, gates = lstm_cell(carry, x_t, recurrent_kernel, bias, activation, compute_dtype)
         new = _masked(mask_t, new, carry)
         outputs = (new[1], new[0], gates) if keep_residuals else new[1]
         return new, outputs
@@ -90,7 +102,7 @@ def _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, a
     return jax.lax.scan(step, initial_carry, (gate_inputs, mask), unroll=unroll)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def lstm_scan(
     gate_inputs: jax.Array,
     recurrent_kernel: jax.Array,
@@ -99,23 +111,25 @@ def lstm_scan(
     mask: jax.Array | None,
     unroll: int = 1,
     activation: str = "sigmoid",
+    compute_dtype: str = "float32",
 ) -> tuple[Carry, jax.Array]:
     """Run the layer over time-major inputs: (time, batch, 4H) -> (final carry, h (time, batch, H)).
 
-    ``mask`` (time, batch) bool, or None when every row uses every step.
+    ``mask`` (time, batch) bool, or None when every row uses every step. ``compute_dtype``: the dtype
+    of the recurrent products, forward and backward (``precision``).
     """
-    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, False)
+    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype, False)
 
 
-def _lstm_scan_fwd(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation):
+def _lstm_scan_fwd(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype):
     final, (h_seq, c_seq, gates) = _forward(
-        gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, True
+        gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype, True
     )
     residuals = (recurrent_kernel, initial_carry, h_seq, c_seq, gates, mask)
     return (final, h_seq), residuals
 
 
-def _lstm_scan_bwd(unroll, activation, residuals, cotangents):
+def _lstm_scan_bwd(unroll, activation, compute_dtype, residuals, cotangents):
     recurrent_kernel, (c0, h0), h_seq, c_seq, gates, mask = residuals
     (dc_final, dh_final), dh_seq = cotangents
     act_grad = ACTIVATION_FUNCTIONS[activation][1]
@@ -137,15 +151,16 @@ def _lstm_scan_bwd(unroll, activation, residuals, cotangents):
         if mask_t is not None:
             keep = mask_t[:, None]
             dz = jnp.where(keep, dz, 0.0)
-            return (dz @ kernel_t + jnp.where(keep, 0.0, dh), jnp.where(keep, dc_prev, dc_next)), dz
-        return (dz @ kernel_t, dc_prev), dz
+            dh_prev = precision.matmul(dz, kernel_t, compute_dtype) + jnp.where(keep, 0.0, dh)
+            return (dh_prev, jnp.where(keep, dc_prev, dc_next)), dz
+        return (precision.matmul(dz, kernel_t, compute_dtype), dc_prev), dz
 
     (dh0, dc0), dz_seq = jax.lax.scan(
         step, (dh_final, dc_final), (dh_seq, gates, c_seq, c_prev_seq, mask), reverse=True, unroll=unroll
     )
     # The weight gradients, hoisted out of the loop: one matmul over every (time, batch) row.
     h_prev_seq = jnp.concatenate([h0[None], h_seq[:-1]])  # (time, batch, H): h_{t-1}
-    d_kernel = jnp.einsum("tbh,tbg->hg", h_prev_seq, dz_seq)  # (H, 4H)
+    d_kernel = precision.einsum("tbh,tbg->hg", h_prev_seq, dz_seq, compute_dtype)  # (H, 4H)
     d_bias = jnp.sum(dz_seq, axis=(0, 1))  # (4H,)
     return dz_seq, d_kernel, d_bias, (dc0, dh0), None
 

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charlm_jax import precision
 from charlm_jax.config import TrainConfig
 from charlm_jax.lstm import Carry, lstm_cell, lstm_scan
 
@@ -56,6 +57,7 @@ class LSTMLayer(nn.Module):
     unroll: int = 1
     recurrent_activation: str = "sigmoid"
     weight_dropout: float = 0.0
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(
@@ -71,9 +73,20 @@ class LSTMLayer(nn.Module):
             recurrent_kernel = nn.Dropout(self.weight_dropout)(recurrent_kernel, deterministic=deterministic)
         if gate_inputs.shape[0] == 1 and mask is None:
             # One step (stateful generation): the cell itself, no loop of length 1 around it.
-            carry, _ = lstm_cell(carry, gate_inputs[0], recurrent_kernel, bias, self.recurrent_activation)
+            carry, _ = lstm_cell(
+                carry, gate_inputs[0], recurrent_kernel, bias, self.recurrent_activation, self.compute_dtype
+            )
             return carry, carry[1][None]
-        return lstm_scan(gate_inputs, recurrent_kernel, bias, carry, mask, self.unroll, self.recurrent_activation)
+        return lstm_scan(
+            gate_inputs,
+            recurrent_kernel,
+            bias,
+            carry,
+            mask,
+            self.unroll,
+            self.recurrent_activation,
+            self.compute_dtype,
+        )
 
 
 class CharLSTM(nn.Module):
@@ -95,6 +108,7 @@ class CharLSTM(nn.Module):
     recurrent_activation: str = "sigmoid"
     locked_dropout: bool = False  # one dropout mask per sequence, shared by every time step
     weight_dropout: float = 0.0  # DropConnect on the recurrent kernels
+    compute_dtype: str = "float32"  # the products' dtype (precision.COMPUTE_DTYPES)
 
     def zero_carries(self, batch: int, dtype=jnp.float32) -> tuple[Carry, ...]:
         # A new array for every leaf: one buffer shared by two leaves could not be donated to a jitted step.
@@ -134,10 +148,19 @@ class CharLSTM(nn.Module):
             if layer > 0:
                 # Input kernel of a deeper layer: a plain matmul on the layer below's outputs.
                 x = nn.Dense(
-                    4 * self.hidden_size, use_bias=False, kernel_init=keras_glorot_uniform, name=f"input_kernel_{layer}"
+                    4 * self.hidden_size,
+                    use_bias=False,
+                    kernel_init=keras_glorot_uniform,
+                    name=f"input_kernel_{layer}",
+                    **precision.dense_options(self.compute_dtype),
                 )(x)  # (time, batch, 4 * hidden)
             carry, x = LSTMLayer(
-                self.hidden_size, self.unroll, self.recurrent_activation, self.weight_dropout, name=f"lstm_{layer}"
+                self.hidden_size,
+                self.unroll,
+                self.recurrent_activation,
+                self.weight_dropout,
+                self.compute_dtype,
+                name=f"lstm_{layer}",
             )(carries[layer], x, mask, deterministic)  # (time, batch, H)
             new_carries.append(carry)
             if last_only and layer == self.num_layers - 1:
@@ -150,7 +173,11 @@ class CharLSTM(nn.Module):
                 x = nn.Dropout(self.dropout, broadcast_dims=locked)(x, deterministic=deterministic)
         # Keras Dense: glorot_uniform kernel, zero bias.
         logits = nn.Dense(
-            self.vocab_size, kernel_init=keras_glorot_uniform, bias_init=nn.initializers.zeros, name="logits"
+            self.vocab_size,
+            kernel_init=keras_glorot_uniform,
+            bias_init=nn.initializers.zeros,
+            name="logits",
+            **precision.dense_options(self.compute_dtype),
         )(x)
         if not last_only:
             logits = jnp.swapaxes(logits, 0, 1)  # (batch, time, vocab)
@@ -168,6 +195,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> CharLSTM:
         recurrent_activation=config.recurrent_activation,
         locked_dropout=config.locked_dropout,
         weight_dropout=config.weight_dropout,
+        compute_dtype=config.compute_dtype,
     )
 
 

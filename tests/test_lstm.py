@@ -24,9 +24,11 @@ from helpers import assert_trees_close, float64_mode
 TIME, BATCH, HIDDEN = 7, 3, 5
 
 
-def autodiff_scan(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll=1, activation="sigmoid"):
+def autodiff_scan(
+    gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll=1, activation="sigmoid", compute_dtype="float32"
+):
     """The same forward as lstm_scan, differentiated by JAX step by step."""
-    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, False)
+    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype, False)
 
 
 def test_the_config_names_every_activation_the_layer_has():
