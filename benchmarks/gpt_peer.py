@@ -149,8 +149,11 @@ def train_gpt(
     context: int = 60,
     seed: int = 0,
     threads: int | None = None,
+    keep_model: bool = False,
 ) -> dict:
     """Train for ``seconds`` of training time (validation excluded); returns the run's curve and best.
+
+    ``keep_model``: the held-best model itself is returned too, under ``"model"`` (not JSON).
 
     ``ids`` is the encoded text; training windows lie before ``val_start`` (no target reaches the tail),
     validation scores every tail character from the ``context`` before it, as the LSTM's loop does.
@@ -221,7 +224,9 @@ def train_gpt(
     model.load_state_dict(best_state)
     final = window_bits(model, ids, val_all, context)
     parameters = sum(p.numel() for p in model.parameters())
+    kept = {"model": model} if keep_model else {}
     return {
+        **kept,
         "config": {
             **asdict(recipe),
             "parameters": parameters,
@@ -235,3 +240,92 @@ def train_gpt(
         "best_val_bits_per_char_subset": best_bits,
         "best_stateful_bits_per_char": None,
     }
+
+
+# ------------------------------------------------------------------ dynamic evaluation, for the peer
+# The same rule as charlm_jax.adapt's ``rms`` (Krause et al. 2018, RMS with a global prior), so the
+# race compares like with like: each segment of held-out characters is scored (each from the
+# ``context`` characters before it, the GPT's window metric), then the weights take one step on that
+# segment's loss, divided by the root mean squared gradient of the training loss and decayed towards
+# the trained weights. It is a few lines in PyTorch; written here, not imported, because no library
+# ships it.
+
+
+def gradient_scale(model, ids: np.ndarray, train_end: int, recipe: GPTRecipe, batches: int = 32, batch: int = 32):
+    """Mean squared gradient of the training loss at the trained weights, over ``batches`` batches of
+    ``batch`` windows of the training head (a fixed seed: the same text gives the same scale)."""
+    import torch
+    from torch.nn import functional as F
+
+    rng = np.random.default_rng(0)
+    offsets = np.arange(recipe.block_size + 1)
+    parameters = list(model.parameters())
+    total = [torch.zeros_like(p) for p in parameters]
+    model.eval()
+    for _ in range(batches):
+        starts = rng.integers(0, train_end - recipe.block_size - 1, batch)
+        windows = torch.from_numpy(ids[starts[:, None] + offsets].astype(np.int64))
+        logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+        grads = torch.autograd.grad(loss, parameters)
+        for t, g in zip(total, grads):
+            t.add_(g.square())
+    return [t / batches for t in total]
+
+
+def adaptive_log2_probs(
+    model,
+    ids: np.ndarray,
+    start: int,
+    scale,
+    *,
+    learning_rate: float,
+    decay: float,
+    segment: int = 25,
+    rule: str = "rms",
+    eps: float = 1e-5,
+    end: int | None = None,
+) -> np.ndarray:
+    """log2-probability of each of ``ids[start:end]``, read ``segment`` characters at a time, the weights
+    adapted after each by ``rule`` (charlm_jax.adapt's ``rms`` or ``sgd``); ``learning_rate=0`` is static scoring. A segment is read as the last ``segment``
+    predictions of one window of ``block_size`` characters ending at its last target, so every character
+    has at least ``block_size - segment`` characters of context (one forward pass per segment: scoring
+    each character from its own 60-character window costs ``segment`` times more). The model's weights
+    are restored afterwards."""
+    import torch
+    from torch.nn import functional as F
+
+    end = len(ids) if end is None else end
+    width = model.positions.num_embeddings
+    if start < width or segment > width - 1:
+        raise ValueError(f"start must be at least {width} and segment below {width}")
+    parameters = list(model.parameters())
+    trained = [p.detach().clone() for p in parameters]
+    rms = [s.sqrt() for s in scale]
+    mean_rms = sum(r.sum() for r in rms) / sum(r.numel() for r in rms)
+    rates = [torch.clamp(decay * r / mean_rms, max=1.0) for r in rms]
+    out = np.empty(end - start, np.float64)
+    model.eval()
+    try:
+        for begin in range(start, end, segment):
+            stop = min(begin + segment, end)
+            window = torch.from_numpy(ids[stop - width : stop + 1].astype(np.int64))[None]
+            count = stop - begin
+            logits = model(window[:, :-1])[0, -count:]
+            losses = F.cross_entropy(logits, window[0, -count:], reduction="none")
+            out[begin - start : stop - start] = -losses.detach().double().numpy() / math.log(2.0)
+            if learning_rate == 0.0:
+                continue
+            grads = torch.autograd.grad(losses.mean(), parameters)
+            with torch.no_grad():
+                for p, g, p0, r, rate in zip(parameters, grads, trained, rms, rates):
+                    if rule == "rms":
+                        p.add_(-learning_rate * g / (r + eps) + rate * (p0 - p))
+                    else:
+                        p.add_(-learning_rate * g + decay * (p0 - p))
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(parameters, trained):
+                p.copy_(p0)
+        model.train()
+    return out

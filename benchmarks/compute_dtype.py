@@ -1,0 +1,147 @@
+"""The compute dtype, measured: a whole training step and whole-sample generation in float32 and bfloat16.
+
+    python benchmarks/compute_dtype.py                          # book and streams shapes, ~5 min
+    python benchmarks/compute_dtype.py --recipes streams --rounds 9
+
+For each recipe's model and batch (``--recipes``) the compiled training block (``--steps`` steps, the loop's
+own ``train.train_block``) and a 400-character generation of four temperatures (``decode.generate_ids``)
+are timed in both dtypes, interleaved round by round in this process, nothing else running; the report
+gives the bfloat16/float32 ratio of each, with the CPU's name and the flags that decide it (AVX512-BF16
+and AMX give bfloat16 products in hardware; without them XLA:CPU converts to float32 and back). The
+issue's target: a bfloat16 training step at most 0.6x float32's on the CPU that has them.
+Writes results/<date>-<platform>-compute-dtype.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charlm_jax import decode, recipe_config, train
+from charlm_jax.config import COMPUTE_DTYPES
+from charlm_jax.model import build_model
+from charlm_jax.options import GenerationOptions
+
+from common import device_name, interleaved, platform_tag, versions, write_results
+
+VOCAB = 60  # a lower-cased English text's alphabet
+
+
+def cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in wanted if flag in flags]
+
+
+def training_block(config, steps: int):
+    """A closure running ``steps`` training steps of ``config`` (the loop's compiled block), blocking."""
+    state = train.create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000)
+    model = build_model(config, VOCAB)
+    rng = np.random.default_rng(0)
+    block = jnp.asarray(rng.integers(0, VOCAB, (steps, config.batch_size, config.maxlen + 1)), jnp.int32)
+    carry_over = config.batching == "streams"
+    holder = {"state": state, "carries": model.zero_carries(config.batch_size)}
+
+    def run():
+        (holder["state"], holder["carries"]), metrics = train.train_block(
+            holder["state"],
+            holder["carries"],
+            block,
+            jax.random.key(1),
+            model=model,
+            maxlen=config.maxlen,
+            objective=config.objective,
+            carry_over=carry_over,
+        )
+        jax.block_until_ready(metrics["loss"])
+
+    return run
+
+
+def generation(config, length: int):
+    params = train.create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000).params
+    model = build_model(config, VOCAB)
+    options = GenerationOptions(length=length, temperatures=(0.2, 0.5, 1.0, 1.2))
+    prompt = jnp.zeros((4, config.maxlen), jnp.int32)
+
+    def run():
+        jax.block_until_ready(
+            decode.generate_ids(params, jax.random.key(3), prompt, options, model=model, maxlen=config.maxlen)
+        )
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=["book", "streams"])
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed block")
+    parser.add_argument("--length", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args()
+    rows = {}
+    for recipe in args.recipes:
+        base = recipe_config(recipe)
+        configs = {dtype: dataclasses.replace(base, compute_dtype=dtype) for dtype in COMPUTE_DTYPES}
+        train_times = interleaved({d: training_block(c, args.steps) for d, c in configs.items()}, args.rounds)
+        gen_times = interleaved({d: generation(c, args.length) for d, c in configs.items()}, args.rounds)
+        row = {
+            "model": f"{base.num_layers} x {base.hidden_size}, batch {base.batch_size}, {base.batching}",
+            "step_ms": {d: t["median_s"] / args.steps * 1e3 for d, t in train_times.items()},
+            "generation_us_per_char": {d: t["median_s"] / args.length * 1e6 for d, t in gen_times.items()},
+            "train_times": train_times,
+            "generation_times": gen_times,
+        }
+        row["step_ratio"] = row["step_ms"]["bfloat16"] / row["step_ms"]["float32"]
+        row["generation_ratio"] = row["generation_us_per_char"]["bfloat16"] / row["generation_us_per_char"]["float32"]
+        rows[recipe] = row
+        print(recipe, f"step {row['step_ratio']:.2f}x, generation {row['generation_ratio']:.2f}x", flush=True)
+    date = time.strftime("%Y-%m-%d")
+    stem = args.tag or f"{date}-{platform_tag()}-compute-dtype"
+    flags = cpu_flags()
+    command = f"python benchmarks/compute_dtype.py --recipes {' '.join(args.recipes)} --rounds {args.rounds} --steps {args.steps}"
+    data = {
+        "date": date,
+        "device": device_name(),
+        "cpu_flags": flags,
+        "versions": versions(),
+        "command": command,
+        "rows": rows,
+        "devices": jax.device_count(),
+    }
+    lines = [
+        f"# Compute dtype: bfloat16 against float32 ({date})",
+        "",
+        f"Machine: {data['device']}, flags {', '.join(flags) or 'none of avx2/avx512/amx'}; jax "
+        f"{data['versions']['jax']}; command: `{command}`. Median of {args.rounds} interleaved rounds; a step is "
+        f"the compiled training block's time over {args.steps} steps; generation is {args.length} characters at "
+        "four temperatures (four rows) in one compiled scan.",
+        "",
+        "| recipe | model | float32 step ms | bfloat16 step ms | bf16/f32 | float32 us/char | bfloat16 us/char | bf16/f32 |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {r['model']} | {r['step_ms']['float32']:.1f} | {r['step_ms']['bfloat16']:.1f} | "
+            f"{r['step_ratio']:.2f} | {r['generation_us_per_char']['float32']:.0f} | "
+            f"{r['generation_us_per_char']['bfloat16']:.0f} | {r['generation_ratio']:.2f} |"
+            for name, r in rows.items()
+        ],
+        "",
+        "Target (issue 34): the bfloat16 training step at most 0.6x float32's on a CPU with AMX / AVX512-BF16.",
+    ]
+    write_results(stem, data, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
