@@ -151,6 +151,11 @@ class TrainConfig:
         BATCHINGS,
     )
     clip_norm: float | None = _field(None, "clip gradients to this global norm (book: no clipping)")
+    # An exponential moving average of the weights kept beside them (charlm_jax.averaging), validated at
+    # each record next to the weights themselves; whichever validates better is kept as the best.
+    average_decay: float = _field(
+        0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (book: 0, none)"
+    )
     # Skip any update whose gradients are not finite (optax.apply_if_finite) and stop the run
     # after this many skipped steps in a row; 0 turns the guard off. Finite runs are unchanged.
     max_nonfinite_in_row: int = _field(
@@ -273,6 +278,10 @@ def validate_config(config: TrainConfig) -> None:
     )
     _require(
         config.clip_norm is None or config.clip_norm > 0, f"clip_norm must be > 0 (or unset), got {config.clip_norm}"
+    )
+    _require(
+        0.0 <= config.average_decay < 1.0,
+        f"average_decay must be in [0, 1) (0: no averaging), got {config.average_decay}: pass e.g. --average-decay 0.999",
     )
     _require(config.sample_length >= 0, f"sample_length must be >= 0, got {config.sample_length}")
     if config.temperatures:

@@ -4,7 +4,8 @@ Read ``fit`` top to bottom: open the run directory, start or restore the run, th
 over blocks of batches (each block one jitted call of several optimizer steps, ``train.train_block``).
 After each block the periodic work runs, each piece when its own rule says it is due: the
 learning-rate schedule fitted to a time budget (once, after the second block), a record
-(validation bits per character on the held-out tail, the book's four-temperature sample, an orbax
+(validation bits per character on the held-out tail, of the averaged weights too when the run keeps
+them, the book's four-temperature sample, an orbax
 checkpoint, the best so far kept in ``<out>/best``, a line in ``metrics.jsonl``), and early stopping.
 
 Batches are the book's shuffled windows or consecutive streams (``data.make_batching``); the loop
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 from rich.console import Console
 
+from charlm_jax.averaging import averaged_params
 from charlm_jax.checkpoint import CheckpointMeta
 from charlm_jax.config import TrainConfig
 from charlm_jax.data import padded_eval_batches, sample_prompt
@@ -283,14 +285,14 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         record["partial_epoch"] = True
     if state.grad_norms:
         record.update(grad_norm_mean=float(np.mean(state.grad_norms)), grad_norm_max=float(np.max(state.grad_norms)))
+    averaged = averaged_params(state.train.opt_state)
     if len(run.split.val_starts):
         started = run.limits.clock()
         val_loss = validate(run, state.train.params)
-        record.update(
-            val_loss=val_loss,
-            val_bits_per_char=nats_to_bits(val_loss),
-            eval_seconds=round(run.limits.clock() - started, 3),
-        )
+        record.update(val_loss=val_loss, val_bits_per_char=nats_to_bits(val_loss))
+        if averaged is not None:
+            record["averaged_val_bits_per_char"] = nats_to_bits(validate(run, averaged))
+        record["eval_seconds"] = round(run.limits.clock() - started, 3)
     print_record(run.console, record, config.epochs)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
@@ -298,7 +300,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
     if samples:
         print_samples(run.console, prompt, samples)
         record.update(prompt=prompt, samples=samples)
-    bits = record.get("val_bits_per_char")
+    bits, best_params = better_weights(record, state.train.params, averaged)
     improved = (
         bits is not None
         and math.isfinite(bits)
@@ -309,9 +311,11 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
     save_checkpoint(run, state)
     if improved:
         record["best"] = True
+        if best_params is averaged:
+            record["best_weights"] = "averaged"  # <out>/best holds the average, not the weights trained
         with run.signals.critical():
             run.directory.best_store.save(
-                state.train.params, checkpoint_items(state.train, state.carries), checkpoint_meta(run, state, bits)
+                best_params, checkpoint_items(state.train, state.carries), checkpoint_meta(run, state, bits)
             )
         state.best_epoch, state.best_val_bits_per_char = epoch, bits
     if is_main_process():
@@ -319,6 +323,19 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         run.events.record(record)
     state.losses, state.grad_norms, state.seconds_since_record = [], [], 0.0
     return record
+
+
+def better_weights(record: dict[str, Any], trained, averaged) -> tuple[float | None, Any]:
+    """(validation bits, params) of whichever weights a record validated better: the trained ones, or their
+    average when the run keeps one and it scored lower (a non-finite score never wins)."""
+
+    def score(key: str) -> float:
+        value = record.get(key)
+        return value if value is not None and math.isfinite(value) else math.inf
+
+    if averaged is not None and score("averaged_val_bits_per_char") < score("val_bits_per_char"):
+        return record["averaged_val_bits_per_char"], averaged
+    return record.get("val_bits_per_char"), trained
 
 
 def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) -> CheckpointMeta:

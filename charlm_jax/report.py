@@ -88,6 +88,8 @@ def print_record(console: Console, record: dict[str, Any], epochs: int) -> None:
         if "val_loss" in record
         else ""
     )
+    if "averaged_val_bits_per_char" in record:
+        validation += f", averaged weights {record['averaged_val_bits_per_char']:.3f} bits/char"
     console.print(
         f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}{validation} "
         f"({record['epoch_seconds']:.1f} s, {record['windows_per_second']:,.0f} windows/s)"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from charlm_jax.averaging import average_weights
 from charlm_jax.config import TrainConfig
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
@@ -89,6 +90,7 @@ OPTIMIZER_FIELDS = (
     "rmsprop_eps",
     "rmsprop_eps_in_sqrt",
     "max_nonfinite_in_row",
+    "average_decay",
 )
 
 
@@ -142,6 +144,8 @@ def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> opta
                 eps_in_sqrt=config.rmsprop_eps_in_sqrt,
             )
         )
+    if config.average_decay > 0:
+        transforms.append(average_weights(config.average_decay))  # last: it reads the final updates
     optimizer = optax.chain(*transforms) if len(transforms) > 1 else transforms[0]
     if config.max_nonfinite_in_row > 0:
         # Never let a NaN/inf gradient reach the parameters or RMSprop's statistics. optax gives
