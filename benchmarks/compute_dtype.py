@@ -1,4 +1,5 @@
-"""The compute dtype, measured: a whole training step and whole-sample generation in float32 and bfloat16.
+"""The compute dtype, measured: a whole training step and whole-sample generation in float32 and bfloat16
+(and the step with weight averaging, ``--average-decay``, beside them).
 
     python benchmarks/compute_dtype.py                          # book and streams shapes, ~5 min
     python benchmarks/compute_dtype.py --recipes streams --rounds 9
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax import decode, recipe_config, train
+from charlm_jax import TrainConfig, decode, recipe_config, train
 from charlm_jax.config import COMPUTE_DTYPES
 from charlm_jax.model import build_model
 from charlm_jax.options import GenerationOptions
@@ -41,6 +42,25 @@ def cpu_flags() -> list[str]:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return [flag for flag in wanted if flag in flags]
+
+
+AVERAGED = "float32+averaging"
+
+
+def recipe_of(spec: str):
+    """A recipe's config: ``NAME`` or ``NAME:field=value,...`` (e.g. ``streams:num_layers=1,hidden_size=256``);
+    ``auto:SECONDS`` is ``--recipe auto`` for that budget, in float32."""
+    name, _, rest = spec.partition(":")
+    if name == "auto":
+        return recipe_config("auto", time_limit=float(rest), compute_dtype="float32")
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, value = item.split("=")
+        overrides[key] = (
+            float(value) if "float" in str(fields[key]) else int(value) if "int" in str(fields[key]) else value
+        )
+    return recipe_config(name, **overrides)
 
 
 def training_block(config, steps: int):
@@ -92,12 +112,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = {}
     for recipe in args.recipes:
-        base = recipe_config(recipe)
+        base = recipe_of(recipe)
         configs = {dtype: dataclasses.replace(base, compute_dtype=dtype) for dtype in COMPUTE_DTYPES}
-        train_times = interleaved({d: training_block(c, args.steps) for d, c in configs.items()}, args.rounds)
+        # Weight averaging's cost per step, timed in the same rounds: float32 with --average-decay 0.999.
+        averaged = {AVERAGED: dataclasses.replace(base, compute_dtype="float32", average_decay=0.999)}
+        train_times = interleaved(
+            {d: training_block(c, args.steps) for d, c in {**configs, **averaged}.items()}, args.rounds
+        )
         gen_times = interleaved({d: generation(c, args.length) for d, c in configs.items()}, args.rounds)
         row = {
             "model": f"{base.num_layers} x {base.hidden_size}, batch {base.batch_size}, {base.batching}",
+            "config": base.to_dict(),
             "step_ms": {d: t["median_s"] / args.steps * 1e3 for d, t in train_times.items()},
             "generation_us_per_char": {d: t["median_s"] / args.length * 1e6 for d, t in gen_times.items()},
             "train_times": train_times,
@@ -105,11 +130,19 @@ def main() -> None:
         }
         row["step_ratio"] = row["step_ms"]["bfloat16"] / row["step_ms"]["float32"]
         row["generation_ratio"] = row["generation_us_per_char"]["bfloat16"] / row["generation_us_per_char"]["float32"]
+        row["averaging_ratio"] = row["step_ms"][AVERAGED] / row["step_ms"]["float32"]
         rows[recipe] = row
-        print(recipe, f"step {row['step_ratio']:.2f}x, generation {row['generation_ratio']:.2f}x", flush=True)
+        print(
+            recipe,
+            f"step {row['step_ratio']:.2f}x, generation {row['generation_ratio']:.2f}x, "
+            f"averaging {row['averaging_ratio']:.2f}x",
+            flush=True,
+        )
     date = time.strftime("%Y-%m-%d")
-    stem = args.tag or f"{date}-{platform_tag()}-compute-dtype"
     flags = cpu_flags()
+    # A CPU with bfloat16 hardware gets its own file: the two kinds of machine differ in kind, not degree.
+    hardware = "-amx" if "amx_bf16" in flags else ""
+    stem = args.tag or f"{date}-{platform_tag()}{hardware}-compute-dtype"
     command = f"python benchmarks/compute_dtype.py --recipes {' '.join(args.recipes)} --rounds {args.rounds} --steps {args.steps}"
     data = {
         "date": date,
@@ -128,12 +161,14 @@ def main() -> None:
         f"the compiled training block's time over {args.steps} steps; generation is {args.length} characters at "
         "four temperatures (four rows) in one compiled scan.",
         "",
-        "| recipe | model | float32 step ms | bfloat16 step ms | bf16/f32 | float32 us/char | bfloat16 us/char | bf16/f32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | model | float32 step ms | bfloat16 step ms | bf16/f32 | float32 us/char | bfloat16 us/char | "
+        "bf16/f32 | float32 + averaging step ms | averaging/f32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {name} | {r['model']} | {r['step_ms']['float32']:.1f} | {r['step_ms']['bfloat16']:.1f} | "
             f"{r['step_ratio']:.2f} | {r['generation_us_per_char']['float32']:.0f} | "
-            f"{r['generation_us_per_char']['bfloat16']:.0f} | {r['generation_ratio']:.2f} |"
+            f"{r['generation_us_per_char']['bfloat16']:.0f} | {r['generation_ratio']:.2f} | "
+            f"{r['step_ms'][AVERAGED]:.1f} | {r['averaging_ratio']:.2f} |"
             for name, r in rows.items()
         ],
         "",

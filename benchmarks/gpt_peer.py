@@ -41,6 +41,9 @@ class GPTRecipe:
     weight_decay: float = 0.1
     beta2: float = 0.99  # nanoGPT's setting for small character data
     clip_norm: float = 1.0
+    # bfloat16 autocast (torch.autocast on the CPU): linear layers and attention in bfloat16, the weights,
+    # optimizer, layer norms and the loss in float32: PyTorch's own mixed precision, like --compute-dtype.
+    autocast: bool = False
 
 
 def build_gpt(recipe: GPTRecipe, vocab_size: int):
@@ -121,8 +124,9 @@ def cosine_rate(recipe: GPTRecipe, step: int, total_steps: int) -> float:
     return recipe.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (recipe.learning_rate - recipe.min_lr)
 
 
-def window_bits(model, ids: np.ndarray, starts: np.ndarray, context: int) -> float:
-    """Mean bits/char of ``ids[s + context]`` given ``ids[s : s + context]``, over ``starts``."""
+def window_bits(model, ids: np.ndarray, starts: np.ndarray, context: int, autocast: bool = False) -> float:
+    """Mean bits/char of ``ids[s + context]`` given ``ids[s : s + context]``, over ``starts``; with ``autocast``
+    in the bfloat16 the model trained in (as an LSTM of --compute-dtype bfloat16 is scored in its dtype)."""
     import torch
     from torch.nn import functional as F
 
@@ -132,8 +136,9 @@ def window_bits(model, ids: np.ndarray, starts: np.ndarray, context: int) -> flo
     with torch.no_grad():
         for begin in range(0, len(starts), EVAL_BATCH):
             windows = torch.from_numpy(ids[starts[begin : begin + EVAL_BATCH, None] + offsets].astype(np.int64))
-            logits = model(windows[:, :context])[:, -1]  # (batch, vocab): after the last context character
-            total += F.cross_entropy(logits, windows[:, context], reduction="sum").item()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(windows[:, :context])[:, -1]  # (batch, vocab): after the last context character
+            total += F.cross_entropy(logits.float(), windows[:, context], reduction="sum").item()
     model.train()
     return total / len(starts) / math.log(2.0)
 
@@ -189,8 +194,9 @@ def train_gpt(
         windows = torch.from_numpy(
             ids[rng.integers(0, highest_start, recipe.batch_size)[:, None] + offsets].astype(np.int64)
         )
-        logits = model(windows[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast):
+            logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm)
@@ -204,7 +210,7 @@ def train_gpt(
             step_seconds = (train_seconds - fit_clock) / FIT_AFTER_STEPS
             total_steps = step + int(0.98 * (seconds - train_seconds) / step_seconds)
         if train_seconds >= next_eval or train_seconds >= seconds:
-            bits = window_bits(model, ids, val_some, context)
+            bits = window_bits(model, ids, val_some, context, recipe.autocast)
             if bits < best_bits:
                 best_bits, best_state = bits, {k: v.detach().clone() for k, v in model.state_dict().items()}
             points.append(
@@ -222,7 +228,7 @@ def train_gpt(
             losses = []
             next_eval = train_seconds + eval_every_seconds
     model.load_state_dict(best_state)
-    final = window_bits(model, ids, val_all, context)
+    final = window_bits(model, ids, val_all, context, recipe.autocast)
     parameters = sum(p.numel() for p in model.parameters())
     kept = {"model": model} if keep_model else {}
     return {
@@ -265,8 +271,9 @@ def gradient_scale(model, ids: np.ndarray, train_end: int, recipe: GPTRecipe, ba
     for _ in range(batches):
         starts = rng.integers(0, train_end - recipe.block_size - 1, batch)
         windows = torch.from_numpy(ids[starts[:, None] + offsets].astype(np.int64))
-        logits = model(windows[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast):
+            logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
         grads = torch.autograd.grad(loss, parameters)
         for t, g in zip(total, grads):
             t.add_(g.square())

@@ -96,15 +96,18 @@ def race_text(name: str, chars: int) -> str:
     return load_text(name)[:chars]
 
 
-def run_variant(variant: str, text_name: str, text: str, args) -> dict:
-    recipe, overrides = VARIANTS[variant]
+def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, dict] | None = None) -> dict:
+    """One run of ``variant`` (``spec``: its (recipe, overrides) when it is not one of ``VARIANTS``)."""
+    recipe, overrides = spec or VARIANTS[variant]
     if recipe == "gpt":
         return run_peer(variant, text_name, text, overrides, args)
     out = Path(args.work_dir) / f"{text_name}-{variant}"
+    overrides = {**overrides, **getattr(args, "lstm_overrides", {})}
     shutil.rmtree(out, ignore_errors=True)
     # Validations during the run score RACE_VAL_CHARS evenly spaced tail windows (a whole 60K-window tail
     # costs ~30 s of a 2x192 model per validation); the best checkpoint is scored on the whole tail below.
-    config = recipe_config(recipe, **{"val_chars": RACE_VAL_CHARS, **overrides})
+    budget = {"time_limit": args.seconds} if recipe == "auto" else {}
+    config = recipe_config(recipe, **budget, **{"val_chars": RACE_VAL_CHARS, **overrides})
     wall = time.perf_counter()
     result = fit(config, text, out, limits=Limits(max_seconds=args.seconds), console=Console(quiet=True))
     points = [
@@ -123,9 +126,9 @@ def run_variant(variant: str, text_name: str, text: str, args) -> dict:
     tail = validation_tail(text, config)
     best = charlm_jax.load(out / "best")
     whole_tail = charlm_jax.bits_per_char(best, tail, mode="window")
-    stateful = charlm_jax.bits_per_char(best, tail, mode="stateful")
+    stateful = charlm_jax.bits_per_char(best, tail, mode="stateful") if getattr(args, "stateful", True) else None
     print(
-        f"{text_name} {variant}: best {whole_tail:.3f} bits/char (stateful {stateful:.3f}) "
+        f"{text_name} {variant}: best {whole_tail:.3f} bits/char (stateful {stateful or float('nan'):.3f}) "
         f"after {points[-1]['train_seconds']:.0f} s of training, {points[-1]['step']} steps; "
         f"{time.perf_counter() - wall:.0f} s wall",
         flush=True,
@@ -159,7 +162,7 @@ def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> 
         seconds=args.seconds,
         eval_every_seconds=PEER_EVAL_EVERY_SECONDS,
         context=config.maxlen,
-        seed=0,
+        seed=getattr(args, "seed", 0),
     )
     points = result["points"]
     print(

@@ -21,13 +21,13 @@ from typing import Any
 from charlm_jax.config import DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, TrainConfig
 from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.flags import AUTO_PREPARE_BYTES, DEBUG_ENV, build_parser
-from charlm_jax.recipes import RECIPES
+from charlm_jax.recipes import AUTO_RECIPE, recipe_values
 from charlm_jax.stopping import Stopped, StopSignals
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields the user set: a recipe's values, then the flags given explicitly."""
-    values = dict(RECIPES[args.recipe]) if args.recipe is not None else {}
+    values = recipe_values(args.recipe, getattr(args, "time_limit", None)) if args.recipe is not None else {}
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name)
         if value is not None:
@@ -125,6 +125,10 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
     saved = peek_saved_config(args.out) if args.resume else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
+    if args.recipe == AUTO_RECIPE:
+        import jax  # noqa: F401  (configured now: auto's dtype may ask JAX whether it has a GPU or a TPU)
+
+        overrides = config_overrides(args)
     text = training_text(args, (saved or fresh).lowercase)
     from rich.console import Console
 

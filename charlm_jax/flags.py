@@ -18,7 +18,7 @@ from charlm_jax.config import (
     SAMPLERS,
     TrainConfig,
 )
-from charlm_jax.recipes import DEFAULT_RECIPE, RECIPES
+from charlm_jax.recipes import AUTO_RECIPE, DEFAULT_RECIPE, RECIPE_NAMES
 
 # A --text file larger than this trains through a prepared corpus (memory independent of its size).
 AUTO_PREPARE_BYTES = 64 << 20
@@ -31,10 +31,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and training (TrainConfig; defaults are the book recipe)")
     group.add_argument(
         "--recipe",
-        choices=list(RECIPES),
+        choices=list(RECIPE_NAMES),
         default=None,
-        help=f"named set of the values below: {' | '.join(RECIPES)}; flags given with it "
-        f"override its values (default: {DEFAULT_RECIPE}; see docs/recipes.md)",
+        help=f"named set of the values below: {' | '.join(RECIPE_NAMES)} ({AUTO_RECIPE}: chosen for the "
+        f"--time-limit given); flags given with it override its values (default: {DEFAULT_RECIPE}; see docs/recipes.md)",
     )
     for field in dataclasses.fields(TrainConfig):
         flags = ["--" + field.name.replace("_", "-")]

@@ -11,6 +11,7 @@ next to ``--recipe`` override single values of it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from charlm_jax.config import TrainConfig
@@ -63,10 +64,86 @@ RECIPES["streams"] = {
     "early_stopping_patience": 0,
 }
 DEFAULT_RECIPE = "book"
+# ``auto`` is not a fixed set of values: it picks one for the time budget (``auto_values``).
+AUTO_RECIPE = "auto"
+# In a tier of ``auto``: bfloat16 where the device multiplies it faster, float32 elsewhere.
+HARDWARE_DTYPE = "hardware"
+RECIPE_NAMES = (*RECIPES, AUTO_RECIPE)
+
+# The budget tiers of ``auto``: (up to this many training seconds, values), from benchmarks/budget_race.py
+# (results/2026-12-02-cpu-budget-exploration: 60 and 120 s on pydoc and python-source; the 600 s race of
+# results/2026-11-30-cpu-recipes). At a minute the model that makes the most updates wins: one layer of
+# 128 on 64 streams makes ~2,000 updates where the 2 x 192 makes ~150 (bits/char at 60 s, seed 0: 1.83 and
+# 2.18 against the book's 2.22 and 2.51; 2 x 192 with dropout 0.2: 3.10, 2.78). At ten minutes the larger,
+# regularised model wins (streams). Tier limits lie between the budgets measured.
+_SHORT = {
+    **RECIPES["streams"],
+    "num_layers": 1,
+    "hidden_size": 128,
+    "dropout": 0.0,  # a few epochs of a small text in a minute: nothing to regularise yet
+    "batch_size": 64,  # twice the updates of 128 streams in the same time (1.83 vs 1.88, 2.18 vs 2.20)
+    "epochs": 1000,  # an upper bound only: the time limit ends the run and its schedule is fitted to it
+}
+AUTO_TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
+    (90.0, _SHORT),
+    (math.inf, {**RECIPES["streams"], "epochs": 1000}),
+)
 
 
-def recipe_config(name: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of recipe ``name``, with ``overrides`` (TrainConfig fields) on top."""
+def auto_values(time_limit: float | None, compute_dtype: str | None = None) -> dict[str, Any]:
+    """The values ``--recipe auto`` uses for a budget of ``time_limit`` training seconds.
+
+    A tier whose dtype is ``HARDWARE_DTYPE`` uses ``compute_dtype``, or when that is None
+    ``preferred_compute_dtype()`` (which looks at the device); the others say which dtype they were measured in.
+    """
+    if time_limit is None:
+        raise CharLMError(
+            "--recipe auto picks its model and schedule for a time budget: pass --time-limit SECONDS "
+            "(or name a fixed recipe: --recipe book, fast or streams)"
+        )
+    if not time_limit > 0:
+        raise CharLMError(f"--time-limit must be > 0 seconds, got {time_limit:g}")
+    values = dict(next(values for limit, values in AUTO_TIERS if time_limit <= limit))
+    if values.get("compute_dtype") == HARDWARE_DTYPE:
+        values["compute_dtype"] = compute_dtype or preferred_compute_dtype()
+    return values
+
+
+def preferred_compute_dtype() -> str:
+    """bfloat16 where products in it are faster than float32's (a GPU, a TPU, a CPU with AMX or
+    AVX512-BF16: benchmarks/compute_dtype.py), float32 elsewhere (an AVX2-only CPU converts each
+    bfloat16 product to float32 and back, and is slower for it). Looks at JAX's backend only when JAX
+    is already imported, so the CLI can ask before it splits the CPU into devices."""
+    import sys
+
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.default_backend() in ("gpu", "tpu"):
+            return "bfloat16"
+    return "bfloat16" if cpu_has_bfloat16() else "float32"
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (the amx_bf16 or avx512_bf16 flag of Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def recipe_values(name: str, time_limit: float | None = None, compute_dtype: str | None = None) -> dict[str, Any]:
+    """The TrainConfig values of recipe ``name`` (``auto``: for ``time_limit`` seconds)."""
+    if name == AUTO_RECIPE:
+        return auto_values(time_limit, compute_dtype)
     if name not in RECIPES:
-        raise CharLMError(f"unknown recipe {name!r}: pass one of {', '.join(RECIPES)}")
-    return TrainConfig(**{**RECIPES[name], **overrides})
+        raise CharLMError(f"unknown recipe {name!r}: pass one of {', '.join(RECIPE_NAMES)}")
+    return dict(RECIPES[name])
+
+
+def recipe_config(name: str = DEFAULT_RECIPE, *, time_limit: float | None = None, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of recipe ``name``, with ``overrides`` (TrainConfig fields) on top; ``auto`` needs
+    the run's ``time_limit`` (the ``Limits.max_seconds`` it will be given)."""
+    return TrainConfig(**{**recipe_values(name, time_limit, overrides.get("compute_dtype")), **overrides})

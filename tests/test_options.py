@@ -186,3 +186,35 @@ def test_weight_decay_is_decoupled_and_follows_the_learning_rate():
         expected = -float(schedule(t)) * (g / np.sqrt(v + 1e-7) + 0.1 * np.asarray(w))
         np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
         w = optax.apply_updates(w, updates)
+
+
+def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it(monkeypatch):
+    from charlm_jax import recipes
+
+    with pytest.raises(CharLMError, match="--recipe auto .*pass --time-limit SECONDS"):
+        recipe_config("auto")
+    with pytest.raises(CharLMError, match="--time-limit must be > 0"):
+        recipe_config("auto", time_limit=0)
+    for hardware in (False, True):
+        monkeypatch.setattr(recipes, "cpu_has_bfloat16", lambda hardware=hardware: hardware)
+        for limit, values in recipes.AUTO_TIERS:  # a budget at a tier's upper limit is in that tier
+            chosen = recipe_config("auto", time_limit=limit if math.isfinite(limit) else 1e6)
+            dtype = values.get("compute_dtype", "float32")
+            if dtype == recipes.HARDWARE_DTYPE:
+                dtype = "bfloat16" if hardware else "float32"
+            assert chosen == TrainConfig(**{**values, "compute_dtype": dtype})
+            # a dtype given wins over the tier's; every other flag overrides as with any recipe
+            assert recipe_config("auto", time_limit=limit, compute_dtype="float32").compute_dtype == "float32"
+            assert recipe_config("auto", time_limit=limit, epochs=3).epochs == 3
+    # the tiers are ordered by budget and every one is a streams recipe that a time limit ends
+    limits = [limit for limit, _ in recipes.AUTO_TIERS]
+    assert limits == sorted(limits) and limits[-1] == float("inf")
+    assert all(values["batching"] == "streams" for _, values in recipes.AUTO_TIERS)
+
+
+def test_cli_recipe_auto_without_a_time_limit_is_one_line(capsys, tmp_path):
+    from charlm_jax.cli import main
+
+    assert main(["train", "--recipe", "auto", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --time-limit SECONDS" in err and "Traceback" not in err
