@@ -25,9 +25,13 @@ from charlm_jax.recipes import AUTO_RECIPE, recipe_values
 from charlm_jax.stopping import Stopped, StopSignals
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def config_overrides(args: argparse.Namespace, corpus_chars: int | None = None) -> dict[str, Any]:
     """The config fields the user set: a recipe's values, then the flags given explicitly."""
-    values = recipe_values(args.recipe, getattr(args, "time_limit", None)) if args.recipe is not None else {}
+    values = (
+        recipe_values(args.recipe, getattr(args, "time_limit", None), corpus_chars=corpus_chars)
+        if args.recipe is not None
+        else {}
+    )
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name)
         if value is not None:
@@ -125,11 +129,9 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
     saved = peek_saved_config(args.out) if args.resume else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
-    if args.recipe == AUTO_RECIPE:
-        import jax  # noqa: F401  (configured now: auto's dtype may ask JAX whether it has a GPU or a TPU)
-
-        overrides = config_overrides(args)
     text = training_text(args, (saved or fresh).lowercase)
+    if args.recipe == AUTO_RECIPE:  # auto regularises a text its budget reads many times
+        overrides = config_overrides(args, corpus_chars=text_length(text))
     from rich.console import Console
 
     from charlm_jax.distributed import is_main_process
@@ -209,6 +211,13 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         else:
             print(shown + texts[index])
     return 0
+
+
+def text_length(text) -> int | None:
+    """Characters of a run's text (None when the run reads its own or the built-in corpus)."""
+    if text is None:
+        return None
+    return text.num_chars if hasattr(text, "num_chars") else len(text)
 
 
 def training_text(args: argparse.Namespace, lowercase: bool):

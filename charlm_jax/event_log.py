@@ -73,7 +73,7 @@ class EventLog:
             return
         scalars = {
             f"validation/{name.removeprefix('val_')}": record[name]
-            for name in ("val_loss", "val_bits_per_char")
+            for name in ("val_loss", "val_bits_per_char", "averaged_val_bits_per_char")
             if name in record
         }
         texts = {

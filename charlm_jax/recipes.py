@@ -66,8 +66,6 @@ RECIPES["streams"] = {
 DEFAULT_RECIPE = "book"
 # ``auto`` is not a fixed set of values: it picks one for the time budget (``auto_values``).
 AUTO_RECIPE = "auto"
-# In a tier of ``auto``: bfloat16 where the device multiplies it faster, float32 elsewhere.
-HARDWARE_DTYPE = "hardware"
 RECIPE_NAMES = (*RECIPES, AUTO_RECIPE)
 
 # The budget tiers of ``auto``: (up to this many training seconds, values), from benchmarks/budget_race.py
@@ -84,17 +82,32 @@ _SHORT = {
     "batch_size": 64,  # twice the updates of 128 streams in the same time (1.83 vs 1.88, 2.18 vs 2.20)
     "epochs": 1000,  # an upper bound only: the time limit ends the run and its schedule is fitted to it
 }
+# At two minutes one layer of 192 (dropout 0.1) on 64 streams: 1.767 / 2.131 at 120 s against 1.848 / 2.278
+# for the one-minute model, which overfits or stalls by then, and 2.100 (pydoc) for streams' 2 x 192, which has
+# made ~400 updates. Its upper limit, 300 s, lies between the 120 s and the 600 s evidence: not raced there.
+_MEDIUM = {**_SHORT, "hidden_size": 192, "dropout": 0.1}
 AUTO_TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
     (90.0, _SHORT),
+    (300.0, _MEDIUM),
     (math.inf, {**RECIPES["streams"], "epochs": 1000}),
 )
+# A small text is read many times within the budget, and the short tier's unregularised model overfits it.
+# The passes a budget makes over a text are estimated from the short tier's measured throughput (characters
+# trained per second of budget on 2 CPU cores, the 60 s race: ~1,900 updates of 64 x 60 characters); above
+# SMALL_TEXT_PASSES the short tier trains with SMALL_TEXT_DROPOUT instead of none.
+SHORT_CHARS_PER_SECOND = 120_000
+SMALL_TEXT_PASSES = 30.0
+# 120K-character slices of pydoc / python-source at 60 s (results/2026-12-02-cpu-budget-small-texts, seed 0):
+# dropout 0 / 0.2 / 0.4 scored 2.175 / 2.167 / 2.115 and 2.592 / 2.567 / 2.556 bits/char, in that order on both.
+SMALL_TEXT_DROPOUT = 0.4
 
 
-def auto_values(time_limit: float | None, compute_dtype: str | None = None) -> dict[str, Any]:
-    """The values ``--recipe auto`` uses for a budget of ``time_limit`` training seconds.
+def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> dict[str, Any]:
+    """The values ``--recipe auto`` uses for a budget of ``time_limit`` training seconds on a text of
+    ``corpus_chars`` characters (None: a text large enough not to need regularising at that budget).
 
-    A tier whose dtype is ``HARDWARE_DTYPE`` uses ``compute_dtype``, or when that is None
-    ``preferred_compute_dtype()`` (which looks at the device); the others say which dtype they were measured in.
+    Every tier trains in float32: bfloat16 bought more steps and no better model at 60 s on an AMX CPU
+    (results/2026-12-02-cpu-budget-exploration); ``--compute-dtype bfloat16`` overrides, as any flag does.
     """
     if time_limit is None:
         raise CharLMError(
@@ -104,46 +117,34 @@ def auto_values(time_limit: float | None, compute_dtype: str | None = None) -> d
     if not time_limit > 0:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {time_limit:g}")
     values = dict(next(values for limit, values in AUTO_TIERS if time_limit <= limit))
-    if values.get("compute_dtype") == HARDWARE_DTYPE:
-        values["compute_dtype"] = compute_dtype or preferred_compute_dtype()
+    if values.get("dropout") == 0.0 and corpus_chars and budget_passes(time_limit, corpus_chars) > SMALL_TEXT_PASSES:
+        values["dropout"] = SMALL_TEXT_DROPOUT
     return values
 
 
-def preferred_compute_dtype() -> str:
-    """bfloat16 where products in it are faster than float32's (a GPU, a TPU, a CPU with AMX or
-    AVX512-BF16: benchmarks/compute_dtype.py), float32 elsewhere (an AVX2-only CPU converts each
-    bfloat16 product to float32 and back, and is slower for it). Looks at JAX's backend only when JAX
-    is already imported, so the CLI can ask before it splits the CPU into devices."""
-    import sys
-
-    if "jax" in sys.modules:
-        import jax
-
-        if jax.default_backend() in ("gpu", "tpu"):
-            return "bfloat16"
-    return "bfloat16" if cpu_has_bfloat16() else "float32"
+def budget_passes(time_limit: float, corpus_chars: int) -> float:
+    """About how many times a run of the short tier reads a text of ``corpus_chars`` in ``time_limit`` s."""
+    return time_limit * SHORT_CHARS_PER_SECOND / max(corpus_chars, 1)
 
 
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (the amx_bf16 or avx512_bf16 flag of Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def recipe_values(name: str, time_limit: float | None = None, compute_dtype: str | None = None) -> dict[str, Any]:
-    """The TrainConfig values of recipe ``name`` (``auto``: for ``time_limit`` seconds)."""
+def recipe_values(name: str, time_limit: float | None = None, corpus_chars: int | None = None) -> dict[str, Any]:
+    """The TrainConfig values of recipe ``name`` (``auto``: for ``time_limit`` seconds on ``corpus_chars``)."""
     if name == AUTO_RECIPE:
-        return auto_values(time_limit, compute_dtype)
+        return auto_values(time_limit, corpus_chars)
     if name not in RECIPES:
         raise CharLMError(f"unknown recipe {name!r}: pass one of {', '.join(RECIPE_NAMES)}")
     return dict(RECIPES[name])
 
 
-def recipe_config(name: str = DEFAULT_RECIPE, *, time_limit: float | None = None, **overrides: Any) -> TrainConfig:
+def recipe_config(
+    name: str = DEFAULT_RECIPE,
+    *,
+    time_limit: float | None = None,
+    corpus_chars: int | None = None,
+    **overrides: Any,
+) -> TrainConfig:
     """The TrainConfig of recipe ``name``, with ``overrides`` (TrainConfig fields) on top; ``auto`` needs
-    the run's ``time_limit`` (the ``Limits.max_seconds`` it will be given)."""
-    return TrainConfig(**{**recipe_values(name, time_limit, overrides.get("compute_dtype")), **overrides})
+    the run's ``time_limit`` (the ``Limits.max_seconds`` it will be given) and is told the text's length
+    by ``corpus_chars`` (``len(text)``), so it can regularise a text the budget reads many times."""
+    values = recipe_values(name, time_limit, corpus_chars)
+    return TrainConfig(**{**values, **overrides})

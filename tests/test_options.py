@@ -188,24 +188,19 @@ def test_weight_decay_is_decoupled_and_follows_the_learning_rate():
         w = optax.apply_updates(w, updates)
 
 
-def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it(monkeypatch):
+def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it():
     from charlm_jax import recipes
 
     with pytest.raises(CharLMError, match="--recipe auto .*pass --time-limit SECONDS"):
         recipe_config("auto")
     with pytest.raises(CharLMError, match="--time-limit must be > 0"):
         recipe_config("auto", time_limit=0)
-    for hardware in (False, True):
-        monkeypatch.setattr(recipes, "cpu_has_bfloat16", lambda hardware=hardware: hardware)
-        for limit, values in recipes.AUTO_TIERS:  # a budget at a tier's upper limit is in that tier
-            chosen = recipe_config("auto", time_limit=limit if math.isfinite(limit) else 1e6)
-            dtype = values.get("compute_dtype", "float32")
-            if dtype == recipes.HARDWARE_DTYPE:
-                dtype = "bfloat16" if hardware else "float32"
-            assert chosen == TrainConfig(**{**values, "compute_dtype": dtype})
-            # a dtype given wins over the tier's; every other flag overrides as with any recipe
-            assert recipe_config("auto", time_limit=limit, compute_dtype="float32").compute_dtype == "float32"
-            assert recipe_config("auto", time_limit=limit, epochs=3).epochs == 3
+    for limit, values in recipes.AUTO_TIERS:  # a budget at a tier's upper limit is in that tier
+        chosen = recipe_config("auto", time_limit=limit if math.isfinite(limit) else 1e6)
+        assert chosen == TrainConfig(**values) and chosen.compute_dtype == "float32"
+        # a dtype given wins over the tier's; every other flag overrides as with any recipe
+        assert recipe_config("auto", time_limit=limit, compute_dtype="bfloat16").compute_dtype == "bfloat16"
+        assert recipe_config("auto", time_limit=limit, epochs=3).epochs == 3
     # the tiers are ordered by budget and every one is a streams recipe that a time limit ends
     limits = [limit for limit, _ in recipes.AUTO_TIERS]
     assert limits == sorted(limits) and limits[-1] == float("inf")
@@ -218,3 +213,44 @@ def test_cli_recipe_auto_without_a_time_limit_is_one_line(capsys, tmp_path):
     assert main(["train", "--recipe", "auto", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pass --time-limit SECONDS" in err and "Traceback" not in err
+
+
+def test_auto_regularises_a_text_its_budget_reads_many_times():
+    from charlm_jax import recipes
+
+    short_limit = recipes.AUTO_TIERS[0][0]
+    # the passes a budget makes over a text: this many characters make exactly the threshold
+    threshold_chars = int(short_limit * recipes.SHORT_CHARS_PER_SECOND / recipes.SMALL_TEXT_PASSES)
+    small = recipe_config("auto", time_limit=short_limit, corpus_chars=threshold_chars // 4)
+    large = recipe_config("auto", time_limit=short_limit, corpus_chars=threshold_chars * 4)
+    unknown = recipe_config("auto", time_limit=short_limit)
+    assert small.dropout == recipes.SMALL_TEXT_DROPOUT > 0
+    assert large.dropout == unknown.dropout == 0.0
+    assert small == TrainConfig(**{**large.to_dict(), "temperatures": large.temperatures, "dropout": small.dropout})
+    # a tier with its own dropout keeps it; a dropout given wins over the rule
+    long_tier = recipe_config("auto", time_limit=1e6, corpus_chars=1_000)
+    assert long_tier.dropout == recipes.AUTO_TIERS[-1][1]["dropout"]
+    assert recipe_config("auto", time_limit=60, corpus_chars=1_000, dropout=0.0).dropout == 0.0
+
+
+def test_cli_recipe_auto_trains_what_the_library_picks_for_that_text(tmp_path, tiny_text):
+    import charlm_jax
+    from charlm_jax.cli import main
+
+    text_file = tmp_path / "tiny.txt"
+    text_file.write_text(tiny_text)
+    out = tmp_path / "run"
+    small = ["--maxlen", "12", "--hidden-size", "16", "--batch-size", "8", "--sample-length", "0"]
+    flags = ["--recipe", "auto", "--time-limit", "3", "--compute-dtype", "float32", *small, "--no-progress"]
+    assert main(["train", "--text", str(text_file), "--out", str(out), *flags]) == 0
+    expected = recipe_config(
+        "auto",
+        time_limit=3,
+        corpus_chars=len(tiny_text),
+        compute_dtype="float32",
+        maxlen=12,
+        hidden_size=16,
+        batch_size=8,
+        sample_length=0,
+    )
+    assert charlm_jax.load(out).config == expected and expected.dropout > 0  # a tiny text: read many times
