@@ -43,6 +43,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.0, "compute_dtype": "bfloat16"},
     ),
     "s1x128-b64": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.0, "batch_size": 64}),
+    "s1x128-b64-d0.2": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.2, "batch_size": 64}),
+    "s1x128-b64-d0.4": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.4, "batch_size": 64}),
+    "s1x192-b64": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 192, "dropout": 0.1, "batch_size": 64}),
     "s1x192": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 192, "dropout": 0.1}),
     "s1x192-bf16": (
         "fast",
@@ -143,6 +146,7 @@ def report(data: dict, stem: Path) -> None:
         f"jax {data['versions']['jax']}. Each value is a run's best checkpoint scored on the whole held-out "
         "tail (bits/char, each character from the 60 before it); spread = largest minus smallest seed.",
         "",
+        *(f"Note: {note}\n" for note in data.get("notes", [])),
         "| budget s | text | variant | seeds | bits/char per seed | mean | spread | steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -180,6 +184,19 @@ def report(data: dict, stem: Path) -> None:
     figure.tight_layout()
     figure.savefig(stem.with_suffix(".png"), dpi=110)
     data["rows"], data["verdicts"] = rows, judged
+    # The same, keyed by name, for the documents' figures: summary[budget][text][variant], verdict[budget][text].
+    data["summary"] = {}
+    for r in rows:
+        data["summary"].setdefault(f"{r['budget']:g}", {}).setdefault(r["text"], {})[r["variant"]] = {
+            "mean": r["mean"],
+            "spread": r["spread"],
+            "min": min(r["values"]),
+            "max": max(r["values"]),
+            "steps_mean": statistics.fmean(r["steps"]),
+        }
+    data["verdict"] = {}
+    for v in judged:
+        data["verdict"].setdefault(f"{v['budget']:g}", {})[v["text"]] = v
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

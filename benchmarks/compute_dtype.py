@@ -63,6 +63,13 @@ def recipe_of(spec: str):
     return recipe_config(name, **overrides)
 
 
+def row_label(spec: str, config) -> str:
+    """A row's name in the results: the recipe's, with the model's shape when the spec changed it (no dots,
+    so the documents' figure paths can name it)."""
+    name = spec.partition(":")[0]
+    return name if ":" not in spec else f"{name}-{config.num_layers}x{config.hidden_size}"
+
+
 def training_block(config, steps: int):
     """A closure running ``steps`` training steps of ``config`` (the loop's compiled block), blocking."""
     state = train.create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000)
@@ -131,9 +138,9 @@ def main() -> None:
         row["step_ratio"] = row["step_ms"]["bfloat16"] / row["step_ms"]["float32"]
         row["generation_ratio"] = row["generation_us_per_char"]["bfloat16"] / row["generation_us_per_char"]["float32"]
         row["averaging_ratio"] = row["step_ms"][AVERAGED] / row["step_ms"]["float32"]
-        rows[recipe] = row
+        rows[row_label(recipe, base)] = row
         print(
-            recipe,
+            row_label(recipe, base),
             f"step {row['step_ratio']:.2f}x, generation {row['generation_ratio']:.2f}x, "
             f"averaging {row['averaging_ratio']:.2f}x",
             flush=True,

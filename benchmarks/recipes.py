@@ -106,7 +106,7 @@ def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, 
     shutil.rmtree(out, ignore_errors=True)
     # Validations during the run score RACE_VAL_CHARS evenly spaced tail windows (a whole 60K-window tail
     # costs ~30 s of a 2x192 model per validation); the best checkpoint is scored on the whole tail below.
-    budget = {"time_limit": args.seconds} if recipe == "auto" else {}
+    budget = {"time_limit": args.seconds, "corpus_chars": len(text)} if recipe == "auto" else {}
     config = recipe_config(recipe, **budget, **{"val_chars": RACE_VAL_CHARS, **overrides})
     wall = time.perf_counter()
     result = fit(config, text, out, limits=Limits(max_seconds=args.seconds), console=Console(quiet=True))
