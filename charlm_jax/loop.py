@@ -162,6 +162,8 @@ def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
     state.train_seconds += seconds
     state.seconds_since_record += seconds
     state.blocks_run += 1
+    state.last_block_compiled = len(block) not in state.block_lengths_run
+    state.block_lengths_run.add(len(block))
     if run.events.enabled:
         rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
         run.events.block(
@@ -193,11 +195,18 @@ def account_steps(run: Run, state: RunState, metrics: dict[str, np.ndarray]) -> 
 
 # ----------------------------------------------------------------------------------- periodic work
 
+# A time budget's schedule is fitted by this block at the latest, even if every block so far compiled.
+SCHEDULE_FIT_LATEST_BLOCK = 6
+
 
 def schedule_fit_due(run: Run, state: RunState) -> bool:
-    """Once per run, after this process's second block (the first includes compiling), under a time budget."""
+    """Once per run under a time budget, timed on a block that compiled nothing: the first block of a length
+    this process already ran (a block's steps are one compiled scan, and an epoch's last block may be shorter;
+    a time that includes compiling plans the schedule several times too short). After
+    ``SCHEDULE_FIT_LATEST_BLOCK`` blocks it fits on whatever it has."""
     return (
-        state.blocks_run == 2
+        state.blocks_run >= 2
+        and (not state.last_block_compiled or state.blocks_run >= SCHEDULE_FIT_LATEST_BLOCK)
         and run.limits.max_seconds is not None
         and not state.schedule_fitted
         and run.config.lr_schedule == "cosine"

@@ -141,6 +141,10 @@ class RunState:
     schedule_fitted: bool = False
     skipped_in_row: int = 0
     blocks_run: int = 0  # blocks this process ran (the first one includes compiling)
+    # Block lengths (steps) this process has compiled; whether the last block was the first of its length
+    # (its time then includes compiling: an epoch's last, shorter block is compiled anew).
+    block_lengths_run: set[int] = field(default_factory=set)
+    last_block_compiled: bool = True
     # Per-step metrics since the last record (finite steps only), for the next record.
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)

@@ -228,3 +228,27 @@ def test_a_second_fit_with_the_same_shapes_compiles_nothing(tmp_path, tiny_text)
         console=QUIET,
     )
     assert [fn._cache_size() for fn in compiled] == after_first
+
+
+def test_the_schedule_is_fitted_on_a_block_that_compiled_nothing():
+    """A block of a length not run before includes compiling (an epoch's shorter last block): timed on it,
+    the plan would be several times too short, so the fit waits for a length run before."""
+    from types import SimpleNamespace
+
+    from charlm_jax.loop import SCHEDULE_FIT_LATEST_BLOCK, schedule_fit_due
+    from charlm_jax.run import RunState
+
+    run = SimpleNamespace(limits=Limits(max_seconds=60.0), config=tiny_config(lr_schedule="cosine"))
+    state = RunState(train=None, carries=None, step=0)
+
+    def ran(length: int) -> bool:  # what train_one_block records of a block
+        state.blocks_run += 1
+        state.last_block_compiled = length not in state.block_lengths_run
+        state.block_lengths_run.add(length)
+        return schedule_fit_due(run, state)
+
+    assert [ran(20), ran(7), ran(20)] == [False, False, True]  # 20 steps, the epoch's last 7, 20 again
+    state = RunState(train=None, carries=None, step=0)
+    assert [ran(n) for n in range(1, SCHEDULE_FIT_LATEST_BLOCK + 1)][-2:] == [False, True]  # never repeated
+    untimed = SimpleNamespace(limits=Limits(), config=run.config)
+    assert not schedule_fit_due(untimed, state)
