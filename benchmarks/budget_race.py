@@ -35,7 +35,7 @@ _STREAMS = {"batching": "streams", "eval_every_steps": 100, "early_stopping_pati
 VARIANTS: dict[str, tuple[str, dict]] = {
     "book": race.VARIANTS["book"],
     "streams": race.VARIANTS["streams"],
-    "s2x192-d0.2": ("fast", {**_STREAMS, "dropout": 0.2}),
+    "s2x192-d02": ("fast", {**_STREAMS, "dropout": 0.2}),
     "s1x256": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 256, "dropout": 0.1}),
     "s1x128": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.0}),
     "s1x128-bf16": (
@@ -43,8 +43,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.0, "compute_dtype": "bfloat16"},
     ),
     "s1x128-b64": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.0, "batch_size": 64}),
-    "s1x128-b64-d0.2": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.2, "batch_size": 64}),
-    "s1x128-b64-d0.4": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.4, "batch_size": 64}),
+    "s1x128-b64-d02": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.2, "batch_size": 64}),
+    "s1x128-b64-d04": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 128, "dropout": 0.4, "batch_size": 64}),
     "s1x192-b64": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 192, "dropout": 0.1, "batch_size": 64}),
     "s1x192": ("fast", {**_STREAMS, "num_layers": 1, "hidden_size": 192, "dropout": 0.1}),
     "s1x192-bf16": (
