@@ -62,6 +62,7 @@ def wider_lm(tmp_path_factory, tiny_text):
     return charlm_jax.load(out)
 
 
+@pytest.mark.slow  # trains a 64-unit model of its own
 def test_a_text_followed_by_a_copy_of_itself_costs_much_less_the_second_time(wider_lm):
     lm = wider_lm
     piece = "".join(c for c in "a zebra quilts the vexing jokes of a wizard. " if c in lm.vocab.chars) * 2

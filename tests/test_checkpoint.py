@@ -39,6 +39,7 @@ def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_t
     assert_trees_equal(resumed.state.opt_state, whole.state.opt_state)
 
 
+@pytest.mark.slow  # resume is covered by the test above and the streams' mid-epoch one
 def test_a_checkpoint_saved_without_carries_resumes_from_zero_carries(tmp_path, tiny_text):
     """Windows checkpoints written before every checkpoint held the carries (their batches never carry any)."""
     config = tiny_config(epochs=2, sample_length=0)

@@ -27,6 +27,7 @@ def run_script(source: str, tmp_path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # three fresh processes; the split rule itself is unit-tested
 def test_fit_and_generate_split_the_cpu_like_the_cli(tmp_path):
     result = run_script(
         """

@@ -110,9 +110,41 @@ def text_file(tmp_path, tiny_text):
 # ----------------------------------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize(
-    "signum,status", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
-)
+class SignalAtRead:
+    """A clock that sends this process ``signum`` the ``at``-th time the loop reads it: a signal in mid-run,
+    delivered at a known point whatever the machine's speed."""
+
+    def __init__(self, signum: int, at: int) -> None:
+        self.signum, self.at, self.reads = signum, at, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads == self.at:
+            os.kill(os.getpid(), self.signum)
+        return time.perf_counter()
+
+
+def test_a_signal_inside_fit_saves_the_step_it_stopped_at_and_resume_continues(tmp_path, tiny_text):
+    """The in-process half of the test below (which does it to a real CLI process, with the slow set)."""
+    from charlm_jax.run import StopReason
+    from charlm_jax.stopping import StopSignals
+
+    out, config = tmp_path / "run", tiny_config(epochs=100000, sample_length=0)
+    stop = StopSignals()
+    with stop.installed():
+        result = fit(
+            config, tiny_text, out, console=QUIET, limits=Limits(signals=stop, clock=SignalAtRead(signal.SIGTERM, 12))
+        )
+    assert result.stop_reason is StopReason.TERMINATED and 0 < result.state.step < 100000
+    saved = charlm_jax.load(out)
+    assert saved.step == result.state.step and all(s <= saved.step for s in record_steps(out))
+    assert_trees_equal(saved.params, result.state.params)
+    resumed = fit(config, tiny_text, out, console=QUIET, resume=True, limits=Limits(max_steps=saved.step + 8))
+    assert resumed.state.step == saved.step + 8
+
+
+@pytest.mark.slow  # three processes (trainer, reference, resume); the stop rules are unit-tested in test_loop_options
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, text_file, tiny_text, signum, status):
     out = tmp_path / "run"
     trainer = Trainer(
@@ -365,6 +397,7 @@ def test_an_option_without_effect_is_refused_in_one_line(capsys, trained_run, tm
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # a CLI process of its own; the one-line errors are tested without it
 def test_debug_shows_the_traceback_that_the_one_line_error_hides(tmp_path):
     argv = ["train", "--text", str(tmp_path / "missing.txt")]
     code, _, stderr = run(*argv)

@@ -49,6 +49,7 @@ def test_guard_changes_finite_updates_by_float32_rounding_at_most():
     assert min(moved) > 1e-3  # the updates compared are real steps, far above the tolerance
 
 
+@pytest.mark.slow  # three runs; the guard's step is unit-tested above
 def test_a_diverging_run_stops_with_a_clear_error_and_finite_params(tmp_path, tiny_text):
     # A learning rate beyond float32's range makes every update non-finite (inf * g, 0 * inf).
     config = tiny_config(learning_rate=1e39, max_nonfinite_in_row=5, epochs=3)

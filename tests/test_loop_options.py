@@ -87,6 +87,7 @@ def test_records_carry_the_learning_rate_and_gradient_norms(tmp_path, tiny_text)
     assert 0 < first["grad_norm_mean"] <= first["grad_norm_max"]
 
 
+@pytest.mark.slow  # a 2 x 192 CLI run; --recipe auto's CLI test covers the recipe path
 def test_cli_recipe_fast_trains_with_its_values_and_flags_override(capsys, tmp_path, tiny_text):
     text_file = tmp_path / "tiny.txt"
     text_file.write_text(tiny_text)

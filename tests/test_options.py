@@ -110,6 +110,7 @@ def test_cosine_without_total_steps_is_a_clear_error():
         make_optimizer(TrainConfig(lr_schedule="cosine"))
 
 
+@pytest.mark.slow  # 2 x 256; stacked layers' gradients are checked in test_lstm
 def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
     """The forum's 2 x LSTM(256) with dropout 0.2: the right shapes, dropout active, and the loss falls."""
     config = tiny_config(num_layers=2, hidden_size=256, dropout=0.2)

@@ -166,6 +166,7 @@ def test_a_model_scores_and_generates_in_either_dtype(trained_run, tiny_text):
         charlm_jax.with_compute_dtype(lm, "float16")
 
 
+@pytest.mark.slow  # two runs compiled in both dtypes
 def test_a_bfloat16_run_resumes_in_float32(tmp_path, tiny_text):
     """The dtype may change on --resume (weights and optimizer state are float32 either way)."""
     from charlm_jax.loop import fit
