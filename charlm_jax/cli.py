@@ -214,10 +214,11 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
 
 
 def text_length(text) -> int | None:
-    """Characters of a run's text (None when the run reads its own or the built-in corpus)."""
+    """Characters of a run's text: a string or a prepared corpus (None when the run reads its own or the
+    built-in corpus)."""
     if text is None:
         return None
-    return text.num_chars if hasattr(text, "num_chars") else len(text)
+    return len(text) if isinstance(text, str) else text.num_chars
 
 
 def training_text(args: argparse.Namespace, lowercase: bool):

@@ -143,7 +143,8 @@ def test_a_signal_inside_fit_saves_the_step_it_stopped_at_and_resume_continues(t
     assert resumed.state.step == saved.step + 8
 
 
-@pytest.mark.slow  # three processes (trainer, reference, resume); the stop rules are unit-tested in test_loop_options
+@pytest.mark.slow  # three processes (trainer, reference, resume); the stop rules are unit-tested in test_stopping,
+# a signal inside fit in the test above
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_saves_the_current_step_exactly_and_resume_continues(tmp_path, text_file, tiny_text, signum, status):
     out = tmp_path / "run"

@@ -62,7 +62,7 @@ def test_early_stopping_is_off_by_default(tmp_path, tiny_text):
 
 
 def test_time_limit_validates_the_partial_epoch_and_resume_finishes_the_run(tmp_path, tiny_text):
-    config = tiny_config(epochs=2, sample_length=0)
+    config = tiny_config(epochs=2, sample_length=0, steps_per_call=16)  # an epoch is 19 steps: one block is partial
     first = fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=1e-9))
     assert first.stop_reason == "time_limit" and first.resumable and not first.interrupted
     partial = records_of(tmp_path)[-1]

@@ -38,22 +38,30 @@ def windows(batch=16, width=13, seed=0):
 
 
 def test_bfloat16_keeps_weights_state_logits_and_optimizer_in_float32():
+    """Dtypes are decided when a program is traced: abstract evaluation (no compile, no run) shows them."""
     config, _, bf16 = models()
-    state = create_train_state(jax.random.key(0), dataclasses.replace(config, compute_dtype="bfloat16"), VOCAB)
+    state = jax.eval_shape(
+        lambda: create_train_state(jax.random.key(0), dataclasses.replace(config, compute_dtype="bfloat16"), VOCAB)
+    )
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {leaf.dtype for leaf in jax.tree.leaves(state.opt_state) if hasattr(leaf, "dtype")} <= {
         jnp.dtype("float32"),
         jnp.dtype("int32"),
         jnp.dtype("bool"),  # the guard's last_finite
     }
-    carries, logits = bf16.apply({"params": state.params}, windows()[:, :12], bf16.zero_carries(16))
+    carries, logits = jax.eval_shape(
+        lambda p: bf16.apply({"params": p}, windows()[:, :12], bf16.zero_carries(16)), state.params
+    )
     assert logits.dtype == jnp.float32
     assert {leaf.dtype for leaf in jax.tree.leaves(carries)} == {jnp.dtype("float32")}
-    grads = jax.grad(
-        lambda p: loss_fn(
-            p, windows(), bf16.zero_carries(16), jax.random.key(1), model=bf16, maxlen=12, objective="dense"
-        )[0]
-    )(state.params)
+    grads = jax.eval_shape(
+        jax.grad(
+            lambda p: loss_fn(
+                p, windows(), bf16.zero_carries(16), jax.random.key(1), model=bf16, maxlen=12, objective="dense"
+            )[0]
+        ),
+        state.params,
+    )
     assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
 
 

@@ -31,8 +31,7 @@ compiled_sample = jax.jit(sample, static_argnames=("top_k", "sampler"))
 
 
 def padded_row(logits) -> np.ndarray:
-    """``logits`` padded with ids of probability 0 to one width: the examples hypothesis draws (2-12 ids)
-    then share one compiled program instead of compiling each width anew."""
+    """``logits`` followed by ids of probability 0, up to PADDED_WIDTH."""
     width = len(logits)
     padded = np.full(max(PADDED_WIDTH, width), -np.inf, np.float32)
     padded[:width] = logits
