@@ -19,7 +19,7 @@ TINY_CLI_FLAGS = ["--maxlen", "12", "--step", "2", "--hidden-size", "16", "--bat
 
 def tiny_config(**overrides) -> TrainConfig:
     """The tests' model. steps_per_call (speed only) holds a whole tiny epoch in one block: each shape is one
-    train program to compile, not a full block and the epoch's short tail (a cold suite ran 264 -> 252 s)."""
+    train program to compile, not a full block and the epoch's short tail."""
     values = dict(
         maxlen=12,
         step=2,
