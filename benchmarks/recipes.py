@@ -110,6 +110,13 @@ def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, 
     config = recipe_config(recipe, **budget, **{"val_chars": RACE_VAL_CHARS, **overrides})
     wall = time.perf_counter()
     result = fit(config, text, out, limits=Limits(max_seconds=args.seconds), console=Console(quiet=True))
+    if result.stop_reason.by_signal:
+        # fit turns Ctrl-C / SIGTERM into a clean stop; a race must not score that cut-short run as a row
+        # and go on to the next variant (a stopped race kept running and recorded a 20 s "600 s" run).
+        raise SystemExit(
+            f"{text_name} {variant}: stopped by a signal ({result.stop_reason}); the race stops here, the runs "
+            "before it are in the results file (run the rest with --append)"
+        )
     points = [
         {
             "epoch": r["epoch"],
