@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +28,9 @@ from charlm_jax.config import COMPUTE_DTYPES
 from charlm_jax.model import build_model
 from charlm_jax.options import GenerationOptions
 
-from common import device_name, interleaved, platform_tag, versions, write_results
+from common import cpu_flags, device_name, interleaved, platform_tag, versions, write_results
 
 VOCAB = 60  # a lower-cased English text's alphabet
-
-
-def cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in wanted if flag in flags]
 
 
 AVERAGED = "float32+averaging"
