@@ -8,6 +8,7 @@ a run can be resumed or reproduced from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +169,7 @@ class TrainConfig:
     )
     sample_mode: str = _field("window", "generation mode of the per-epoch samples (book: window)", GENERATION_MODES)
     # --- reproducibility ---
-    seed: int = _field(0, "seed of every random choice: init, shuffling, dropout, samples")
+    seed: int = _field(0, "seed of every random choice (any integer): init, shuffling, dropout, samples")
     # --- speed only: results are the same whatever these are ---
     unroll: int = _field(1, "LSTM scan unroll factor (speed only)")
     steps_per_call: int = _field(
@@ -177,6 +178,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_config(self)
+        object.__setattr__(self, "seed", int(self.seed))  # a numpy integer saves as a plain int
 
     def sample_options(self) -> Any:
         """The per-epoch samples' ``GenerationOptions`` (checked with generation's own rules)."""
@@ -286,6 +288,10 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.sample_length >= 0, f"sample_length must be >= 0, got {config.sample_length}")
     if config.temperatures:
         check_temperatures(config.temperatures)
+    _require(
+        isinstance(config.seed, numbers.Integral) and not isinstance(config.seed, bool),
+        f"seed must be an integer (any size: seeds.seed_key folds it into a key), got {config.seed!r}",
+    )
     _require(config.unroll >= 1, f"unroll must be >= 1, got {config.unroll}")
     _require(config.steps_per_call >= 1, f"steps_per_call must be >= 1, got {config.steps_per_call}")
     _require(

@@ -43,6 +43,7 @@ import numpy as np
 from charlm_jax.errors import CharLMError
 from charlm_jax.options import GenerationOptions
 from charlm_jax.sampling import ban, draw_noise, repetition_penalty, sample_with_noise
+from charlm_jax.seeds import check_seed, seed_key
 
 # Random numbers are drawn at once for a chunk of steps (one vectorised threefry instead of one
 # per step, whose fixed cost on a CPU is several steps' worth of LSTM); the chunk shrinks so its
@@ -59,9 +60,11 @@ SAMPLE_CHUNK = 200
 
 
 def as_key(seed: int | jax.Array) -> jax.Array:
-    """A ``jax.random`` key from an integer seed (or a key, returned as it is): the one conversion."""
+    """A ``jax.random`` key from an integer seed of any size (``seeds.seed_key``), or a key, returned as it is."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return jax.random.key(int(seed))
+        return seed_key(seed)
+    if not isinstance(seed, (jax.Array, np.ndarray)):
+        check_seed(seed)  # a bool, a float, a string: refused in one line
     seed = jnp.asarray(seed)
     if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
         return seed

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="one or more temperatures; 0 is greedy (default: 0.2 0.5 1.0 1.2)",
     )
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed, any integer (default: 0)")
     generate.add_argument(
         "--mode",
         choices=GENERATION_MODES,

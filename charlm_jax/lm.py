@@ -37,6 +37,7 @@ from charlm_jax.options import GenerationOptions
 from charlm_jax.prepared import PreparedCorpus, corpus_ids
 from charlm_jax.run_text import TextRecord, read_recorded_text
 from charlm_jax.scoring import SCORE_MODES, score_ids
+from charlm_jax.seeds import is_plain_seed
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
 # 1.2x one generate call per character (1.08x on 2 CPU cores; 64 cost 1.40x).
@@ -226,8 +227,9 @@ def _stream(
 
 
 def _seed(seed: int | jax.Array):
-    """An integer seed goes to the device as an int32 scalar (the key is made inside the compiled call)."""
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    """A seed of the 32-bit range goes to the device as an int32 scalar (the key is made inside the compiled
+    call); any other integer, as its key (``seeds.seed_key``), made here; a bool or a float is refused."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and is_plain_seed(int(seed)):
         return np.int32(seed)
     return as_key(seed)
 

@@ -24,6 +24,7 @@ from charlm_jax.config import TrainConfig
 from charlm_jax.errors import CharLMError
 from charlm_jax.model import CharLSTM, build_model, init_params
 from charlm_jax.scoring import window_nll
+from charlm_jax.seeds import seed_key
 
 TrainState = train_state.TrainState
 
@@ -39,7 +40,7 @@ class RunKeys:
 
     @classmethod
     def from_seed(cls, seed: int) -> RunKeys:
-        return cls(*jax.random.split(jax.random.key(seed), 4))
+        return cls(*jax.random.split(seed_key(seed), 4))
 
     def epoch_key(self, epoch: int) -> jax.Array:
         """The key that orders epoch ``epoch``'s batches (1-based)."""
