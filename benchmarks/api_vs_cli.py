@@ -44,7 +44,7 @@ GENERATE_SCRIPT = """
 import json, sys, time
 split = sys.argv[2]
 if split == "cli":  # what charlm-jax generate does before JAX starts, for four rows
-    from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices
+    from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices
     configure_cpu_devices(auto_cpu_devices(4, min_rows=1))
 import jax, charlm_jax
 lm = charlm_jax.load(sys.argv[1])

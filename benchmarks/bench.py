@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # the book's loop runs on Keras' JAX backend
 
-from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices  # noqa: E402  (no JAX work yet)
+from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices  # noqa: E402  (no JAX work yet)
 
 configure_cpu_devices(auto_cpu_devices(128))  # what `charlm-jax train` does for the book's batch
 
@@ -37,13 +37,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
-from charlm_jax.corpus import load_text  # noqa: E402
-from charlm_jax.data import Vocab  # noqa: E402
-from charlm_jax.decode import generate_ids  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
-from charlm_jax.model import build_model, init_params  # noqa: E402
-from charlm_jax.options import GenerationOptions  # noqa: E402
+from charlm_jax.data.corpus import load_text  # noqa: E402
+from charlm_jax.data.windows import Vocab  # noqa: E402
+from charlm_jax.model.charlstm import build_model, init_params  # noqa: E402
+from charlm_jax.runtime.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
+from charlm_jax.settings.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
+from charlm_jax.settings.generation import GenerationOptions  # noqa: E402
+from charlm_jax.use.decode import generate_ids  # noqa: E402
 
 from common import (  # noqa: E402
     device_name,
@@ -369,7 +369,7 @@ def bench_epoch_throughput(quick: bool) -> dict:
         command = [
             sys.executable,
             "-m",
-            "charlm_jax.cli",
+            "charlm_jax.cli.app",
             "train",
             "--text",
             str(path),

@@ -148,10 +148,10 @@ def training_block(config, vocab_size: int, mesh):
     """
     import jax
 
-    from charlm_jax.distributed import replicated
-    from charlm_jax.model import build_model
-    from charlm_jax.run_dir import zero_carries
-    from charlm_jax.train import compiled_train_block, create_train_state
+    from charlm_jax.model.charlstm import build_model
+    from charlm_jax.runtime.distributed import replicated
+    from charlm_jax.train.run_dir import zero_carries
+    from charlm_jax.train.steps import compiled_train_block, create_train_state
 
     model, block = build_model(config, vocab_size), compiled_train_block(mesh)
 

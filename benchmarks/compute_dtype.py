@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm_jax import TrainConfig, decode, recipe_config, train
-from charlm_jax.config import COMPUTE_DTYPES
-from charlm_jax.model import build_model
-from charlm_jax.options import GenerationOptions
+from charlm_jax.model.charlstm import build_model
+from charlm_jax.settings.config import COMPUTE_DTYPES
+from charlm_jax.settings.generation import GenerationOptions
 
 from common import cpu_flags, device_name, interleaved, platform_tag, versions, write_results
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 import charlm_jax
-from charlm_jax.adapt_options import AdaptOptions
-from charlm_jax.data import split_windows
-from charlm_jax.prepared import corpus_ids
+from charlm_jax.data.prepared import corpus_ids
+from charlm_jax.data.windows import split_windows
+from charlm_jax.settings.adapt import AdaptOptions
 
 from common import device_name, platform_tag, versions, write_results
 

@@ -8,7 +8,7 @@ register) the recommended recipe (``--recipe``, default streams) and the small G
 published CPU recipe) each train for ``--seconds`` of training time, one after the other in this process,
 nothing beside them. Each is then scored on the whole held-out tail (the last 10 %), static and adaptive:
 
-* the LSTM stateful (state carried from the tail's first character), adapted by ``charlm_jax.adapt``;
+* the LSTM stateful (state carried from the tail's first character), adapted by ``charlm_jax.use.adapt``;
 * the GPT a segment at a time, each segment the last predictions of one 64-character window (every
   character from 39-63 before it; its race metric, each from the 60 before it, is reported beside),
   adapted by the same rule in PyTorch (``gpt_peer.adaptive_log2_probs``: score a segment, one
@@ -35,8 +35,8 @@ import numpy as np
 from rich.console import Console
 
 import charlm_jax
-from charlm_jax.adapt_options import AdaptOptions
-from charlm_jax.data import Vocab, prepare_text, split_windows
+from charlm_jax.data.windows import Vocab, prepare_text, split_windows
+from charlm_jax.settings.adapt import AdaptOptions
 
 from common import RESULTS, device_name, platform_tag, versions, write_results
 from recipes import RACE_VAL_CHARS, race_text
@@ -112,7 +112,7 @@ def train_peer(name: str, text: str, args):
 
 def tail_text(lm: charlm_jax.LanguageModel, chars: int) -> str:
     """The first ``chars`` characters of the run's held-out tail, as a string (prepared: lower-cased)."""
-    from charlm_jax.lm import held_out_ids
+    from charlm_jax.use.lm import held_out_ids
 
     ids = held_out_ids(lm, charlm_jax.load_text(lm.text.source))[:chars]
     return lm.vocab.decode(np.asarray(ids))

@@ -34,7 +34,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 if "--child-single" not in sys.argv:  # the XLA-flag children time one device, as a user's script does
-    from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices  # noqa: E402
+    from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices  # noqa: E402
 
     configure_cpu_devices(auto_cpu_devices(128))
 
@@ -44,11 +44,11 @@ import numpy as np  # noqa: E402
 from bench import BOOK_LOOP_CHARS, LENGTH, MAXLEN, TEMPERATURES, book_language_model, keras_book_loop  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
-from charlm_jax.decode import DECODE_UNROLL, _decode_step, _row_noise, generate_ids, start  # noqa: E402
-from charlm_jax.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
-from charlm_jax.options import GenerationOptions  # noqa: E402
-from charlm_jax.recipes import recipe_config  # noqa: E402
+from charlm_jax.runtime.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
+from charlm_jax.settings.config import DEFAULT_SAMPLER, SAMPLERS, TrainConfig  # noqa: E402
+from charlm_jax.settings.generation import GenerationOptions  # noqa: E402
+from charlm_jax.settings.recipes import recipe_config  # noqa: E402
+from charlm_jax.use.decode import DECODE_UNROLL, _decode_step, _row_noise, generate_ids, start  # noqa: E402
 
 from common import device_name, interleaved, timed, training_block, versions, write_results  # noqa: E402
 

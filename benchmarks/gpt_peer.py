@@ -249,7 +249,7 @@ def train_gpt(
 
 
 # ------------------------------------------------------------------ dynamic evaluation, for the peer
-# The same rule as charlm_jax.adapt's ``rms`` (Krause et al. 2018, RMS with a global prior), so the
+# The same rule as charlm_jax.use.adapt's ``rms`` (Krause et al. 2018, RMS with a global prior), so the
 # race compares like with like: each segment of held-out characters is scored (each from the
 # ``context`` characters before it, the GPT's window metric), then the weights take one step on that
 # segment's loss, divided by the root mean squared gradient of the training loss and decayed towards
@@ -294,7 +294,7 @@ def adaptive_log2_probs(
     end: int | None = None,
 ) -> np.ndarray:
     """log2-probability of each of ``ids[start:end]``, read ``segment`` characters at a time, the weights
-    adapted after each by ``rule`` (charlm_jax.adapt's ``rms`` or ``sgd``); ``learning_rate=0`` is static scoring. A segment is read as the last ``segment``
+    adapted after each by ``rule`` (charlm_jax.use.adapt's ``rms`` or ``sgd``); ``learning_rate=0`` is static scoring. A segment is read as the last ``segment``
     predictions of one window of ``block_size`` characters ending at its last target, so every character
     has at least ``block_size - segment`` characters of context (one forward pass per segment: scoring
     each character from its own 60-character window costs ``segment`` times more). The model's weights

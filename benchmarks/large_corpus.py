@@ -39,7 +39,7 @@ TRAIN_FLAGS = ["--sample-length", "0", "--no-progress", "--steps-per-call", "16"
 
 def build_text(chars: int, path: Path) -> None:
     """``chars`` characters of the standard library's code and documentation, repeated as needed."""
-    from charlm_jax.corpus import load_text
+    from charlm_jax.data.corpus import load_text
 
     base = load_text("python-source") + load_text("pydoc")
     with open(path, "w", encoding="utf-8", newline="") as handle:
@@ -66,7 +66,7 @@ def measure(chars: int, work: Path) -> dict:
     if not text.exists():
         build_text(chars, text)
     megabytes = text.stat().st_size / 1e6
-    cli = [sys.executable, "-m", "charlm_jax.cli"]
+    cli = [sys.executable, "-m", "charlm_jax.cli.app"]
     prepared = timed_run(cli + ["prepare", "--text", str(text), "--out", str(data)])
     # The command's own measure of its work (the interpreter's start-up excluded).
     mb_per_s = float(re.search(r"\(([0-9.]+) MB/s\)", prepared["stdout"]).group(1))

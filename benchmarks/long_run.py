@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from charlm_jax import TrainConfig, fit, load_text
-from charlm_jax.scoring import nats_to_bits
+from charlm_jax.model.scoring import nats_to_bits
 
 from common import RESULTS, device_name
 

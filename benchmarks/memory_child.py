@@ -20,7 +20,7 @@ from common import peak_rss_bytes
 
 
 def text_of(length: int) -> str:
-    from charlm_jax.corpus import load_text
+    from charlm_jax.data.corpus import load_text
 
     text = load_text(None).lower()
     return (text * (length // len(text) + 1))[:length]
@@ -31,7 +31,7 @@ def main(kind: str) -> dict:
     if kind == "charlm":
         import jax
 
-        from charlm_jax.data import Vocab, split_windows
+        from charlm_jax.data.windows import Vocab, split_windows
 
         before = peak_rss_bytes()
         vocab = Vocab.from_text(text)
@@ -57,8 +57,8 @@ def main(kind: str) -> dict:
         import jax
 
         import charlm_jax
-        from charlm_jax.data import Vocab
-        from charlm_jax.model import build_model, init_params
+        from charlm_jax.data.windows import Vocab
+        from charlm_jax.model.charlstm import build_model, init_params
 
         vocab = Vocab.from_text(text)
         config = charlm_jax.TrainConfig()

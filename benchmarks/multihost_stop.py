@@ -39,7 +39,7 @@ def one_try(folder: Path) -> dict:
     text = folder / "text.txt"
     text.write_text(TINY_TEXT)
     port, env = free_port(), dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text), "--out", str(folder / "run")]
+    command = [sys.executable, "-m", "charlm_jax.cli.app", "train", "--text", str(text), "--out", str(folder / "run")]
     runs = [
         subprocess.Popen(
             [*command, *FLAGS, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],

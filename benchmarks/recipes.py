@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices
+from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices
 
 configure_cpu_devices(auto_cpu_devices(128))  # as `charlm-jax train` does
 
@@ -32,7 +32,7 @@ from rich.console import Console  # noqa: E402
 
 import charlm_jax  # noqa: E402
 from charlm_jax import Limits, fit, load_text, recipe_config  # noqa: E402
-from charlm_jax.data import Vocab, prepare_text, split_windows  # noqa: E402
+from charlm_jax.data.windows import Vocab, prepare_text, split_windows  # noqa: E402
 
 from common import RESULTS, device_name, platform_tag, versions  # noqa: E402
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices
+from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices
 
 configure_cpu_devices(auto_cpu_devices(128))
 

@@ -7,7 +7,7 @@ Lower level, all pure: ``data`` (vocab, windows), ``lstm`` (the LSTM layer and i
 hand-derived backward), ``model`` (CharLSTM), ``train`` (optimizer, train/eval steps),
 ``sampling`` (sample), ``decode`` (generate_ids, one jitted scan), ``scoring`` (the metric).
 
-The names below are imported when first used (PEP 562), so ``import charlm_jax.config`` or
+The names below are imported when first used (PEP 562), so ``import charlm_jax.settings.config`` or
 ``charlm-jax --help`` does not start JAX; ``from charlm_jax import fit`` imports what ``fit`` needs.
 """
 
@@ -18,31 +18,31 @@ from typing import Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "AdaptOptions": "adapt_options",
-    "BOOK_TEMPERATURES": "config",
-    "TrainConfig": "config",
-    "load_text": "corpus",
-    "Vocab": "data",
-    "generate_ids": "decode",
+    "AdaptOptions": "settings.adapt",
+    "BOOK_TEMPERATURES": "settings.config",
+    "TrainConfig": "settings.config",
+    "load_text": "data.corpus",
+    "Vocab": "data.windows",
+    "generate_ids": "use.decode",
     "CharLMError": "errors",
-    "import_keras": "keras_import",
-    "LanguageModel": "lm",
-    "bits_per_char": "lm",
-    "generate": "lm",
-    "load": "lm",
-    "next_char_probabilities": "lm",
-    "score": "lm",
-    "stream": "lm",
-    "with_compute_dtype": "lm",
-    "FitResult": "run",
-    "Limits": "run",
-    "fit": "loop",
-    "GenerationOptions": "options",
-    "RECIPES": "recipes",
-    "recipe_config": "recipes",
-    "sample": "sampling",
-    "use_every_core": "distributed",
-    "configure_cpu_devices": "distributed",
+    "import_keras": "interop.keras_import",
+    "LanguageModel": "use.lm",
+    "bits_per_char": "use.lm",
+    "generate": "use.lm",
+    "load": "use.lm",
+    "next_char_probabilities": "use.lm",
+    "score": "use.lm",
+    "stream": "use.lm",
+    "with_compute_dtype": "use.lm",
+    "FitResult": "train.run",
+    "Limits": "train.run",
+    "fit": "train.loop",
+    "GenerationOptions": "settings.generation",
+    "RECIPES": "settings.recipes",
+    "recipe_config": "settings.recipes",
+    "sample": "use.sampling",
+    "use_every_core": "runtime.distributed",
+    "configure_cpu_devices": "runtime.distributed",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

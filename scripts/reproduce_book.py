@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from charlm_jax import CharLMError, TrainConfig, fit, load_text
-from charlm_jax.distributed import auto_cpu_devices, configure_cpu_devices
+from charlm_jax.runtime.distributed import auto_cpu_devices, configure_cpu_devices
 
 
 def main(argv=None) -> int:

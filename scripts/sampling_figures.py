@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import charlm_jax
-from charlm_jax.data import gather_windows, prepare_text, split_windows
-from charlm_jax.sampling import entropy_bits, tempered_logits
+from charlm_jax.data.windows import gather_windows, prepare_text, split_windows
+from charlm_jax.use.sampling import entropy_bits, tempered_logits
 
 
 def next_char_logits(lm, windows: np.ndarray) -> jax.Array:

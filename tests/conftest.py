@@ -40,7 +40,7 @@ def tiny_text() -> str:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_text):
     """A two-epoch run on the tiny text; tests read it, none writes to it."""
-    from charlm_jax.loop import fit
+    from charlm_jax.train.loop import fit
 
     out = tmp_path_factory.mktemp("run")
     result = fit(tiny_config(epochs=2), tiny_text, out, console=QUIET)

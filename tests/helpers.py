@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from rich.console import Console
 
-from charlm_jax.config import TrainConfig
+from charlm_jax.settings.config import TrainConfig
 
 TINY_TEXT = (
     "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. all that glitters is not gold. "
@@ -57,7 +57,7 @@ def assert_trees_close(a, b, rtol: float, atol: float) -> None:
 
 def train_windows(state, block_windows, key, config, model):
     """The loop's jitted block on the book's windows, (steps, batch, maxlen + 1): (state, metrics)."""
-    from charlm_jax.train import train_block
+    from charlm_jax.train.steps import train_block
 
     carries = model.zero_carries(np.shape(block_windows)[1])
     (state, _), metrics = train_block(

@@ -11,16 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, split_windows
-from charlm_jax.decode import generate_ids
-from charlm_jax.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows
+from charlm_jax.data.windows import Vocab, split_windows
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import Limits, fit
-from charlm_jax.model import build_model
-from charlm_jax.options import GenerationOptions
-from charlm_jax.run_dir import zero_carries
-from charlm_jax.train import compiled_train_block, create_train_state
+from charlm_jax.model.charlstm import build_model
+from charlm_jax.runtime.distributed import block_sharding, make_mesh, put_windows, replicated, shard_rows
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.train.loop import Limits, fit
+from charlm_jax.train.run_dir import zero_carries
+from charlm_jax.train.steps import compiled_train_block, create_train_state
+from charlm_jax.use.decode import generate_ids
 
 text = "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. " * 12
 out_dir = sys.argv[1]

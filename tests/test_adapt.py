@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.adapt import adapt_chunk, adaptive_pass, decay_rates, gradient_scale, segment_loss
-from charlm_jax.adapt_options import AdaptOptions
-from charlm_jax.cli import main
+from charlm_jax.cli.app import main
 from charlm_jax.errors import CharLMError
+from charlm_jax.settings.adapt import AdaptOptions
+from charlm_jax.use.adapt import Prior, Segments, adapt_chunk, adaptive_pass, decay_rates, gradient_scale, segment_loss
 
 from helpers import QUIET, assert_trees_equal, float64_mode, tiny_config
 
@@ -55,7 +55,7 @@ def test_changing_a_character_leaves_every_earlier_score_unchanged(lm, tiny_text
 @pytest.fixture(scope="module")
 def wider_lm(tmp_path_factory, tiny_text):
     """64 units: enough to learn a sentence from a few updates (the 16-unit run cannot)."""
-    from charlm_jax.loop import fit
+    from charlm_jax.train.loop import fit
 
     out = tmp_path_factory.mktemp("wider")
     fit(tiny_config(epochs=3, hidden_size=64), tiny_text, out, console=QUIET)
@@ -99,20 +99,10 @@ def test_one_segment_update_equals_the_rule_written_out_in_float64(lm, tiny_text
     rates = decay_rates(scale, options.decay)
     # Start away from the trained weights, so the decay term is not zero.
     start = jax.tree.map(lambda p: p * 1.01, lm.params)
+    prior = Prior(lm.params, scale, rates, np.float32(options.learning_rate), np.float32(options.decay))
+    segments = Segments(inputs[None], targets[None], mask[None])
     adapted, _, _ = adapt_chunk(
-        start,
-        lm.model.zero_carries(1),
-        lm.params,
-        scale,
-        rates,
-        inputs[None],
-        targets[None],
-        mask[None],
-        np.float32(options.learning_rate),
-        np.float32(options.decay),
-        model=lm.model,
-        rule="rms",
-        eps=options.eps,
+        start, lm.model.zero_carries(1), prior, segments, model=lm.model, rule="rms", eps=options.eps
     )
     with float64_mode():
         as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731

@@ -9,10 +9,11 @@ import optax
 import pytest
 
 import charlm_jax
-from charlm_jax.averaging import average_weights, averaged_params, warm_decay
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import Limits, better_weights, fit
-from charlm_jax.train import make_optimizer
+from charlm_jax.train.averaging import average_weights, averaged_params, warm_decay
+from charlm_jax.train.loop import Limits, fit
+from charlm_jax.train.records import better_weights
+from charlm_jax.train.steps import make_optimizer
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -133,8 +134,8 @@ def test_averaging_on_the_book_recipe_keeps_the_update_identical():
 def test_a_state_that_averages_runs_through_the_donated_compiled_block():
     """The average starts as a copy of the weights, not their buffers: a state holding one buffer twice
     could not be donated to the compiled block."""
-    from charlm_jax.model import build_model
-    from charlm_jax.train import create_train_state, train_block
+    from charlm_jax.model.charlstm import build_model
+    from charlm_jax.train.steps import create_train_state, train_block
 
     config = tiny_config(average_decay=0.9)
     state = create_train_state(jax.random.key(0), config, 11, total_steps=20)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.checkpoint import CheckpointFallbackWarning, CheckpointStore
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import Limits, fit
+from charlm_jax.io.checkpoint import CheckpointFallbackWarning, CheckpointStore
+from charlm_jax.train.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -62,8 +62,8 @@ def test_a_checkpoint_saved_without_carries_resumes_from_zero_carries(tmp_path, 
 def _abstract_items(lm, store, step):
     import jax
 
-    from charlm_jax.run_dir import checkpoint_items, zero_carries
-    from charlm_jax.train import create_train_state
+    from charlm_jax.train.run_dir import checkpoint_items, zero_carries
+    from charlm_jax.train.steps import create_train_state
 
     state = jax.eval_shape(lambda: create_train_state(jax.random.key(0), lm.config, lm.vocab.size))
     return jax.tree.map(

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 import charlm_jax
-from charlm_jax.cli import main
-from charlm_jax.corpus import load_text
+from charlm_jax.cli.app import main
+from charlm_jax.data.corpus import load_text
 
 from helpers import TINY_CLI_FLAGS
 
@@ -209,7 +209,7 @@ def test_builtin_default_corpus_needs_no_network(monkeypatch):
 
 def test_subprocess_error_has_no_traceback_and_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(tmp_path / "missing.txt")],
+        [sys.executable, "-m", "charlm_jax.cli.app", "train", "--text", str(tmp_path / "missing.txt")],
         capture_output=True,
         text=True,
     )

@@ -4,7 +4,7 @@ import importlib.metadata
 
 import pytest
 
-from charlm_jax.corpus import load_text, strip_play_markdown
+from charlm_jax.data.corpus import load_text, strip_play_markdown
 from charlm_jax.errors import CharLMError
 
 

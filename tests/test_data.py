@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.data import (
+from charlm_jax.data.windows import (
     ShuffledWindows,
     Vocab,
     batches_per_epoch,

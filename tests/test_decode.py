@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.decode import DecodeState, _empty_history, _ngram_bans, _push, generate_ids, stream_chunk, stream_start
 from charlm_jax.errors import CharLMError
-from charlm_jax.model import CharLSTM, init_params
-from charlm_jax.options import GenerationOptions
-from charlm_jax.sampling import sample
+from charlm_jax.model.charlstm import CharLSTM, init_params
+from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.use.decode import (
+    DecodeState,
+    _empty_history,
+    _ngram_bans,
+    _push,
+    generate_ids,
+    stream_chunk,
+    stream_start,
+)
+from charlm_jax.use.sampling import sample
 
 VOCAB, MAXLEN = 11, 8
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from charlm_jax.cli import build_parser
+from charlm_jax.cli.app import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ import warnings
 
 import pytest
 
-from charlm_jax.cli import main
-from charlm_jax.corpus import RECORD_SUFFIX, CachedDownloadWarning, load_text
+from charlm_jax.cli.app import main
+from charlm_jax.data.corpus import RECORD_SUFFIX, CachedDownloadWarning, load_text
 from charlm_jax.errors import CharLMError
 
 BODY = ("the quick brown fox jumps over the lazy dog. " * 400).encode()  # 18,000 bytes

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from charlm_jax.distributed import cpu_cores
+from charlm_jax.runtime.distributed import cpu_cores
 
 pytestmark = pytest.mark.skipif(cpu_cores() < 2, reason="needs a machine with at least 2 cores")
 
@@ -33,13 +33,13 @@ def test_fit_and_generate_split_the_cpu_like_the_cli(tmp_path):
         """
         import jax, charlm_jax
         from rich.console import Console
-        from charlm_jax.distributed import cpu_cores
+        from charlm_jax.runtime.distributed import cpu_cores
         config = charlm_jax.TrainConfig(maxlen=12, step=2, hidden_size=16, batch_size=32, epochs=1, sample_length=0)
         text = "the quick brown fox jumps over the lazy dog. " * 30
         result = charlm_jax.fit(config, text, "run", console=Console(quiet=True))
         leaf = jax.tree.leaves(result.state.params)[0]
         lm = charlm_jax.load("run")
-        from charlm_jax.distributed import default_mesh
+        from charlm_jax.runtime.distributed import default_mesh
         rows = default_mesh(4, min_rows=1)
         texts = charlm_jax.generate(lm, "the ", length=20, temperatures=(0.2, 0.5, 1.0, 1.2), seed=0)
         print(cpu_cores(), jax.device_count(), len(leaf.sharding.device_set), rows.devices.size, len(texts))
@@ -59,7 +59,7 @@ def test_a_script_that_started_jax_first_is_told_once_what_it_costs(tmp_path):
         import jax, jax.numpy as jnp
         jnp.zeros(3).block_until_ready()   # JAX starts on one CPU device
         import charlm_jax
-        from charlm_jax.distributed import use_every_core
+        from charlm_jax.runtime.distributed import use_every_core
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             use_every_core()

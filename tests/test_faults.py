@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import charlm_jax
-from charlm_jax.loop import Limits, fit
+from charlm_jax.train.loop import Limits, fit
 
 from helpers import QUIET, TINY_CLI_FLAGS, assert_trees_equal, tiny_config
 
@@ -41,7 +41,7 @@ class Trainer:
     def __init__(self, *argv: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "charlm_jax.cli", *map(str, argv)],
+            [sys.executable, "-m", "charlm_jax.cli.app", *map(str, argv)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -126,8 +126,8 @@ class SignalAtRead:
 
 def test_a_signal_inside_fit_saves_the_step_it_stopped_at_and_resume_continues(tmp_path, tiny_text):
     """The in-process half of the test below (which does it to a real CLI process, with the slow set)."""
-    from charlm_jax.run import StopReason
-    from charlm_jax.stopping import StopSignals
+    from charlm_jax.train.run import StopReason
+    from charlm_jax.train.signals import StopSignals
 
     out, config = tmp_path / "run", tiny_config(epochs=100000, sample_length=0)
     stop = StopSignals()
@@ -390,7 +390,7 @@ def test_a_damaged_newest_checkpoint_warns_in_one_line_and_resume_sets_it_aside(
     ],
 )
 def test_an_option_without_effect_is_refused_in_one_line(capsys, trained_run, tmp_path, argv, fragment):
-    from charlm_jax.cli import main
+    from charlm_jax.cli.app import main
 
     where = ["--checkpoint", str(trained_run[0])] if argv[0] == "generate" else ["--out", str(tmp_path / "r")]
     assert main([argv[0], *where, *argv[1:]]) == 2

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.config import SAMPLERS
-from charlm_jax.decode import generate_ids
-from charlm_jax.options import GenerationOptions
+from charlm_jax.settings.config import SAMPLERS
+from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.use.decode import generate_ids
 
 from stats import ALPHA, chi_square_p_value, softmax64
 

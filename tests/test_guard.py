@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.config import TrainConfig
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import Limits, fit
-from charlm_jax.train import RunKeys, create_train_state
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.train.loop import Limits, fit
+from charlm_jax.train.steps import RunKeys, create_train_state
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 

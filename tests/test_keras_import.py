@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax.cli import main  # noqa: E402
+from charlm_jax.cli.app import main  # noqa: E402
 from charlm_jax.errors import CharLMError  # noqa: E402
 
 from helpers import TINY_TEXT  # noqa: E402

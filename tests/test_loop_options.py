@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.checkpoint import CheckpointStore
-from charlm_jax.cli import main
-from charlm_jax.loop import Limits, fit
+from charlm_jax.cli.app import main
+from charlm_jax.io.checkpoint import CheckpointStore
+from charlm_jax.train.loop import Limits, fit
 
 from helpers import QUIET, assert_trees_equal, tiny_config
 
@@ -213,9 +213,9 @@ def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_t
 
 def test_a_second_fit_with_the_same_shapes_compiles_nothing(tmp_path, tiny_text):
     """The train block, the eval step and the samples' scans are compiled once per process, not per run."""
-    from charlm_jax.decode import stream_chunk, stream_start
-    from charlm_jax.distributed import make_mesh
-    from charlm_jax.train import compiled_train_block, eval_step
+    from charlm_jax.runtime.distributed import make_mesh
+    from charlm_jax.train.steps import compiled_train_block, eval_step
+    from charlm_jax.use.decode import stream_chunk, stream_start
 
     compiled = (compiled_train_block(make_mesh()), eval_step, stream_start, stream_chunk)
     config = tiny_config(hidden_size=19, epochs=1, steps_per_call=7)  # shapes no other test compiles
@@ -236,8 +236,8 @@ def test_the_schedule_is_fitted_on_a_block_that_compiled_nothing():
     the plan would be several times too short, so the fit waits for a length run before."""
     from types import SimpleNamespace
 
-    from charlm_jax.loop import SCHEDULE_FIT_LATEST_BLOCK, schedule_fit_due
-    from charlm_jax.run import RunState
+    from charlm_jax.train.loop import SCHEDULE_FIT_LATEST_BLOCK, schedule_fit_due
+    from charlm_jax.train.run import RunState
 
     run = SimpleNamespace(limits=Limits(max_seconds=60.0), config=tiny_config(lr_schedule="cosine"))
     state = RunState(train=None, carries=None, step=0)

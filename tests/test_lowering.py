@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from charlm_jax import decode, train
-from charlm_jax.config import COMPUTE_DTYPES, TrainConfig
-from charlm_jax.model import build_model
-from charlm_jax.options import GenerationOptions
+from charlm_jax.model.charlstm import build_model
+from charlm_jax.settings.config import COMPUTE_DTYPES, TrainConfig
+from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.train import steps as train
+from charlm_jax.use import decode
 
 PLATFORMS = ("cuda", "tpu")
 VOCAB = 13

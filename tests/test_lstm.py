@@ -13,11 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from charlm_jax import lstm
-from charlm_jax import model as model_module
-from charlm_jax.config import RECURRENT_ACTIVATIONS
-from charlm_jax.lstm import _forward, lstm_scan
-from charlm_jax.model import CharLSTM, init_params
+from charlm_jax.model import charlstm as model_module
+from charlm_jax.model import lstm
+from charlm_jax.model.charlstm import CharLSTM, init_params
+from charlm_jax.model.lstm import _forward, lstm_scan
+from charlm_jax.settings.config import RECURRENT_ACTIVATIONS
 
 from helpers import assert_trees_close, float64_mode
 
@@ -28,7 +28,9 @@ def autodiff_scan(
     gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll=1, activation="sigmoid", compute_dtype="float32"
 ):
     """The same forward as lstm_scan, differentiated by JAX step by step."""
-    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype, False)
+    return _forward(
+        gate_inputs, recurrent_kernel, bias, initial_carry, mask, (unroll, activation, compute_dtype), False
+    )
 
 
 def test_the_config_names_every_activation_the_layer_has():

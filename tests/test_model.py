@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.model import CharLSTM, init_params
+from charlm_jax.model.charlstm import CharLSTM, init_params
 
 
 def keras_lstm_reference(one_hot, kernel, recurrent_kernel, bias, dense_kernel, dense_bias):

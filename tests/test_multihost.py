@@ -42,7 +42,7 @@ def train(text_file, out, *extra, processes=1):
     base = [
         sys.executable,
         "-m",
-        "charlm_jax.cli",
+        "charlm_jax.cli.app",
         "train",
         "--text",
         str(text_file),
@@ -128,7 +128,16 @@ def test_two_processes_on_a_prepared_corpus_follow_one_process_on_the_text(tmp_p
     text_file = tmp_path / "text.txt"
     text_file.write_text(tiny_text)
     subprocess.run(
-        [sys.executable, "-m", "charlm_jax.cli", "prepare", "--text", str(text_file), "--out", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "charlm_jax.cli.app",
+            "prepare",
+            "--text",
+            str(text_file),
+            "--out",
+            str(tmp_path / "data"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -139,7 +148,7 @@ def test_two_processes_on_a_prepared_corpus_follow_one_process_on_the_text(tmp_p
     base = [
         sys.executable,
         "-m",
-        "charlm_jax.cli",
+        "charlm_jax.cli.app",
         "train",
         "--data",
         str(tmp_path / "data"),
@@ -179,7 +188,7 @@ def test_two_processes_stopped_by_sigterm_save_one_step_and_resume_exactly(tmp_p
     flags = [*FLAGS, "--sample-length", "0"]
     env, port = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"), free_port()
     out = tmp_path / "stopped"
-    base = [sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_file), "--out", str(out), *flags]
+    base = [sys.executable, "-m", "charlm_jax.cli.app", "train", "--text", str(text_file), "--out", str(out), *flags]
     runs = [
         subprocess.Popen(
             [*base, "--epochs", "100000", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
@@ -258,7 +267,7 @@ def test_two_processes_abandon_a_long_validation_together_at_sigterm(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "charlm_jax.cli", "train", *flags, "--coordinator", f"127.0.0.1:{port}"]
+            [sys.executable, "-m", "charlm_jax.cli.app", "train", *flags, "--coordinator", f"127.0.0.1:{port}"]
             + ["--num-processes", "2", "--process-id", str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

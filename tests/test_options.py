@@ -9,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, host_windows, split_windows
+from charlm_jax.data.windows import Vocab, host_windows, split_windows
 from charlm_jax.errors import CharLMError
-from charlm_jax.model import build_model
-from charlm_jax.recipes import RECIPES, recipe_config
-from charlm_jax.train import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
+from charlm_jax.model.charlstm import build_model
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.settings.recipes import RECIPES, recipe_config
+from charlm_jax.train.steps import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
 
 from helpers import tiny_config, train_windows
 
@@ -190,7 +190,7 @@ def test_weight_decay_is_decoupled_and_follows_the_learning_rate():
 
 
 def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it():
-    from charlm_jax import recipes
+    from charlm_jax.settings import recipes
 
     with pytest.raises(CharLMError, match="--recipe auto .*pass --time-limit SECONDS"):
         recipe_config("auto")
@@ -209,7 +209,7 @@ def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it():
 
 
 def test_cli_recipe_auto_without_a_time_limit_is_one_line(capsys, tmp_path):
-    from charlm_jax.cli import main
+    from charlm_jax.cli.app import main
 
     assert main(["train", "--recipe", "auto", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -217,7 +217,7 @@ def test_cli_recipe_auto_without_a_time_limit_is_one_line(capsys, tmp_path):
 
 
 def test_auto_regularises_a_text_its_budget_reads_many_times():
-    from charlm_jax import recipes
+    from charlm_jax.settings import recipes
 
     short_limit = recipes.AUTO_TIERS[0][0]
     # the passes a budget makes over a text: this many characters make exactly the threshold
@@ -236,7 +236,7 @@ def test_auto_regularises_a_text_its_budget_reads_many_times():
 
 def test_cli_recipe_auto_trains_what_the_library_picks_for_that_text(tmp_path, tiny_text):
     import charlm_jax
-    from charlm_jax.cli import main
+    from charlm_jax.cli.app import main
 
     text_file = tmp_path / "tiny.txt"
     text_file.write_text(tiny_text)

@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm_jax.config import TrainConfig
-from charlm_jax.decode import generate_ids
 from charlm_jax.errors import CharLMError
-from charlm_jax.lstm import lstm_scan
-from charlm_jax.model import build_model, init_params
-from charlm_jax.options import GenerationOptions
-from charlm_jax.train import create_train_state, loss_fn
+from charlm_jax.model.charlstm import build_model, init_params
+from charlm_jax.model.lstm import lstm_scan
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.train.steps import create_train_state, loss_fn
+from charlm_jax.use.decode import generate_ids
 
 from stats import ALPHA, chi_square_p_value, softmax64
 
@@ -102,7 +102,7 @@ def test_bfloat16_hand_written_backward_agrees_with_autodiff_of_its_forward():
     weights = jnp.asarray(rng.normal(size=(time, batch, hidden)), jnp.float32)
 
     def autodiff_scan(x, w, b):
-        from charlm_jax.lstm import lstm_cell
+        from charlm_jax.model.lstm import lstm_cell
 
         def step(c, x_t):
             new, _ = lstm_cell(c, x_t, w, b, "sigmoid", "bfloat16")
@@ -177,8 +177,8 @@ def test_a_model_scores_and_generates_in_either_dtype(trained_run, tiny_text):
 @pytest.mark.slow  # two runs compiled in both dtypes
 def test_a_bfloat16_run_resumes_in_float32(tmp_path, tiny_text):
     """The dtype may change on --resume (weights and optimizer state are float32 either way)."""
-    from charlm_jax.loop import fit
-    from charlm_jax.run import Limits
+    from charlm_jax.train.loop import fit
+    from charlm_jax.train.run import Limits
 
     from helpers import QUIET, tiny_config
 

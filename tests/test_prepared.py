@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax import cli
-from charlm_jax.data import Vocab, split_windows
+from charlm_jax.cli import app as cli
+from charlm_jax.data.prepared import IDS_NAME, META_NAME, open_prepared, prepare, prepared_for
+from charlm_jax.data.windows import Vocab, split_windows
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import fit
-from charlm_jax.prepared import IDS_NAME, META_NAME, open_prepared, prepare, prepared_for
+from charlm_jax.train.loop import fit
 
 from helpers import QUIET, TINY_CLI_FLAGS, tiny_config
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.cli import main
-from charlm_jax.corpus import load_text
+from charlm_jax.cli.app import main
+from charlm_jax.data.corpus import load_text
+from charlm_jax.data.record import text_sha256
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import fit
-from charlm_jax.run_text import text_sha256
+from charlm_jax.train.loop import fit
 
 from helpers import QUIET, TINY_CLI_FLAGS, assert_trees_equal, tiny_config
 
@@ -89,7 +89,7 @@ def test_score_with_no_text_scores_the_held_out_tail_of_the_runs_own_text(tmp_pa
     fit(tiny_config(), load_text(text_file), out, console=QUIET)
     lm = charlm_jax.load(out)
     original = text_file.read_text(encoding="utf-8")
-    from charlm_jax.data import split_windows
+    from charlm_jax.data.windows import split_windows
 
     split = split_windows(len(original), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
     tail = original[split.val_start :]

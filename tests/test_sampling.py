@@ -14,9 +14,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from charlm_jax.config import SAMPLERS
 from charlm_jax.errors import CharLMError
-from charlm_jax.sampling import draw_noise, entropy_bits, repetition_penalty, sample, sample_with_noise, tempered_logits
+from charlm_jax.settings.config import SAMPLERS
+from charlm_jax.use.sampling import (
+    draw_noise,
+    entropy_bits,
+    repetition_penalty,
+    sample,
+    sample_with_noise,
+    tempered_logits,
+)
 
 from stats import ALPHA, chi_square_p_value, softmax64
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import charlm_jax
-from charlm_jax.data import prepare_text, split_windows
+from charlm_jax.data.windows import prepare_text, split_windows
 from charlm_jax.errors import CharLMError
 
 from helpers import TINY_TEXT
@@ -43,7 +43,7 @@ def test_stateful_mode_carries_the_state_from_the_first_character(trained_run):
 
 
 def test_texts_longer_than_one_batch_are_scored_in_fixed_shapes(trained_run, monkeypatch):
-    import charlm_jax.scoring as scoring
+    import charlm_jax.model.scoring as scoring
 
     lm = charlm_jax.load(trained_run[0])
     text = prepare_text(TINY_TEXT, True)

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import charlm_jax
-from charlm_jax.cli import main
-from charlm_jax.config import TrainConfig
+from charlm_jax.cli.app import main
 from charlm_jax.errors import CharLMError
-from charlm_jax.seeds import seed_key, seed_words
-from charlm_jax.train import RunKeys
+from charlm_jax.runtime.seeds import seed_key, seed_words
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.train.steps import RunKeys
 
 from helpers import tiny_config
 

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from charlm_jax.stopping import Stopped, StopSignals
+from charlm_jax.train.signals import Stopped, StopSignals
 
 
 def test_outside_training_a_signal_stops_at_once_with_the_shells_exit_status():

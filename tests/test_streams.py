@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from charlm_jax import model as model_module
-from charlm_jax.data import ConsecutiveStreams
+from charlm_jax.data.windows import ConsecutiveStreams
 from charlm_jax.errors import CharLMError
-from charlm_jax.loop import Limits, fit
-from charlm_jax.model import CharLSTM, build_model, init_params
-from charlm_jax.recipes import recipe_config
-from charlm_jax.train import create_train_state, train_block
+from charlm_jax.model import charlstm as model_module
+from charlm_jax.model.charlstm import CharLSTM, build_model, init_params
+from charlm_jax.settings.recipes import recipe_config
+from charlm_jax.train.loop import Limits, fit
+from charlm_jax.train.steps import create_train_state, train_block
 
 from helpers import QUIET, assert_trees_close, assert_trees_equal, float64_mode, tiny_config
 from test_lstm import autodiff_scan

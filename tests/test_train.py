@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charlm_jax.config import TrainConfig
-from charlm_jax.data import Vocab, host_windows, split_windows
-from charlm_jax.model import build_model
-from charlm_jax.train import create_train_state, eval_step, make_optimizer, train_block
+from charlm_jax.data.windows import Vocab, host_windows, split_windows
+from charlm_jax.model.charlstm import build_model
+from charlm_jax.settings.config import TrainConfig
+from charlm_jax.train.steps import create_train_state, eval_step, make_optimizer, train_block
 
 from helpers import assert_trees_equal, tiny_config, train_windows
 
