@@ -19,6 +19,7 @@ from charlm_jax.settings.config import SAMPLERS
 from charlm_jax.use.sampling import (
     draw_noise,
     entropy_bits,
+    first_max_index,
     repetition_penalty,
     sample,
     sample_with_noise,
@@ -328,3 +329,11 @@ def test_repetition_penalty_is_ctrls_definition(penalty):
     present = jnp.asarray([[True, True, False, False, True]])
     expected = [2.0 / penalty, -1.0 * penalty, 0.5, -3.0, 0.0]  # positive / R, negative * R, others kept
     np.testing.assert_allclose(np.asarray(repetition_penalty(logits, present, penalty))[0], expected, rtol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0]), min_size=1, max_size=9))
+def test_first_max_index_is_argmax_ties_included(values):
+    """The sampler's vectorised argmax picks the first of tied maxima, as jnp.argmax does."""
+    row = np.asarray(values, np.float32)
+    assert int(first_max_index(jnp.asarray(row))) == int(np.argmax(row))
