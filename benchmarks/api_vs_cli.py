@@ -30,7 +30,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import device_name, platform_tag, versions, write_results
+from common import platform_tag, record, write_results
 
 TRAIN_SCRIPT = """
 import sys, charlm_jax
@@ -123,10 +123,7 @@ def main() -> None:
     train_mean = {v: statistics.mean(training[v]) for v in variants}
     per_char = {v: statistics.median(g["seconds"] for g in generation[v]) / (4 * 400) for v in variants}
     data = {
-        "date": date,
-        "device": device_name(),
-        "versions": versions(),
-        "command": command,
+        **record("api_vs_cli.py"),
         "training_windows_per_second": training,
         "generation": generation,
         "training_ratio_to_cli": {v: train_mean[v] / train_mean["cli"] for v in variants},

@@ -17,7 +17,6 @@ spell of the machine hits both sides. Results: ``results/<date>-<device>[-quick]
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -46,18 +45,26 @@ from charlm_jax.settings.generation import GenerationOptions  # noqa: E402
 from charlm_jax.use.decode import generate_ids  # noqa: E402
 
 from common import (  # noqa: E402
-    device_name,
     first_call_seconds,
     interleaved,
     platform_tag,
+    record,
     timed,
     training_block,
-    versions,
     write_results,
+)
+from peers import (  # noqa: E402
+    MISSING,
+    keras_book_loop,
+    keras_training_step,
+    torch_device,
+    torch_generation_loop,
+    torch_training_step,
 )
 
 HERE = Path(__file__).resolve().parent
 MAXLEN, HIDDEN, BATCH = 60, 128, 128  # the book's configuration
+VOCAB = 77  # the built-in corpus's characters
 LENGTH = 400
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
 STREAM_CHUNKS = (16, 32, 64, 128, 200, 400)
@@ -99,7 +106,7 @@ def bench_public_api(lm, quick: bool) -> dict:
     fns["window_4temps"] = lambda: charlm_jax.generate(
         lm, prompt, length=window_length, temperatures=TEMPERATURES, seed=1, mode="window", mesh=mesh
     )
-    book = keras_book_loop(quick)
+    book = keras_book_loop(VOCAB, HIDDEN, MAXLEN, BOOK_LOOP_CHARS[quick])
     if book is not None:
         fns["book_loop"] = book
     results = interleaved(fns, rounds=3 if quick else 7)
@@ -115,38 +122,6 @@ def bench_public_api(lm, quick: bool) -> dict:
 
 
 BOOK_LOOP_CHARS = {True: 30, False: 200}
-
-
-def keras_book_loop(quick: bool):
-    """The book's generation loop: one-hot window, model.predict per character, its numpy sample."""
-    try:
-        import keras
-    except ImportError:
-        return None
-    vocab = 77
-    model = keras.Sequential(
-        [keras.Input((MAXLEN, vocab)), keras.layers.LSTM(HIDDEN), keras.layers.Dense(vocab, activation="softmax")]
-    )
-    rng = np.random.default_rng(0)
-
-    def sample(preds, temperature=1.0):  # the book's function
-        preds = np.asarray(preds).astype("float64")
-        preds = np.log(preds) / temperature
-        exp_preds = np.exp(preds)
-        preds = exp_preds / np.sum(exp_preds)
-        probas = rng.multinomial(1, preds / preds.sum(), 1)
-        return np.argmax(probas)
-
-    def loop():
-        generated = list(rng.integers(0, vocab, MAXLEN))
-        for _ in range(BOOK_LOOP_CHARS[quick]):
-            sampled = np.zeros((1, MAXLEN, vocab))
-            for t, char in enumerate(generated[-MAXLEN:]):
-                sampled[0, t, char] = 1.0
-            preds = model.predict(sampled, verbose=0)[0]
-            generated.append(sample(preds, 1.0))
-
-    return loop
 
 
 def bench_generate_ids(lm, quick: bool) -> dict:
@@ -206,39 +181,13 @@ def bench_streaming(lm, quick: bool) -> dict:
 
 
 def bench_torch_generation(quick: bool) -> dict:
-    try:
-        import torch
-    except ImportError as error:
-        return {"skipped": f"torch not installed ({error}); pip install -e '.[peers]'"}
-    torch.manual_seed(0)
-    model = torch_model().eval()
-    eye = torch.eye(77)
-
-    def loop():
-        with torch.no_grad():
-            logits, state = model(eye[torch.zeros(1, MAXLEN, dtype=torch.long)])
-            for _ in range(LENGTH):
-                char = torch.multinomial(torch.softmax(logits, dim=-1), 1)  # (1, 1)
-                logits, state = model(eye[char], state)
+    loop = torch_generation_loop(VOCAB, HIDDEN, MAXLEN, LENGTH, device=torch_device(prefer_gpu=False))
+    if loop is None:
+        return {"skipped": f"torch {MISSING}"}
+    import torch
 
     stats = timed(loop, repeats=3 if quick else 7)
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), **per_char(stats, LENGTH)}
-
-
-def torch_model():
-    import torch
-
-    class TorchCharLSTM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = torch.nn.LSTM(77, HIDDEN, batch_first=True)  # one-hot input, as the book's
-            self.dense = torch.nn.Linear(HIDDEN, 77)
-
-        def forward(self, x, state=None):
-            out, state = self.lstm(x, state)
-            return self.dense(out[:, -1]), state
-
-    return TorchCharLSTM()
 
 
 # ---------------------------------------------------------------- training
@@ -250,7 +199,7 @@ def bench_training(quick: bool) -> dict:
     charlm_jax runs its default: a jitted block of ``steps_per_call`` steps with the batch split
     over one CPU device per core (``mesh``), and, for reference, the same on one device.
     """
-    config, vocab = TrainConfig(), 77
+    config, vocab = TrainConfig(), VOCAB
     rng = np.random.default_rng(0)
     corpus_np = rng.integers(0, vocab, 600_000, dtype=np.int32)
     block = config.steps_per_call
@@ -272,7 +221,7 @@ def bench_training(quick: bool) -> dict:
         for threads in (None, 1):
             name = "torch" if threads is None else "torch_1_thread"
             fns[name], steps_per_call[name] = torch_steps(threads), 1
-    keras_step = keras_training_step()
+    keras_step = keras_training_step(VOCAB, HIDDEN, BATCH, MAXLEN)
     if keras_step is not None:
         fns["keras"], steps_per_call["keras"] = keras_step, 1
     results = interleaved(fns, rounds=4 if quick else 12, per_round=1)
@@ -311,48 +260,23 @@ def bench_block_sizes(config, vocab, corpus_np, quick: bool) -> dict:
 
 
 def torch_training_steps():
-    try:
-        import torch
-    except ImportError:
+    """make(threads) -> the PyTorch peer's book step run with ``threads`` CPU threads (None: its default)."""
+    step = torch_training_step(VOCAB, HIDDEN, BATCH, MAXLEN, device=torch_device(prefer_gpu=False))
+    if step is None:
         return None
+    import torch
+
     default_threads = torch.get_num_threads()
 
     def make(threads):
-        torch.manual_seed(0)
-        model = torch_model()
-        optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, eps=1e-7)
-        rng = np.random.default_rng(0)
-        x = torch.eye(77)[torch.as_tensor(rng.integers(0, 77, (BATCH, MAXLEN)))]
-        y = torch.as_tensor(rng.integers(0, 77, BATCH))
-
-        def step():
+        def run():
             torch.set_num_threads(threads or default_threads)
-            optimizer.zero_grad()
-            logits, _ = model(x)
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            loss.item()
+            step()
             torch.set_num_threads(default_threads)
 
-        return step
+        return run
 
     return make
-
-
-def keras_training_step():
-    try:
-        import keras
-    except ImportError:
-        return None
-    model = keras.Sequential(
-        [keras.Input((MAXLEN, 77)), keras.layers.LSTM(HIDDEN), keras.layers.Dense(77, activation="softmax")]
-    )
-    model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(learning_rate=0.01))
-    rng = np.random.default_rng(0)
-    x = np.eye(77, dtype=np.float32)[rng.integers(0, 77, (BATCH, MAXLEN))]
-    y = np.eye(77, dtype=np.float32)[rng.integers(0, 77, BATCH)]
-    return lambda: model.train_on_batch(x, y)  # returns a Python float: synchronised
 
 
 def bench_epoch_throughput(quick: bool) -> dict:
@@ -690,11 +614,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = {
-        "date": dt.date.today().isoformat(),
-        "device": device_name(),
-        "versions": versions(),
+        **record("bench.py"),
         "jax_devices": jax.device_count(),
-        "command": "python benchmarks/bench.py" + (" --quick" if args.quick else ""),
     }
     print(f"device: {results['device']}, {jax.device_count()} JAX device(s)", flush=True)
     lm = book_language_model()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import recipes as race  # noqa: E402  (sets the CPU devices before JAX starts, as `charlm-jax train` does)
-from common import RESULTS, device_name, versions  # noqa: E402
+from common import RESULTS, device_name, record  # noqa: E402
 
 # The streams family the short budgets are explored in: fast's optimizer, schedule and clipping on
 # consecutive streams, validated every 100 steps; each variant changes the model or the batch.
@@ -227,11 +227,8 @@ def main(argv=None) -> int:
         data["command"] += "; " + command
     else:
         data = {
-            "date": time.strftime("%Y-%m-%d"),
-            "device": device_name(),
-            "command": command,
+            **record("budget_race.py"),
             "chars": args.chars,
-            "versions": versions(),
             "text_chars": {},
             "runs": {},
         }

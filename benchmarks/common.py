@@ -6,6 +6,7 @@ Scripts in this folder import it as ``common`` (Python puts a script's own folde
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
@@ -121,6 +122,24 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def record(script: str, argv: list[str] | None = None) -> dict:
+    """What opens every result file: the date, the device, the versions and the command that made it."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {
+        "date": dt.date.today().isoformat(),
+        "device": device_name(),
+        "versions": versions(),
+        "command": " ".join(["python", f"benchmarks/{script}", *args]),
+    }
+
+
+def result_stem(name: str, tag: str | None = None) -> str:
+    """A result file's stem: ``tag`` when given, else ``<date>-<device>-<name>``."""
+    return tag or f"{dt.date.today().isoformat()}-{platform_tag()}-{name}"
 
 
 def write_results(stem: str, data: dict, markdown: str) -> Path:

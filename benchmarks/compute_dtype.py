@@ -5,7 +5,7 @@
     python benchmarks/compute_dtype.py --recipes streams --rounds 9
 
 For each recipe's model and batch (``--recipes``) the compiled training block (``--steps`` steps, the loop's
-own ``train.train_block``) and a 400-character generation of four temperatures (``decode.generate_ids``)
+own ``train.steps.train_block``) and a 400-character generation of four temperatures (``use.decode.generate_ids``)
 are timed in both dtypes, interleaved round by round in this process, nothing else running; the report
 gives the bfloat16/float32 ratio of each, with the CPU's name and the flags that decide it (AVX512-BF16
 and AMX give bfloat16 products in hardware; without them XLA:CPU converts to float32 and back). The
@@ -23,12 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax import TrainConfig, decode, recipe_config, train
+from charlm_jax import TrainConfig, recipe_config
 from charlm_jax.model.charlstm import build_model
+from charlm_jax.runtime.distributed import block_sharding, make_mesh
 from charlm_jax.settings.config import COMPUTE_DTYPES
 from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.train.steps import create_train_state
+from charlm_jax.use.decode import generate_ids
 
-from common import cpu_flags, device_name, interleaved, platform_tag, versions, write_results
+from common import cpu_flags, interleaved, platform_tag, record, training_block, write_results
 
 VOCAB = 60  # a lower-cased English text's alphabet
 
@@ -59,40 +62,26 @@ def row_label(spec: str, config) -> str:
     return name if ":" not in spec else f"{name}-{config.num_layers}x{config.hidden_size}"
 
 
-def training_block(config, steps: int):
-    """A closure running ``steps`` training steps of ``config`` (the loop's compiled block), blocking."""
-    state = train.create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000)
-    model = build_model(config, VOCAB)
+def training_steps(config, steps: int):
+    """A closure running ``steps`` training steps of ``config`` (the loop's compiled block, one device), blocking."""
+    mesh = make_mesh(jax.devices()[:1])
+    fresh_state, run_block = training_block(config, VOCAB, mesh)
+    state = fresh_state()
     rng = np.random.default_rng(0)
-    block = jnp.asarray(rng.integers(0, VOCAB, (steps, config.batch_size, config.maxlen + 1)), jnp.int32)
-    carry_over = config.batching == "streams"
-    holder = {"state": state, "carries": model.zero_carries(config.batch_size)}
-
-    def run():
-        (holder["state"], holder["carries"]), metrics = train.train_block(
-            holder["state"],
-            holder["carries"],
-            block,
-            jax.random.key(1),
-            model=model,
-            maxlen=config.maxlen,
-            objective=config.objective,
-            carry_over=carry_over,
-        )
-        jax.block_until_ready(metrics["loss"])
-
-    return run
+    block = rng.integers(0, VOCAB, (steps, config.batch_size, config.maxlen + 1)).astype(np.int32)
+    windows = jax.device_put(block, block_sharding(mesh))
+    return lambda: jax.block_until_ready(run_block(state, windows)["loss"])
 
 
 def generation(config, length: int):
-    params = train.create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000).params
+    params = create_train_state(jax.random.key(0), config, VOCAB, total_steps=10_000).params
     model = build_model(config, VOCAB)
     options = GenerationOptions(length=length, temperatures=(0.2, 0.5, 1.0, 1.2))
     prompt = jnp.zeros((4, config.maxlen), jnp.int32)
 
     def run():
         jax.block_until_ready(
-            decode.generate_ids(params, jax.random.key(3), prompt, options, model=model, maxlen=config.maxlen)
+            generate_ids(params, jax.random.key(3), prompt, options, model=model, maxlen=config.maxlen)
         )
 
     return run
@@ -113,7 +102,7 @@ def main() -> None:
         # Weight averaging's cost per step, timed in the same rounds: float32 with --average-decay 0.999.
         averaged = {AVERAGED: dataclasses.replace(base, compute_dtype="float32", average_decay=0.999)}
         train_times = interleaved(
-            {d: training_block(c, args.steps) for d, c in {**configs, **averaged}.items()}, args.rounds
+            {d: training_steps(c, args.steps) for d, c in {**configs, **averaged}.items()}, args.rounds
         )
         gen_times = interleaved({d: generation(c, args.length) for d, c in configs.items()}, args.rounds)
         row = {
@@ -141,11 +130,8 @@ def main() -> None:
     stem = args.tag or f"{date}-{platform_tag()}{hardware}-compute-dtype"
     command = f"python benchmarks/compute_dtype.py --recipes {' '.join(args.recipes)} --rounds {args.rounds} --steps {args.steps}"
     data = {
-        "date": date,
-        "device": device_name(),
+        **record("compute_dtype.py"),
         "cpu_flags": flags,
-        "versions": versions(),
-        "command": command,
         "rows": rows,
         "devices": jax.device_count(),
     }

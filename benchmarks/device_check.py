@@ -22,7 +22,6 @@ docs/benchmarks.md ("On a GPU") says what each row decides.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -48,7 +47,8 @@ from charlm_jax.settings.generation import GenerationOptions  # noqa: E402
 from charlm_jax.settings.recipes import recipe_config  # noqa: E402
 from charlm_jax.use.decode import generate_ids  # noqa: E402
 
-from common import device_name, interleaved, peak_rss_bytes, platform_tag, training_block, versions  # noqa: E402
+from common import interleaved, peak_rss_bytes, platform_tag, record, training_block  # noqa: E402
+from peers import torch_generation_loop, torch_training_step  # noqa: E402
 
 VOCAB = 77  # the built-in corpus's characters
 UNROLLS = (1, 4, 15, 60)
@@ -134,40 +134,18 @@ def train_rows(tiny: bool, budget: Budget) -> dict:
 # ---------------------------------------------------------------- peers
 
 
-def torch_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def torch_step(config: TrainConfig, dtype: str):
-    """PyTorch's nn.LSTM (cuDNN on a GPU) on the same shape: one-hot in, as the book's model, RMSprop(0.01)."""
-    try:
-        import torch
-    except ImportError:
-        return "torch not installed"
-    device, dense = torch_device(), config.objective == "dense"
-    torch.manual_seed(0)
-    lstm = torch.nn.LSTM(VOCAB, config.hidden_size, config.num_layers, batch_first=True).to(device)
-    head = torch.nn.Linear(config.hidden_size, VOCAB).to(device)
-    optimizer = torch.optim.RMSprop([*lstm.parameters(), *head.parameters()], lr=0.01, alpha=0.9, eps=1e-7)
-    rng = np.random.default_rng(0)
-    ids = torch.as_tensor(rng.integers(0, VOCAB, (config.batch_size, config.maxlen + 1)), device=device)
-    inputs = torch.nn.functional.one_hot(ids[:, :-1], VOCAB).float()  # (batch, time, vocab)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-    def step():
-        optimizer.zero_grad()
-        with autocast:
-            out, _ = lstm(inputs)
-            logits = head(out if dense else out[:, -1])
-            targets = ids[:, 1:] if dense else ids[:, -1]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        loss.item()  # a host sync, as the block's loss read is
-
-    return step
+    """PyTorch's nn.LSTM (cuDNN on a GPU) on the same shape and objective (``peers.torch_training_step``)."""
+    step = torch_training_step(
+        VOCAB,
+        config.hidden_size,
+        config.batch_size,
+        config.maxlen,
+        layers=config.num_layers,
+        dense=config.objective == "dense",
+        dtype=dtype,
+    )
+    return step or "torch not installed"
 
 
 def cudnn_step(config: TrainConfig):
@@ -264,28 +242,8 @@ def generation_rows(tiny: bool) -> dict:
 
 
 def torch_generation(config: TrainConfig, rows: int, length: int):
-    """The book's loop in PyTorch: one LSTM step per character from a Python loop, sampled on the device."""
-    try:
-        import torch
-    except ImportError:
-        return "torch not installed"
-    device = torch_device()
-    lstm = torch.nn.LSTM(VOCAB, config.hidden_size, batch_first=True).to(device).eval()
-    head = torch.nn.Linear(config.hidden_size, VOCAB).to(device).eval()
-    eye = torch.eye(VOCAB, device=device)
-    temperatures = torch.linspace(0.2, 1.2, rows, device=device)[:, None]
-
-    def loop():
-        with torch.no_grad():
-            out, state = lstm(eye[torch.zeros(rows, config.maxlen, dtype=torch.long, device=device)])
-            logits = head(out[:, -1])
-            for _ in range(length):
-                char = torch.multinomial(torch.softmax(logits / temperatures, dim=-1), 1)  # (rows, 1)
-                out, state = lstm(eye[char], state)
-                logits = head(out[:, -1])
-            char.cpu()
-
-    return loop
+    """The book's loop in PyTorch on the same device (``peers.torch_generation_loop``)."""
+    return torch_generation_loop(VOCAB, config.hidden_size, config.maxlen, length, rows) or "torch not installed"
 
 
 # ---------------------------------------------------------------- XLA flags, tests, memory
@@ -412,14 +370,8 @@ def main(argv=None) -> int:
     if args.child_flags:
         child_flags(args.tiny)
         return 0
-    budget, date = Budget(args.budget_s), dt.date.today().isoformat()
-    data = {
-        "date": date,
-        "device": device_name(),
-        "backend": jax.default_backend(),
-        "versions": versions(),
-        "command": "python benchmarks/device_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
+    budget = Budget(args.budget_s)
+    data = {**record("device_check.py", argv), "backend": jax.default_backend()}
     if not args.skip_tests:
         section(data, "tests", lambda: test_rows(budget))
     section(data, "train", lambda: train_rows(args.tiny, budget))
@@ -428,7 +380,7 @@ def main(argv=None) -> int:
     section(data, "memory", memory_row)
     section(data, "flags", lambda: flag_rows(args.tiny, budget))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{date}-{platform_tag()}-device-check"
+    stem = args.out / f"{data['date']}-{platform_tag()}-device-check"
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
     stem.with_suffix(".md").write_text(markdown(data))
     print(markdown(data))

@@ -28,7 +28,7 @@ from charlm_jax.data.prepared import corpus_ids
 from charlm_jax.data.windows import split_windows
 from charlm_jax.settings.adapt import AdaptOptions
 
-from common import device_name, platform_tag, versions, write_results
+from common import platform_tag, record, write_results
 
 
 def race_text(name: str) -> str:
@@ -136,10 +136,7 @@ def main() -> None:
         ]
     )
     data = {
-        "date": date,
-        "device": device_name(),
-        "versions": versions(),
-        "command": command,
+        **record("dynamic_eval.py"),
         "chosen": {
             "rule": chosen.rule,
             "learning_rate": chosen.learning_rate,

@@ -38,7 +38,7 @@ import charlm_jax
 from charlm_jax.data.windows import Vocab, prepare_text, split_windows
 from charlm_jax.settings.adapt import AdaptOptions
 
-from common import RESULTS, device_name, platform_tag, versions, write_results
+from common import RESULTS, platform_tag, record, write_results
 from recipes import RACE_VAL_CHARS, race_text
 
 TEXTS = ("pydoc", "shakespeare", "python-source", "idle-notes")
@@ -291,10 +291,7 @@ def main() -> None:
         f"--time-repeats {args.time_repeats}"
     )
     data = {
-        "date": date,
-        "device": device_name(),
-        "versions": versions(),
-        "command": command,
+        **record("dynamic_eval_race.py"),
         "seconds": args.seconds,
         "book_source": book_source,
         "lstm_chosen": dataclasses.asdict(lstm_options),

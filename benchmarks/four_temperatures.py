@@ -20,13 +20,13 @@ configure_cpu_devices(auto_cpu_devices(128))  # as the API's first call splits t
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from bench import LENGTH, TEMPERATURES, book_language_model  # noqa: E402
 
 import charlm_jax  # noqa: E402
 from charlm_jax.runtime.distributed import make_mesh  # noqa: E402
 from charlm_jax.use.sampling import sample_with_noise  # noqa: E402
 
-from common import device_name, interleaved, versions, write_results  # noqa: E402
+from bench import LENGTH, TEMPERATURES, book_language_model  # noqa: E402
+from common import interleaved, record, write_results  # noqa: E402
 
 PART_STEPS = 2000
 
@@ -124,11 +124,8 @@ def main(argv=None) -> int:
 
     date = dt.date.today().isoformat()
     data = {
-        "date": date,
-        "device": device_name(),
+        **record("four_temperatures.py"),
         "devices": len(jax.devices()),
-        "versions": versions(),
-        "command": "python benchmarks/four_temperatures.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rounds": args.rounds,
         "rows": rows,
         "ratios": {

@@ -29,7 +29,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -41,7 +40,6 @@ if "--child-single" not in sys.argv:  # the XLA-flag children time one device, a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench import BOOK_LOOP_CHARS, LENGTH, MAXLEN, TEMPERATURES, book_language_model, keras_book_loop  # noqa: E402
 
 import charlm_jax  # noqa: E402
 from charlm_jax.runtime.distributed import block_sharding, make_mesh, put_windows, shard_rows  # noqa: E402
@@ -50,7 +48,9 @@ from charlm_jax.settings.generation import GenerationOptions  # noqa: E402
 from charlm_jax.settings.recipes import recipe_config  # noqa: E402
 from charlm_jax.use.decode import DECODE_UNROLL, _decode_step, _row_noise, generate_ids, start  # noqa: E402
 
-from common import device_name, interleaved, timed, training_block, versions, write_results  # noqa: E402
+from bench import BOOK_LOOP_CHARS, HIDDEN, LENGTH, MAXLEN, TEMPERATURES, VOCAB, book_language_model  # noqa: E402
+from common import interleaved, record, timed, training_block, write_results  # noqa: E402
+from peers import keras_book_loop  # noqa: E402
 
 LEVER_LENGTH = 2000
 STREAMS = (1, 8, 64, 512, 1024, 4096, 8192)
@@ -123,7 +123,7 @@ def bench_single(lm, quick: bool) -> dict:
             lm.params, 1, prompt_ids, one, model=lm.model, maxlen=MAXLEN
         ).block_until_ready(),
     }
-    book = keras_book_loop(quick)
+    book = keras_book_loop(VOCAB, HIDDEN, MAXLEN, BOOK_LOOP_CHARS[quick])
     if book is not None:
         fns["book_loop"] = book
     rounds = 5 if quick else 15
@@ -441,9 +441,7 @@ def main(argv=None) -> int:
     lm = book_language_model()
     sections = args.only or ["single", "levers", "roofline", "repetition"]
     results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": device_name(),
-        "versions": versions(),
+        **record("generation.py"),
         "sampler": DEFAULT_SAMPLER,
         "decode_unroll": DECODE_UNROLL,
     }

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import device_name, versions, write_results
+from common import record, write_results
 
 EXTRA_STEPS = 64
 TRAIN_FLAGS = ["--sample-length", "0", "--no-progress", "--steps-per-call", "16"]
@@ -125,9 +125,7 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     results = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": device_name(),
-        "versions": versions(),
+        **record("large_corpus.py"),
         "rows": [measure(int(size), work) for size in args.sizes],
     }
     text = markdown(results)

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import device_name, versions, write_results
+from common import record, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import TINY_CLI_FLAGS, TINY_TEXT  # noqa: E402
@@ -83,10 +83,7 @@ def main() -> None:
             print(tries[-1], flush=True)
     date = time.strftime("%Y-%m-%d")
     data = {
-        "date": date,
-        "device": device_name(),
-        "versions": versions(),
-        "command": f"python benchmarks/multihost_stop.py --tries {args.tries}",
+        **record("multihost_stop.py"),
         "tries": tries,
     }
     every = [s for t in tries for s in t["seconds_to_exit"]]

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import device_name, platform_tag, versions, write_results
+from common import platform_tag, record, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "<!-- quickstart -->"
@@ -81,10 +81,7 @@ def main() -> None:
     evaluated = next(s for s in steps if s["command"].startswith("charlm-jax eval"))
     date = time.strftime("%Y-%m-%d")
     data = {
-        "date": date,
-        "device": device_name(),
-        "versions": versions(),
-        "command": "python benchmarks/quickstart.py",
+        **record("quickstart.py"),
         "steps": steps,
         "records": records,
         "first_train_transcript": transcript(train_runs[0]["stdout"]),

@@ -34,7 +34,7 @@ import charlm_jax  # noqa: E402
 from charlm_jax import Limits, fit, load_text, recipe_config  # noqa: E402
 from charlm_jax.data.windows import Vocab, prepare_text, split_windows  # noqa: E402
 
-from common import RESULTS, device_name, platform_tag, versions  # noqa: E402
+from common import RESULTS, device_name, platform_tag, record  # noqa: E402
 
 TARGET_BITS = 0.3
 PEER_TARGET_BITS = 0.1  # below the best small GPT raced
@@ -328,13 +328,10 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python"] + sys.argv)
     data = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": device_name(),
-        "command": command,
+        **record("recipes.py"),
         "seconds": args.seconds,
         "chars": args.chars,
         "recommended": args.recommended,
-        "versions": versions(),
         "text_chars": {},
         "texts": {},
     }

@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 
 import charlm_jax  # noqa: E402
 
-from common import device_name, versions, write_results  # noqa: E402
+from common import device_name, record, write_results  # noqa: E402
 
 OPTIONS: dict[str, dict] = {
     "none": {},
@@ -104,10 +104,7 @@ def main(argv=None) -> int:
     lines += ["", "First prompt's samples (prompt | continuation, first 200 characters):", ""]
     lines += [f"- {key}: `{value[: lm.config.maxlen + 3 + 200]!r}`" for key, value in samples.items()]
     data = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": device_name(),
-        "versions": versions(),
-        "command": "python benchmarks/repetition.py",
+        **record("repetition.py"),
         "rows": rows,
         "samples": samples,
         "checkpoint": str(checkpoint),

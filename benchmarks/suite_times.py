@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import device_name, versions, write_results
+from common import record, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +50,8 @@ def main() -> None:
             runs["slow_cold"] = run_suite(cache, "-m", "slow", env_extra={"CHARLM_JAX_TEST_OPTIMIZE": "1"})
     date = time.strftime("%Y-%m-%d")
     data = {
-        "date": date,
-        "device": device_name(),
+        **record("suite_times.py"),
         "cores": os.cpu_count(),
-        "versions": versions(),
-        "command": "python benchmarks/suite_times.py" + (" --slow" if args.slow else ""),
         "runs": runs,
     }
     lines = [
