@@ -35,13 +35,8 @@ def tiny_config(**overrides) -> TrainConfig:
 
 
 def float64_mode():
-    """JAX's float64 mode as a context: ``jax.enable_x64`` (JAX >= 0.7), else ``jax.experimental.enable_x64``
-    (the lowest JAX pyproject.toml admits, which the tests also run on)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64(True)
+    """JAX's float64 mode as a context (``jax.enable_x64``, in every JAX pyproject.toml admits)."""
+    return jax.enable_x64(True)
 
 
 def assert_trees_equal(a, b) -> None:

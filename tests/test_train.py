@@ -1,5 +1,7 @@
 """Training pieces: Keras' RMSprop by hand, a step that learns, compiled once."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,14 @@ def test_eval_ignores_padding_rows(tiny_text):
     assert float(full_n) == 16 and float(part_n) == 10
     np.testing.assert_allclose(float(part_sum), float(head_sum), rtol=1e-6)
     assert float(part_sum) < float(full_sum)
+
+
+def test_optimizer_settings_are_config_fields_and_only_they_change_the_optimizer():
+    from charlm_jax.train.steps import OptimizerSettings
+
+    names = {f.name for f in dataclasses.fields(OptimizerSettings)}
+    assert names <= {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig()
+    assert make_optimizer(base) is make_optimizer(dataclasses.replace(base, hidden_size=64, seed=3, dropout=0.1))
+    for name, value in [("learning_rate", 0.02), ("clip_norm", 1.0), ("average_decay", 0.9), ("rmsprop_decay", 0.8)]:
+        assert make_optimizer(dataclasses.replace(base, **{name: value})) is not make_optimizer(base), name

@@ -95,7 +95,7 @@ def use_every_core() -> None:
 
             warnings.warn(
                 f"JAX started before charlm_jax could split the CPU, so this process trains and generates on one "
-                f"device of its {cores} cores (training at 0.74x the CLI's windows/s on 2 cores, benchmarks/api_vs_cli.py): "
+                f"device of its {cores} cores (training slower than the CLI, which uses every core): "
                 "call charlm_jax.use_every_core() before the script's first JAX computation, or set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={cores}",
                 CharLMWarning,

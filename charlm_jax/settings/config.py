@@ -195,7 +195,6 @@ class TrainConfig:
                 "charlm-jax: upgrade charlm-jax to read it"
             )
         values = dict(data)
-        values.setdefault("val_chars", 0)  # runs saved before the cap existed keep scoring their whole tail
         if "temperatures" in values:
             values["temperatures"] = tuple(float(t) for t in values["temperatures"])
         return cls(**values)

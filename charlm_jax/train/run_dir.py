@@ -3,10 +3,11 @@
     <out>/                 numbered orbax checkpoints (``checkpoint.CheckpointStore``), the newest three
     <out>/best/            the checkpoint of the best validation so far
     <out>/metrics.jsonl    one JSON record per validation, never ahead of the checkpoints
-    <out>/.lock            held by the one trainer writing here (``run_lock.RunLock``)
+    <out>/.charlm-jax.lock held by the one trainer writing here (``run_lock.RunLock``), with
+    <out>/.charlm-jax.lock.holder  the holder's note (host, process, start time)
 
 This module is the one place that creates, locks, starts, reads and appends to it; the trainer
-(``loop``) and the Keras importer both come through here. A checkpoint holds the parameters, the
+(``loop``) and the Keras importer (``interop.keras_import``) both come through here. A checkpoint holds the parameters, the
 items below (optimizer state, step and the LSTM carries of the batch in progress) and a meta record.
 """
 

@@ -52,7 +52,7 @@ class RunKeys:
         return prompt_key, generation_key
 
 
-def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) -> optax.Schedule:
+def learning_rate_schedule(config: TrainConfig | OptimizerSettings, total_steps: int | None = None) -> optax.Schedule:
     """The learning rate at each optimizer step (optax schedules, so it is traced into the step).
 
     ``total_steps`` is the run's planned length (epochs x steps per epoch); cosine decay ends
@@ -79,20 +79,27 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int | None = None) 
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
 
 
-# The fields of a TrainConfig that the optimizer reads.
-OPTIMIZER_FIELDS = (
-    "learning_rate",
-    "lr_schedule",
-    "warmup_steps",
-    "lr_final_fraction",
-    "clip_norm",
-    "weight_decay",
-    "rmsprop_decay",
-    "rmsprop_eps",
-    "rmsprop_eps_in_sqrt",
-    "max_nonfinite_in_row",
-    "average_decay",
-)
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The TrainConfig fields the optimizer reads, and nothing else: hashable, so equal settings share one
+    optimizer object (and one compiled block). ``build_optimizer`` reads only these, so a field it needs
+    and this type lacks is an AttributeError, never a silent default."""
+
+    learning_rate: float
+    lr_schedule: str
+    warmup_steps: int
+    lr_final_fraction: float
+    clip_norm: float | None
+    weight_decay: float
+    rmsprop_decay: float
+    rmsprop_eps: float
+    rmsprop_eps_in_sqrt: bool
+    max_nonfinite_in_row: int
+    average_decay: float
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> OptimizerSettings:
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
@@ -101,14 +108,13 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
     The train state holds its optimizer as static data, part of what the compiled block is keyed on:
     two runs with equal settings get the same object, so the second compiles nothing.
     """
-    settings = dataclasses.replace(TrainConfig(), **{name: getattr(config, name) for name in OPTIMIZER_FIELDS})
     if config.lr_schedule == "constant" and config.warmup_steps == 0:
         total_steps = None  # the book's fixed rate does not depend on the run's length
-    return build_optimizer(settings, total_steps)
+    return build_optimizer(OptimizerSettings.of(config), total_steps)
 
 
 @functools.cache
-def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+def build_optimizer(config: OptimizerSettings, total_steps: int | None = None) -> optax.GradientTransformation:
     """RMSprop with Keras 3's constants, optionally behind global-norm clipping, on a schedule.
 
     Keras 3: ``v = rho * v + (1 - rho) * g**2``; ``w -= lr * g / sqrt(v + epsilon)`` with
@@ -118,8 +124,7 @@ def build_optimizer(config: TrainConfig, total_steps: int | None = None) -> opta
     ``total_steps`` (the run's planned optimizer steps) is needed by the cosine schedule only.
     """
     if config.lr_schedule == "constant" and config.warmup_steps == 0:
-        # The book: a plain float, so its optimizer state has no schedule counter and
-        # checkpoints written before schedules existed still restore.
+        # The book: a plain float, so its optimizer state holds no schedule counter.
         learning_rate = config.learning_rate
     else:
         learning_rate = learning_rate_schedule(config, total_steps)

@@ -39,8 +39,8 @@ from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.use.adapt import adaptive_pass, gradient_scale
 from charlm_jax.use.decode import SAMPLE_CHUNK, as_key, generate_ids, sample_in_chunks
 
-# Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost at most
-# 1.2x one generate call per character (1.08x on 2 CPU cores; 64 cost 1.40x).
+# Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost little more than one
+# generate call per character (results/2026-12-02-cpu.md, the chunk table).
 DEFAULT_STREAM_CHUNK = SAMPLE_CHUNK
 
 
