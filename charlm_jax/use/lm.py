@@ -66,17 +66,32 @@ class LanguageModel:
         return self.vocab.encode(prepare_text(prompt, self.config.lowercase), what="prompt")
 
     @cached_property
-    def _cache(self) -> dict:
-        """What this model computes once: its parameters placed on each mesh, the adaptation's gradient scale."""
+    def _placed(self) -> dict:
+        """mesh -> the parameters replicated over it (placing them is the cost a repeated call must not pay)."""
+        return {}
+
+    @cached_property
+    def _adapt_scales(self) -> dict:
+        """(segment, scale_batches, scale_batch) -> the ``rms`` rule's gradient scale on the run's text."""
         return {}
 
     def params_on(self, mesh) -> dict:
         """The parameters replicated over ``mesh``'s devices, placed once per mesh."""
-        if mesh not in self._cache:
+        if mesh not in self._placed:
             from charlm_jax.runtime.distributed import put_global, replicated
 
-            self._cache[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
-        return self._cache[mesh]
+            self._placed[mesh] = jax.tree.map(lambda x: put_global(np.asarray(x), replicated(mesh)), self.params)
+        return self._placed[mesh]
+
+    def adapt_scale(self, options: AdaptOptions):
+        """The ``rms`` rule's gradient scale, measured once per setting on the run's own training text; None
+        for the ``sgd`` rule, which needs none."""
+        if options.rule != "rms":
+            return None
+        key = (options.segment, options.scale_batches, options.scale_batch)
+        if key not in self._adapt_scales:
+            self._adapt_scales[key] = measure_adapt_scale(self, options)
+        return self._adapt_scales[key]
 
 
 def with_compute_dtype(lm: LanguageModel, compute_dtype: str) -> LanguageModel:
@@ -173,7 +188,7 @@ def generate(
     if adapt_options is not None:
         # Read the prompt adapting (dynamic evaluation); the rows continue from the adapted weights,
         # which read the prompt again for their state. One seed still gives one text.
-        _, params, _ = adaptive_pass(lm.params, lm.model, prompt_ids, adapt_options, adapt_scale(lm, adapt_options))
+        _, params, _ = adaptive_pass(lm.params, lm.model, prompt_ids, adapt_options, lm.adapt_scale(adapt_options))
         lm = dataclasses.replace(lm, params=params)
     if mesh is None:  # the rows split over the CPU's cores as the CLI splits them (rows never talk)
         mesh = default_mesh(options.rows, min_rows=1)
@@ -267,26 +282,21 @@ def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str
             "pass a longer text" + (" or --mode stateful" if mode == "window" else "")
         )
     if options is not None:
-        log_probs, _, _ = adaptive_pass(lm.params, lm.model, ids, options, adapt_scale(lm, options))
+        log_probs, _, _ = adaptive_pass(lm.params, lm.model, ids, options, lm.adapt_scale(options))
         return log_probs / np.log(2.0)
     return score_ids(lm.params, lm.model, ids, mode, lm.config.maxlen)
 
 
-def adapt_scale(lm: LanguageModel, options: AdaptOptions):
-    """The ``rms`` rule's gradient scale, from the run's own training text (kept per segment length);
-    None for the ``sgd`` rule, which needs none."""
-    if options.rule != "rms":
-        return None
-    key = ("adapt-scale", options.segment, options.scale_batches, options.scale_batch)
-    if key not in lm._cache:
-        if lm.text is None or not lm.text.readable:
-            raise CharLMError(
-                "the rms adaptation rule measures the gradient scale on the run's training text, which this model's "
-                "run did not record in a form it can read again: pass AdaptOptions(rule='sgd') (--adapt-rule sgd)"
-            )
-        ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run"))
-        lm._cache[key] = gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
-    return lm._cache[key]
+def measure_adapt_scale(lm: LanguageModel, options: AdaptOptions):
+    """The ``rms`` rule's gradient scale on the training head of the run's own text (``LanguageModel.adapt_scale``
+    keeps it)."""
+    if lm.text is None or not lm.text.readable:
+        raise CharLMError(
+            "the rms adaptation rule measures the gradient scale on the run's training text, which this model's "
+            "run did not record in a form it can read again: pass AdaptOptions(rule='sgd') (--adapt-rule sgd)"
+        )
+    ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run"))
+    return gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
 
 
 def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
