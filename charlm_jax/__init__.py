@@ -37,6 +37,7 @@ _EXPORTS = {
     "FitResult": "train.run",
     "Limits": "train.run",
     "fit": "train.loop",
+    "fine_tune": "train.loop",
     "GenerationOptions": "settings.generation",
     "RECIPES": "settings.recipes",
     "recipe_config": "settings.recipes",

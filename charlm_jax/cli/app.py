@@ -116,6 +116,15 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
                 "--temperatures/--sample-mode have no effect with --sample-length 0: drop them or sample",
             ),
             (
+                given(args, "init_from") and args.resume,
+                "--init-from starts a new run from another run's weights and --resume continues the run in --out: "
+                "drop one of them (a fine-tuned run is resumed with --resume alone)",
+            ),
+            (
+                given(args, "new_rows") and not given(args, "init_from"),
+                "--new-rows says how fine-tuning starts a new character and needs --init-from RUN: drop it or add it",
+            ),
+            (
                 (given(args, "num_processes") or given(args, "process_id")) and args.coordinator is None,
                 "--num-processes/--process-id need --coordinator HOST:PORT (or set JAX_COORDINATOR_ADDRESS and "
                 "the JAX_ variables instead of the flags)",
@@ -128,6 +137,9 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     # A resumed run keeps its saved batch, so the CPU is split for that batch, not for the flags' default
     # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
     saved = peek_saved_config(args.out) if args.resume else None
+    if given(args, "init_from"):  # a fine-tuned run takes the source's settings, the flags on top
+        source = peek_saved_config(args.init_from)
+        saved = TrainConfig(**{**source.to_dict(), **overrides}) if source is not None else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
     text = training_text(args, (saved or fresh).lowercase)
     if args.recipe == AUTO_RECIPE:  # auto regularises a text its budget reads many times
@@ -140,7 +152,15 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     console = Console(
         soft_wrap=True, quiet=not is_main_process(), force_interactive=False if args.no_progress else None
     )
-    result = fit(None, text, args.out, resume=args.resume, overrides=overrides, limits=limits, console=console)
+    if given(args, "init_from"):
+        from charlm_jax.train.loop import fine_tune
+
+        new_rows = args.new_rows or "mean"
+        result = fine_tune(
+            args.init_from, text, args.out, overrides=overrides, limits=limits, console=console, new_rows=new_rows
+        )
+    else:
+        result = fit(None, text, args.out, resume=args.resume, overrides=overrides, limits=limits, console=console)
     return 128 + (stop.received or 0) if result.stop_reason.by_signal else 0
 
 

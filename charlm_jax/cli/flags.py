@@ -198,6 +198,19 @@ def add_train_command(commands) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint (default: off)"
     )
+    train.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="fine-tune: start a new run in --out from the weights of the run in RUN (its model shape and settings, "
+        "a fresh optimizer; the vocabulary becomes the union of both texts' characters; RUN is only read)",
+    )
+    train.add_argument(
+        "--new-rows",
+        choices=("mean", "fresh"),
+        default=None,
+        help="with --init-from, how a character the source never saw starts: mean (the mean of the trained rows, "
+        "as rare as the rarest known character; default) or fresh (a new model's initialisation)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     train.add_argument(
         "--time-limit",

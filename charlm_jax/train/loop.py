@@ -39,13 +39,14 @@ from charlm_jax.runtime.distributed import (
     use_every_core,
 )
 from charlm_jax.settings.config import TrainConfig
+from charlm_jax.train.init_from import DEFAULT_NEW_ROWS, fine_tune_config, read_source
 from charlm_jax.train.records import (
     save_stopped,
     say_best,
     write_record,
 )
 from charlm_jax.train.report import ProgressBar
-from charlm_jax.train.run import FitResult, Limits, Run, RunState, StopReason, start_run
+from charlm_jax.train.run import Begin, FitResult, Limits, Run, RunState, StopReason, start_run
 from charlm_jax.train.run_dir import RunDirectory, zero_carries
 from charlm_jax.train.signals import Stopped, StopSignals
 from charlm_jax.train.steps import compiled_train_block, learning_rate_schedule, make_optimizer
@@ -75,6 +76,46 @@ def fit(
     with ``resume=True`` must match the saved one in every other field. ``limits``: when to stop
     early (``Limits``). The progress bar shows on an interactive ``console`` only.
     """
+    return train_run(config, text, out_dir, Begin(resume=resume), overrides, limits, console, mesh)
+
+
+def fine_tune(
+    source: str | os.PathLike,
+    text: str | PreparedCorpus | None,
+    out_dir: str | os.PathLike,
+    *,
+    config: TrainConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
+    console: Console | None = None,
+    new_rows: str = DEFAULT_NEW_ROWS,
+) -> FitResult:
+    """A new run in ``out_dir`` that starts from the weights of the run in ``source`` (``train --init-from``).
+
+    The settings are the source's (or ``config``), with ``overrides`` on top; its model shape cannot change.
+    The vocabulary is the union of the source's characters and ``text``'s; a new character's rows are made by
+    ``new_rows`` (``train.init_from``). The optimizer, the steps and the schedule start fresh; the source run is
+    only read. The new run is a run like any other (``fit(..., resume=True)`` continues it) and records its
+    origin in ``<out_dir>/init_from.json``. A bad source or a shape that differs is refused before anything is
+    written.
+    """
+    use_every_core()
+    init = read_source(source, new_rows)
+    config = fine_tune_config(init.config, config, dict(overrides or {}))
+    return train_run(config, text, out_dir, Begin(init=init), None, limits, console, None)
+
+
+def train_run(
+    config: TrainConfig | None,
+    text: str | PreparedCorpus | None,
+    out_dir: str | os.PathLike,
+    begin: Begin,
+    overrides: Mapping[str, Any] | None,
+    limits: Limits | None,
+    console: Console | None,
+    mesh,
+) -> FitResult:
+    """``fit`` and ``fine_tune``'s one loop: the run begins as ``begin`` says (new, resumed, from a source)."""
     use_every_core()
     limits = limits or Limits()
     console = console or Console(soft_wrap=True, quiet=not is_main_process())
@@ -84,8 +125,8 @@ def fit(
         signals.deferred(),
         RunDirectory.opened(out_dir, lock=is_main_process()) as directory,
     ):
-        limits, mesh = replace(limits, signals=signals), mesh or training_mesh(config, overrides, out_dir, resume)
-        run, state = start_run(config, overrides or {}, text, directory, resume, mesh, console, limits)
+        limits, mesh = replace(limits, signals=signals), mesh or training_mesh(config, overrides, out_dir, begin.resume)
+        run, state = start_run(config, overrides or {}, text, directory, begin, mesh, console, limits)
         reason = None
         with ProgressBar(console, run.steps_per_epoch) as bar, contextlib.closing(run.events):
             try:

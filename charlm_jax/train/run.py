@@ -24,10 +24,11 @@ from charlm_jax.model.charlstm import CharLSTM, build_model
 from charlm_jax.runtime.distributed import check_batch_divides, is_main_process
 from charlm_jax.settings.config import TrainConfig, resume_config
 from charlm_jax.train.event_log import EVENTS_SUBDIR, EventLog
+from charlm_jax.train.init_from import InitFrom, fine_tune_config, transplant, union_vocab, write_origin
 from charlm_jax.train.report import opening_line
 from charlm_jax.train.run_dir import RunDirectory, new_run_prompt, read_checkpoint, write_new_run
 from charlm_jax.train.signals import StopSignals
-from charlm_jax.train.steps import RunKeys, TrainState, make_optimizer
+from charlm_jax.train.steps import RunKeys, TrainState, create_train_state, make_optimizer
 
 
 class StopReason(enum.StrEnum):
@@ -191,29 +192,45 @@ class FitResult:
         return self.stop_reason.by_signal
 
 
+@dataclass(frozen=True)
+class Begin:
+    """How a run begins: new (from the seed's initialisation), resumed from its own checkpoint, or from another
+    run's weights (``init``: fine-tuning)."""
+
+    resume: bool = False
+    init: InitFrom | None = None
+
+
 def start_run(
     config: TrainConfig | None,
     overrides: Mapping[str, Any],
     text: str | PreparedCorpus | None,
     directory: RunDirectory,
-    resume: bool,
+    begin: Begin,
     mesh,
     console: Console,
     limits: Limits,
 ) -> tuple[Run, RunState]:
-    """The run's fixed parts and its state: fresh, or restored from the latest readable checkpoint.
+    """The run's fixed parts and its state: fresh, from a source run's weights, or restored from the latest
+    readable checkpoint.
 
     Everything a user passed is checked here, before the first block is trained.
     """
-    saved = restore_latest(directory, mesh, console, resume)
+    saved = restore_latest(directory, mesh, console, begin.resume)
     meta = saved[0] if saved is not None else None
-    config = (
-        replace(config or TrainConfig(), **overrides) if meta is None else resume_config(meta.config, config, overrides)
-    )
+    if begin.init is not None:
+        config = fine_tune_config(begin.init.config, config, dict(overrides))
+    elif meta is None:
+        config = replace(config or TrainConfig(), **overrides)
+    else:
+        config = resume_config(meta.config, config, overrides)
     check_batch_divides(config.batch_size, mesh)
     text, record = run_text(text, meta, directory)
     vocab, corpus = corpus_ids(text, config.lowercase)
-    if meta is not None and meta.vocab != vocab:  # a run from before texts were recorded, given another text
+    wider = begin.init.vocab if begin.init is not None else meta.vocab if meta is not None else None
+    if wider is not None:  # a fine-tuned run's vocabulary is wider than its text's
+        vocab, corpus = widened(vocab, corpus, wider)
+    if meta is not None and meta.vocab != vocab:  # the text has characters the checkpoint's vocabulary lacks
         raise worded(
             "{resume} with a different text: its characters differ from the checkpoint's vocabulary; pass the "
             "original run's {text}"
@@ -236,7 +253,7 @@ def start_run(
         text=record,
     )
     check_work_left(run, meta.step if meta is not None else 0, meta.train_seconds if meta is not None else 0.0)
-    state = restored_state(run, *saved) if saved is not None else new_state(run)
+    state = restored_state(run, *saved) if saved is not None else new_state(run, begin.init)
     run = replace(run, events=EventLog.open(directory.path) if is_main_process() else EventLog())
     if run.events.enabled:
         console.print(f"TensorBoard events in {directory.path / EVENTS_SUBDIR}: tensorboard --logdir {directory.path}")
@@ -302,17 +319,39 @@ def check_work_left(run: Run, step: int, train_seconds: float) -> None:
         )
 
 
-def new_state(run: Run) -> RunState:
+def new_state(run: Run, init: InitFrom | None = None) -> RunState:
+    """A new run's step-0 state: the seed's initialisation, or ``init``'s weights moved onto the run's vocabulary."""
+    params = None
+    if init is not None:
+        fresh = create_train_state(RunKeys.from_seed(run.config.seed).init, run.config, run.vocab.size, 1).params
+        params = transplant(init, fresh, run.vocab)
+        if is_main_process():
+            write_origin(run.directory.path, init, run.vocab)
+        run.console.print(
+            f"fine-tuning from {init.path} (step {init.step}): {run.vocab.size - init.vocab.size} new character(s), "
+            "a fresh optimizer"
+        )
     train, carries = write_new_run(
         run.directory.store,
         run.config,
         run.vocab,
         run.default_prompt,
         run.mesh,
+        params=params,
         total_steps=run.total_steps,
         text=run.text,
     )
     return RunState(train=train, carries=carries, step=0, schedule_steps=run.total_steps)
+
+
+def widened(vocab: Vocab, corpus: np.ndarray, source: Vocab) -> tuple[Vocab, np.ndarray]:
+    """The union of ``source``'s characters and the text's, and the text's ids in it (the same array when
+    the text's vocabulary already is the union)."""
+    union = union_vocab(source, vocab)
+    if union == vocab:
+        return vocab, corpus
+    new_ids = union.encode(vocab.chars)  # (text vocab,): each text id's id in the union
+    return union, new_ids[np.asarray(corpus)].astype(np.int32)
 
 
 def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, Any]]) -> RunState:
