@@ -115,3 +115,13 @@ def test_the_cli_fine_tunes_and_refuses_init_from_with_resume(capsys, trained_ru
     err = capsys.readouterr().err
     assert code == 2 and "model shape" in err and not (tmp_path / "x").exists()
     assert jax.tree.structure(charlm_jax.load(out).params) == jax.tree.structure(charlm_jax.load(source).params)
+
+
+def test_fine_tuning_starts_at_half_the_sources_peak_rate_unless_given():
+    from charlm_jax.settings.config import TrainConfig
+    from charlm_jax.train.init_from import FINE_TUNE_LR_SCALE, fine_tune_config
+
+    source = TrainConfig(learning_rate=0.02, hidden_size=32)
+    assert fine_tune_config(source, None, {}).learning_rate == 0.02 * FINE_TUNE_LR_SCALE
+    assert fine_tune_config(source, None, {"learning_rate": 0.003}).learning_rate == 0.003
+    assert fine_tune_config(source, source, {}).learning_rate == 0.02  # a whole config is taken as it is

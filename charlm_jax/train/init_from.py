@@ -32,6 +32,10 @@ MODEL_SHAPE_FIELDS = ("hidden_size", "num_layers", "recurrent_activation", "lowe
 NEW_ROWS = ("mean", "fresh")
 DEFAULT_NEW_ROWS = "mean"
 ORIGIN_NAME = "init_from.json"
+# Fine-tuning's peak learning rate, as a share of the source's, unless one is given: half of it scored best of
+# 1, 0.5 and 0.25 on the tuning text at 60 s (results/2026-12-05-cpu-fine-tune-sweep) and kept more of the
+# source's skill than the full rate.
+FINE_TUNE_LR_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,12 @@ def read_source(path: str | os.PathLike, new_rows: str = DEFAULT_NEW_ROWS) -> In
 
 
 def fine_tune_config(source: TrainConfig, config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The new run's config: the source's, or ``config``, with ``overrides`` on top; a model shape that differs
-    from the source's is refused, naming the fields."""
+    """The new run's config: the source's (its peak learning rate scaled by ``FINE_TUNE_LR_SCALE``), or
+    ``config``, with ``overrides`` on top; a model shape that differs from the source's is refused, naming the
+    fields."""
     values = dataclasses.asdict(config if config is not None else source)
+    if config is None:
+        values["learning_rate"] = source.learning_rate * FINE_TUNE_LR_SCALE
     values.update(overrides)
     values["temperatures"] = tuple(values["temperatures"])
     differing = [name for name in MODEL_SHAPE_FIELDS if values[name] != getattr(source, name)]
