@@ -153,9 +153,10 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
         soft_wrap=True, quiet=not is_main_process(), force_interactive=False if args.no_progress else None
     )
     if given(args, "init_from"):
+        from charlm_jax.train.init_from import DEFAULT_NEW_ROWS
         from charlm_jax.train.loop import fine_tune
 
-        new_rows = args.new_rows or "mean"
+        new_rows = args.new_rows or DEFAULT_NEW_ROWS
         result = fine_tune(
             args.init_from, text, args.out, overrides=overrides, limits=limits, console=console, new_rows=new_rows
         )
