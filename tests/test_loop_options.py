@@ -7,6 +7,7 @@ import pytest
 
 import charlm_jax
 from charlm_jax.cli.app import main
+from charlm_jax.errors import CharLMError
 from charlm_jax.io.checkpoint import CheckpointStore
 from charlm_jax.train.loop import Limits, fit
 
@@ -180,7 +181,7 @@ def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_pa
         tiny_text,
         tmp_path,
         console=QUIET,
-        limits=Limits(max_seconds=3.0, clock=TickingClock(0.1)),
+        limits=Limits(max_train_seconds=3.0, clock=TickingClock(0.1)),
     )
     planned = records_of(tmp_path)[-1]
     assert first.stop_reason == "time_limit" and 3.0 <= planned["train_seconds"] < 3.2
@@ -194,10 +195,59 @@ def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_pa
         tiny_text,
         tmp_path,
         console=QUIET,
-        limits=Limits(max_seconds=4.0, clock=TickingClock(0.1)),
+        limits=Limits(max_train_seconds=4.0, clock=TickingClock(0.1)),
         resume=True,
     )
     assert records_of(tmp_path)[-1]["schedule_steps"] == planned["schedule_steps"]  # the plan is kept
+
+
+def test_a_wall_clock_budget_ends_the_run_within_it_final_record_included(tmp_path, tiny_text):
+    """Every read of the injected clock is 0.1 s: blocks, validations, samples and checkpoints all cost time, and
+    the run's last record (its checkpoint written) still comes before the budget is spent."""
+    config = tiny_config(epochs=500, lr_schedule="cosine", warmup_steps=0, sample_length=0, steps_per_call=4)
+    clock = TickingClock(0.1)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, limits=Limits(max_seconds=6.0, clock=clock, started=0.0))
+    records = records_of(tmp_path)
+    assert result.stop_reason == "time_limit" and records[-1]["step"] == int(result.state.step)
+    assert records[-1]["wall_seconds"] <= 6.0 and clock.now <= 6.0 + 0.5  # the last line: within a few reads
+    assert records[-1]["train_seconds"] < records[-1]["wall_seconds"]  # the wall clock counts more than training
+    with CheckpointStore(tmp_path, create=False) as store:
+        saved = store.restore_meta()
+    assert 0 < saved.wall_seconds <= 6.0 and saved.schedule_steps == records[-1]["schedule_steps"]
+    # A resume counts the wall clock already spent: at the budget, it is refused before any work.
+    with pytest.raises(CharLMError, match="already its time limit"):
+        fit(config, tiny_text, tmp_path, console=QUIET, resume=True, limits=Limits(max_seconds=saved.wall_seconds))
+
+
+def test_records_space_out_to_a_share_of_a_wall_clock_budget_and_a_run_past_its_best_stops():
+    from types import SimpleNamespace
+
+    from charlm_jax.train.loop import PAST_BEST_SHARE, RECORD_SHARE, account_record, past_best
+    from charlm_jax.train.run import RunState
+
+    now = [0.0]
+    run = SimpleNamespace(
+        limits=Limits(max_seconds=100.0, clock=lambda: now[0], started=0.0), config=tiny_config(eval_every_steps=10)
+    )
+    state = RunState(train=None, carries=None, step=100, step_seconds=0.01)
+    state.history.append({"step": 100, "best": True})
+    account_record(run, state, 5.0)  # the first record compiles: its time sets no interval
+    assert state.record_every == 0 and state.record_seconds == 5.0 and state.best_wall_seconds == 0.0
+    state.step = 200
+    state.history.append({"step": 200})
+    account_record(run, state, 0.4)  # 0.4 s a record at 0.01 s a step: one record per 500 steps is 8 %
+    assert state.record_every == round(0.4 / (RECORD_SHARE * 0.01)) == 500
+    for step in (700, 1200):
+        state.step, now[0] = step, now[0] + 6.0
+        state.history.append({"step": step})
+        account_record(run, state, 0.4)
+        assert not past_best(run, state)  # three records since the best, but 12 s < 20 % of 100 s
+    state.step, now[0] = 1700, PAST_BEST_SHARE * 100.0
+    state.history.append({"step": 1700})
+    account_record(run, state, 0.4)
+    assert past_best(run, state) and "since step 100" in state.stop_note
+    untimed = SimpleNamespace(limits=Limits(max_train_seconds=100.0), config=run.config)
+    assert not past_best(untimed, state)
 
 
 def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_text):

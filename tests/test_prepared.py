@@ -8,6 +8,7 @@ import pytest
 
 import charlm_jax
 from charlm_jax.cli import app as cli
+from charlm_jax.cli import texts as cli_texts
 from charlm_jax.data.prepared import IDS_NAME, META_NAME, open_prepared, prepare, prepared_for
 from charlm_jax.data.windows import Vocab, split_windows
 from charlm_jax.errors import CharLMError
@@ -136,7 +137,7 @@ def test_prepare_train_and_eval_from_the_cli(tmp_path, tiny_text, capsys):
 
 
 def test_a_large_text_file_trains_through_a_prepared_corpus_by_itself(tmp_path, tiny_text, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "AUTO_PREPARE_BYTES", 1000)
+    monkeypatch.setattr(cli_texts, "AUTO_PREPARE_BYTES", 1000)
     source = tmp_path / "text.txt"
     source.write_text(tiny_text)
     flags = [

@@ -13,25 +13,28 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from charlm_jax.cli.flags import AUTO_PREPARE_BYTES, DEBUG_ENV, build_parser
+from charlm_jax.cli.flags import DEBUG_ENV, build_parser
+from charlm_jax.cli.texts import local_text_file, text_length, training_text
 from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.settings.config import DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, TrainConfig
 from charlm_jax.settings.recipes import AUTO_RECIPE, recipe_values
 from charlm_jax.train.signals import Stopped, StopSignals
 
 
+def time_budget(args: argparse.Namespace) -> float | None:
+    """The seconds ``--recipe auto`` plans for: the wall clock's, or the training clock's."""
+    wall = getattr(args, "time_limit", None)
+    return wall if wall is not None else getattr(args, "train_time_limit", None)
+
+
 def config_overrides(args: argparse.Namespace, corpus_chars: int | None = None) -> dict[str, Any]:
     """The config fields the user set: a recipe's values, then the flags given explicitly."""
-    values = (
-        recipe_values(args.recipe, getattr(args, "time_limit", None), corpus_chars=corpus_chars)
-        if args.recipe is not None
-        else {}
-    )
+    values = recipe_values(args.recipe, time_budget(args), corpus_chars=corpus_chars) if args.recipe is not None else {}
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name)
         if value is not None:
@@ -95,7 +98,13 @@ def adapt_options(args: argparse.Namespace):
 def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
     from charlm_jax.train.loop import Limits, fit
 
-    limits = Limits(max_steps=args.max_steps, max_seconds=args.time_limit, signals=stop)  # checked here, once
+    limits = Limits(  # checked here, once
+        max_steps=args.max_steps,
+        max_seconds=args.time_limit,
+        max_train_seconds=args.train_time_limit,
+        signals=stop,
+        started=args.started,  # the wall-clock budget counts from the command's start
+    )
     overrides = config_overrides(args)
     fresh = TrainConfig(**overrides)  # validates the flags before anything is loaded
     refuse_ineffective(
@@ -141,7 +150,7 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
         source = peek_saved_config(args.init_from)
         saved = TrainConfig(**{**source.to_dict(), **overrides}) if source is not None else None
     start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
-    text = training_text(args, (saved or fresh).lowercase)
+    text = training_text(args, (saved or fresh).lowercase, (saved or fresh).units)
     if args.recipe == AUTO_RECIPE:  # auto regularises a text its budget reads many times
         overrides = config_overrides(args, corpus_chars=text_length(text))
     from rich.console import Console
@@ -206,10 +215,12 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     if args.prompt_file is not None:
         from charlm_jax.data.corpus import read_text_file
 
-        prompt = read_text_file(args.prompt_file)
+        prompt = read_text_file(args.prompt_file, lm.config.units)
     else:
         prompt = args.prompt if args.prompt is not None else lm.default_prompt
-    lm.encode_prompt(prompt)  # unknown characters refused before anything is printed
+    prompt_ids = lm.encode_prompt(prompt, args.unseen)  # unknown characters refused before anything is printed
+    if args.unseen == "skip":  # said once, here: the prompt goes on without them
+        prompt = lm.vocab.decode(prompt_ids)
     chunk = {} if args.chunk is None else {"chunk": args.chunk}
     if args.stream:
         # Row ``index`` of the unstreamed call: the same text, whatever the chunk. stream() checks its
@@ -234,54 +245,6 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     return 0
 
 
-def text_length(text) -> int | None:
-    """Characters of a run's text: a string or a prepared corpus (None when the run reads its own or the
-    built-in corpus)."""
-    if text is None:
-        return None
-    return len(text) if isinstance(text, str) else text.num_chars
-
-
-def training_text(args: argparse.Namespace, lowercase: bool):
-    """The text a run trains on: a string, or a prepared corpus (--data, or a --text file over
-    AUTO_PREPARE_BYTES, prepared into <out>/prepared once and reused while its sha256 matches), or None
-    when no text is named (the run's own text on --resume, else the built-in corpus)."""
-    from charlm_jax.data.corpus import load_text
-    from charlm_jax.data.prepared import open_prepared, prepared_for
-
-    if args.data is not None:
-        return open_prepared(args.data)
-    if args.text is None and args.corpus is None:
-        return None  # fit's choice: the run's own text for --resume, the built-in corpus for a new run
-    if args.text is not None:
-        # A download is checked before it is cached; a local file once, where it is read.
-        downloaded = args.text.startswith(("http://", "https://"))
-        path = local_text_file(args.text, args.sha256 if downloaded else None)
-        if path.is_file() and path.stat().st_size > AUTO_PREPARE_BYTES:
-            path = local_text_file(args.text, args.sha256)
-            cache = Path(args.out) / "prepared"
-            print(
-                f"{path} is {path.stat().st_size / 2**20:,.0f} MiB: reading it through a prepared corpus in "
-                f"{cache} (kept for --resume)",
-                flush=True,
-            )
-            return prepared_for(path, cache, lowercase)
-    return load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-
-
-def local_text_file(text: str, sha256: str | None) -> Path:
-    """The file ``--text`` names: a path, or a URL's download in the cache (``fetch_url``); its checksum
-    checked against ``sha256`` when given (streamed: the file may be larger than memory)."""
-    from charlm_jax.data.corpus import fetch_url, file_sha256
-
-    if text.startswith(("http://", "https://")):
-        return fetch_url(text, sha256=sha256)
-    path = Path(text)
-    if sha256 is not None and path.is_file() and (actual := file_sha256(path)) != sha256.lower():
-        raise CharLMError(f"sha256 of {path} is {actual}, expected {sha256}: the file changed or the checksum is wrong")
-    return path
-
-
 def run_prepare(args: argparse.Namespace, stop: StopSignals) -> int:
     import time
 
@@ -289,11 +252,11 @@ def run_prepare(args: argparse.Namespace, stop: StopSignals) -> int:
 
     path = local_text_file(args.text, args.sha256)
     started = time.perf_counter()
-    corpus = prepare(path, args.out, lowercase=not args.no_lowercase)
+    corpus = prepare(path, args.out, lowercase=not args.no_lowercase, units=args.units)
     seconds = time.perf_counter() - started
     megabytes = path.stat().st_size / 1e6
     print(
-        f"prepared {corpus.num_chars:,} characters ({corpus.vocab.size} distinct, {corpus.ids.dtype.name}) from "
+        f"prepared {corpus.num_chars:,} {'bytes' if corpus.units == 'bytes' else 'characters'} ({corpus.vocab.size} distinct, {corpus.ids.dtype.name}) from "
         f"{args.text} into {args.out} in {seconds:.1f} s ({megabytes / max(seconds, 1e-9):.0f} MB/s); train with "
         f"charlm-jax train --data {args.out}"
     )
@@ -317,16 +280,18 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     if args.data is not None:
         text = open_prepared(args.data)
     elif args.text is not None or args.corpus is not None:
-        text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256)
-    scores = score(lm, text, mode=mode, adapt=adapt)  # text None: the held-out tail of the run's own text
-    bits = float(-scores.mean())
+        text = load_text(args.text if args.text is not None else args.corpus, sha256=args.sha256, units=lm.config.units)
+    # text None: the held-out tail of the run's own text
+    scores = score(lm, text, mode=mode, adapt=adapt, unseen=args.unseen)
+    bits, unit = float(-scores.mean()), lm.vocab.unit
     scored = f"the held-out tail of {lm.text.describe()}" if text is None and lm.text is not None else None
     if args.json:
         print(
             json.dumps(
                 {
-                    "bits_per_char": bits,
-                    "characters": int(len(scores)),
+                    f"bits_per_{unit}": bits,
+                    "unit": unit,
+                    "characters" if unit == "char" else "bytes": int(len(scores)),
                     "mode": mode,
                     "adapt": dataclasses.asdict(adapt) if adapt is not None else None,
                     "checkpoint": str(args.checkpoint),
@@ -337,7 +302,7 @@ def run_eval(args: argparse.Namespace, stop: StopSignals) -> int:
     else:
         adapted = ", adapted" if adapt is not None else ""
         print(
-            f"{bits:.4f} bits/char over {len(scores):,} characters ({mode} mode{adapted})"
+            f"{bits:.4f} bits/{unit} over {len(scores):,} {'character' if unit == 'char' else unit}s ({mode} mode{adapted})"
             + (f" of {scored}" if scored else "")
         )
     return 0
@@ -381,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     143 stopped by SIGINT and SIGTERM after saving. ``--debug`` (or ``CHARLM_JAX_DEBUG=1``)
     lets the traceback through instead.
     """
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.started = started
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     # Orbax logs every save at INFO level through absl, and a failed restore leaves asyncio tasks whose
     # exceptions asyncio logs at ERROR level; keep the terminal for our own output.

@@ -16,9 +16,13 @@ from charlm_jax.settings.config import (
     DEFAULT_SAMPLER,
     GENERATION_MODES,
     SAMPLERS,
+    UNITS,
     TrainConfig,
 )
 from charlm_jax.settings.recipes import AUTO_RECIPE, DEFAULT_RECIPE, RECIPE_NAMES
+
+# windows.UNSEEN_POLICIES, here so --help imports no numpy
+UNSEEN_POLICIES = ("error", "skip")
 
 # A --text file larger than this trains through a prepared corpus (memory independent of its size).
 AUTO_PREPARE_BYTES = 64 << 20
@@ -64,6 +68,16 @@ def _add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="split the CPU into N JAX devices, the batch divided among them (default: one "
         "per core when no GPU/TPU is present; nothing changes on a GPU or TPU)",
+    )
+
+
+def _add_unseen_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--unseen",
+        choices=UNSEEN_POLICIES,
+        default="error",
+        help=f"a character of {what} the model never saw: error (refuse, naming it; default) or skip (leave it "
+        "out and say how many were left out); a --units bytes model sees every text",
     )
 
 
@@ -160,6 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_limit_flags(train: argparse.ArgumentParser) -> None:
+    """When a run stops before its epochs: the wall clock, the training clock, the steps."""
+    train.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="the run's wall clock, from this command to its last line (compiling, validating, checkpointing "
+        "included; counted across --resume): it ends with a record and a checkpoint in time; --resume "
+        "continues (default: none)",
+    )
+    train.add_argument(
+        "--train-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this much training time alone (validation, samples and checkpoints excluded; counted "
+        "across --resume); not with --time-limit (default: none)",
+    )
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimizer steps in all (counted across --resume), validate and "
+        "checkpoint; --resume continues (default: none)",
+    )
+
+
 def add_train_command(commands) -> None:
     """The ``train`` command's flags."""
     train = commands.add_parser(
@@ -212,20 +252,7 @@ def add_train_command(commands) -> None:
         "as rare as the rarest known character; default) or fresh (a new model's initialisation)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
-    train.add_argument(
-        "--time-limit",
-        type=float,
-        metavar="SECONDS",
-        help="stop after this much training time (validation excluded; counted across "
-        "--resume), validate and checkpoint; --resume continues (default: none)",
-    )
-    train.add_argument(
-        "--max-steps",
-        type=int,
-        metavar="N",
-        help="stop after N optimizer steps in all (counted across --resume), validate and "
-        "checkpoint; --resume continues (default: none)",
-    )
+    _add_limit_flags(train)
     _add_cpu_devices_flag(train)
     _add_config_flags(train)
     cluster = train.add_argument_group("multi-host (default: single process; see docs/design.md, More than one device)")
@@ -253,6 +280,7 @@ def add_generate_command(commands) -> None:
         metavar="PATH",
         help="a UTF-8 file whose text, of any length, is the prompt (with --adapt: read adapting)",
     )
+    _add_unseen_flag(generate, "the prompt")
     _add_adapt_flags(generate, "the prompt, then generate from the adapted weights")
     generate.add_argument("--length", type=int, default=400, help="characters to generate (default: 400)")
     generate.add_argument(
@@ -290,8 +318,8 @@ def add_eval_command(commands) -> None:
     """The ``eval`` command's flags."""
     evaluate = commands.add_parser(
         "eval",
-        help="bits per character of a text under a checkpoint",
-        description="Score a text: mean negative log2-probability per character.",
+        help="bits per character (per byte for a --units bytes run) of a text under a checkpoint",
+        description="Score a text: mean negative log2-probability per character (per byte for a byte model).",
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
     scored = evaluate.add_mutually_exclusive_group()
@@ -319,6 +347,7 @@ def add_eval_command(commands) -> None:
         "character (default: window; stateful with --adapt)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    _add_unseen_flag(evaluate, "the text")
     _add_adapt_flags(evaluate, "the text (each segment scored before the model learns from it; needs --mode stateful)")
     evaluate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
 
@@ -339,6 +368,12 @@ def add_prepare_command(commands) -> None:
         "--no-lowercase",
         action="store_true",
         help="keep the text's case (train with --no-lowercase too; default: lower-cased, as the book)",
+    )
+    prepare.add_argument(
+        "--units",
+        choices=UNITS,
+        default="chars",
+        help="chars (default) or bytes: the file's UTF-8 bytes, any file at all (train with --units bytes too)",
     )
 
 

@@ -55,13 +55,18 @@ def default_cache_dir() -> Path:
 
 
 def load_text(
-    source: str | os.PathLike | None = None, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+    source: str | os.PathLike | None = None,
+    *,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    units: str = "chars",
 ) -> SourcedText:
     """Return the raw text named by ``source``: a built-in corpus name, a URL or a path.
 
     ``None`` means the built-in default corpus. The text is returned exactly as
     read (no lower-casing: that is a config choice applied by the caller), as a ``str`` that
     remembers its source (``SourcedText``): ``fit`` records it, and ``resume=True`` reads it again.
+    ``units="bytes"`` reads a file that is not UTF-8 too (see ``read_text_file``), for a byte model.
     """
     source = os.fspath(source) if source is not None else None
     if source is None or source in BUILTIN_CORPORA:
@@ -69,7 +74,7 @@ def load_text(
         text = SourcedText(builtin_corpus(name), "corpus", name)
     elif source.startswith(("http://", "https://")):
         path = fetch_url(source, sha256=sha256, cache_dir=cache_dir)
-        text = SourcedText(read_text_file(path), "url", source)
+        text = SourcedText(read_text_file(path, units), "url", source)
     else:
         path = Path(source)
         if not path.exists() and not path.suffix and "/" not in source:
@@ -79,14 +84,18 @@ def load_text(
             )
         if sha256 is not None:
             _check_sha256(path.read_bytes() if path.is_file() else b"", sha256, str(path))
-        text = SourcedText(read_text_file(path), "file", str(path.resolve()))
+        text = SourcedText(read_text_file(path, units), "file", str(path.resolve()))
     if not text:
         raise CharLMError(f"the text from {source or DEFAULT_CORPUS!r} is empty: pass a file with some text in it")
     return text
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file, turning every OS or decoding problem into a one-line error."""
+def read_text_file(path: str | os.PathLike, units: str = "chars") -> str:
+    """Read a UTF-8 text file, turning every OS or decoding problem into a one-line error.
+
+    For a byte model (``units="bytes"``) any file is text: a byte that is not part of valid UTF-8 is kept as a
+    surrogate escape (Python's ``surrogateescape``), which ``windows.text_bytes`` turns back into that byte.
+    """
     path = Path(path)
     if not path.exists():
         raise CharLMError(f"text file {str(path)!r} does not exist: check the path passed to --text")
@@ -97,11 +106,11 @@ def read_text_file(path: str | os.PathLike) -> str:
     except OSError as error:
         raise CharLMError(f"cannot read {str(path)!r} ({error.strerror}): check its permissions") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8", "surrogateescape" if units == "bytes" else "strict")
     except UnicodeDecodeError as error:
         raise CharLMError(
             f"{str(path)!r} is not UTF-8 text (bad byte at offset {error.start}): "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
+            "convert it (e.g. iconv -f latin1 -t utf-8), or train on its bytes with --units bytes"
         ) from None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm_jax.data.corpus import file_sha256
-from charlm_jax.data.windows import Vocab, prepare_text
+from charlm_jax.data.windows import Vocab, prepare_text, text_bytes
 from charlm_jax.errors import CharLMError, MachineError
 
 IDS_NAME, META_NAME = "ids.bin", "meta.json"
@@ -50,6 +50,10 @@ class PreparedCorpus:
     source_sha256: str
 
     @property
+    def units(self) -> str:
+        return self.vocab.units
+
+    @property
     def num_chars(self) -> int:
         return int(self.ids.shape[0])
 
@@ -65,16 +69,24 @@ def smallest_dtype(vocab_size: int) -> np.dtype:
     raise AssertionError("unreachable: Unicode has fewer than 2**32 code points")
 
 
-def text_blocks(path: Path, lowercase: bool, block_chars: int = BLOCK_CHARS) -> Iterator[np.ndarray]:
-    """The file's code points in blocks (uint32), lower-cased per block when asked, as training would."""
+def text_blocks(
+    path: Path, lowercase: bool, block_chars: int = BLOCK_CHARS, units: str = "chars"
+) -> Iterator[np.ndarray]:
+    """The file's code points in blocks (uint32), lower-cased per block when asked, as training would; for
+    ``units="bytes"`` its UTF-8 bytes (uint8), lower-cased as text first, undecodable bytes kept as they are."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        errors = "surrogateescape" if units == "bytes" else "strict"
+        with open(path, encoding="utf-8", errors=errors, newline="") as handle:
             while block := handle.read(block_chars):
-                yield np.frombuffer(prepare_text(block, lowercase).encode("utf-32-le"), np.uint32)
+                block = prepare_text(block, lowercase)
+                if units == "bytes":
+                    yield np.frombuffer(text_bytes(block, str(path)), np.uint8)
+                else:
+                    yield np.frombuffer(block.encode("utf-32-le"), np.uint32)
     except UnicodeDecodeError as error:
         raise CharLMError(
             f"{str(path)!r} is not UTF-8 text (bad byte at offset {error.start} of a block): "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
+            "convert it (e.g. iconv -f latin1 -t utf-8), or prepare its bytes with --units bytes"
         ) from None
     except OSError as error:
         raise CharLMError(f"cannot read {str(path)!r} ({error.strerror}): check the path and its permissions") from None
@@ -87,6 +99,7 @@ def prepare(
     lowercase: bool = True,
     block_chars: int = BLOCK_CHARS,
     progress: Callable[[int], None] | None = None,
+    units: str = "chars",
 ) -> PreparedCorpus:
     """Encode the UTF-8 file ``source`` into ``out_dir`` (see the module docstring); returns it opened.
 
@@ -94,14 +107,15 @@ def prepare(
     block costs one ``bincount``), the second encodes through a code point -> id table and
     appends to ``ids.bin``. Files are written under temporary names and renamed when complete,
     so an interrupted preparation leaves nothing a later run would trust. ``progress`` is called
-    with the characters done so far (both passes: up to twice the length).
+    with the characters done so far (both passes: up to twice the length). ``units="bytes"``: the ids are
+    the file's UTF-8 bytes (any file), the vocabulary all 256 byte values.
     """
     source, out = Path(source), Path(out_dir)
     if not source.is_file():
         raise CharLMError(f"{str(source)!r} is not a file: pass the path of a UTF-8 text file")
     seen = np.zeros(CODE_POINTS, bool)
     total = 0
-    for codes in text_blocks(source, lowercase, block_chars):
+    for codes in text_blocks(source, lowercase, block_chars, units):
         seen |= np.bincount(codes, minlength=CODE_POINTS).astype(bool)
         total += len(codes)
         if progress:
@@ -109,10 +123,10 @@ def prepare(
     if total == 0:
         raise CharLMError(f"{str(source)!r} is empty: pass a file with some text in it")
     codes_in_text = np.flatnonzero(seen)
-    vocab = Vocab("".join(map(chr, codes_in_text)))
+    vocab = Vocab.of_bytes() if units == "bytes" else Vocab("".join(map(chr, codes_in_text)))
     dtype = smallest_dtype(vocab.size)
     table = np.zeros(CODE_POINTS, dtype)
-    table[codes_in_text] = np.arange(vocab.size, dtype=dtype)
+    table[np.arange(vocab.size) if units == "bytes" else codes_in_text] = np.arange(vocab.size, dtype=dtype)
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=out, prefix=".ids-", delete=False)
@@ -123,7 +137,7 @@ def prepare(
     try:
         written = 0
         with handle:
-            for codes in text_blocks(source, lowercase, block_chars):
+            for codes in text_blocks(source, lowercase, block_chars, units):
                 handle.write(table[codes].tobytes())
                 written += len(codes)
                 if progress:
@@ -131,6 +145,7 @@ def prepare(
         meta = {
             "format": FORMAT,
             "chars": vocab.chars,
+            "units": vocab.units,
             "dtype": dtype.name,
             "num_chars": total,
             "lowercase": lowercase,
@@ -167,7 +182,7 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
     try:
         meta = json.loads((path / META_NAME).read_text())
         dtype = np.dtype(meta["dtype"])
-        vocab = Vocab(meta["chars"])
+        vocab = Vocab(meta["chars"], meta["units"])
         expected = int(meta["num_chars"]) * dtype.itemsize
     except (ValueError, KeyError, TypeError) as error:
         raise CharLMError(
@@ -190,20 +205,30 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
 
 
 def prepared_for(
-    source: str | os.PathLike, cache: str | os.PathLike, lowercase: bool, progress: Callable[[int], None] | None = None
+    source: str | os.PathLike,
+    cache: str | os.PathLike,
+    lowercase: bool,
+    progress: Callable[[int], None] | None = None,
+    units: str = "chars",
 ) -> PreparedCorpus:
     """The prepared corpus of ``source`` in ``cache``, reused when its sha256 and lower-casing match."""
     cache = Path(cache)
     if is_prepared(cache):
         corpus = open_prepared(cache)
-        if corpus.lowercase == lowercase and corpus.source_sha256 == file_sha256(Path(source)):
+        same = corpus.lowercase == lowercase and corpus.units == units
+        if same and corpus.source_sha256 == file_sha256(Path(source)):
             return corpus
-    return prepare(source, cache, lowercase=lowercase, progress=progress)
+    return prepare(source, cache, lowercase=lowercase, progress=progress, units=units)
 
 
-def corpus_ids(source: str | PreparedCorpus, lowercase: bool) -> tuple[Vocab, np.ndarray]:
+def corpus_ids(source: str | PreparedCorpus, lowercase: bool, units: str = "chars") -> tuple[Vocab, np.ndarray]:
     """The vocabulary and ids of a training text: encoded from a string, or a prepared corpus's memory map."""
     if isinstance(source, PreparedCorpus):
+        if source.units != units:
+            raise CharLMError(
+                f"the prepared corpus {str(source.path)!r} holds {source.units} but this run reads {units}: prepare "
+                f"it again with --units {units}, or change the flag"
+            )
         if source.lowercase != lowercase:
             state = "lower-cased" if source.lowercase else "not lower-cased"
             raise CharLMError(
@@ -212,5 +237,5 @@ def corpus_ids(source: str | PreparedCorpus, lowercase: bool) -> tuple[Vocab, np
             )
         return source.vocab, source.ids
     text = prepare_text(source, lowercase)
-    vocab = Vocab.from_text(text)
+    vocab = Vocab.for_units(units, text)
     return vocab, vocab.encode(text)

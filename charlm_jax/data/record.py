@@ -73,7 +73,7 @@ def record_of(text: str | PreparedCorpus) -> TextRecord:
     return TextRecord("string", None, len(text), text_sha256(text))
 
 
-def read_recorded_text(record: TextRecord | None, where: str) -> str | PreparedCorpus:
+def read_recorded_text(record: TextRecord | None, where: str, units: str = "chars") -> str | PreparedCorpus:
     """The text a record names, read again and checked against its sha256; one line when it cannot be."""
     if record is None:
         raise worded(f"the run in {where} was written before runs recorded their text: pass the run's {{text}}")
@@ -89,7 +89,7 @@ def read_recorded_text(record: TextRecord | None, where: str) -> str | PreparedC
         raise worded(
             f"the run in {where} trained on {record.source!r}, which is gone: put it back, or pass the run's {{text}}"
         )
-    text = open_prepared(str(record.source)) if record.kind == "prepared" else load_text(record.source)
+    text = open_prepared(str(record.source)) if record.kind == "prepared" else load_text(record.source, units=units)
     check_same_text(record, record_of(text), where)
     return text
 

@@ -11,55 +11,141 @@ so memory stays O(corpus length), or O(batch) with a memory map.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import codecs
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charlm_jax.errors import CharLMError
+from charlm_jax.errors import CharLMError, CharLMWarning
+
+UNITS = ("chars", "bytes")
+UNIT_NAMES = {"chars": "char", "bytes": "byte"}  # what one unit is called in a figure: bits/char, bits/byte
+# A byte model's vocabulary: the 256 byte values, byte b written as code point b (so ``chars[b]`` is latin-1's
+# reading of the byte and id b is byte b).
+BYTE_VALUES = "".join(map(chr, range(256)))
+# How a byte model's output becomes text: a sequence that is not valid UTF-8 (a stray byte, or a character cut
+# short by the end of a sample) is one U+FFFD per maximal invalid part, Python's "replace" rule.
+BYTES_DECODE_ERRORS = "replace"
+# What reading a text does with a character the vocabulary lacks: refuse it in one line, or leave it out (the
+# model reads the text without it, as if it were not there) and say how many were left out.
+UNSEEN_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
 class Vocab:
-    """Sorted unique characters of the training text, as in the book's ``chars``.
+    """Sorted unique characters of the training text, as in the book's ``chars``; or, for a model of
+    ``units="bytes"``, the 256 byte values of the text's UTF-8 form.
 
-    Encoding and decoding work on arrays of Unicode code points, so a million characters
+    Encoding and decoding work on arrays of Unicode code points (bytes), so a million characters
     take milliseconds and generated ids turn into text without a Python loop. ``sorted``
     orders characters by code point, so the vocabulary's code points are sorted too.
     """
 
     chars: str
+    units: str = "chars"
 
     @classmethod
     def from_text(cls, text: str) -> Vocab:
         return cls("".join(sorted(set(text))))
 
+    @classmethod
+    def of_bytes(cls) -> Vocab:
+        return cls(BYTE_VALUES, "bytes")
+
+    @classmethod
+    def for_units(cls, units: str, text: str) -> Vocab:
+        return cls.of_bytes() if units == "bytes" else cls.from_text(text)
+
     @property
     def size(self) -> int:
         return len(self.chars)
+
+    @property
+    def unit(self) -> str:
+        """What one id stands for, in a figure's unit: ``char`` or ``byte``."""
+        return UNIT_NAMES[self.units]
 
     @cached_property
     def _codes(self) -> np.ndarray:
         return _code_points(self.chars)  # (size,) uint32, ascending
 
-    def encode(self, text: str, what: str = "text") -> np.ndarray:
-        """Ids of ``text`` (int32); characters outside the vocabulary are an error naming them."""
+    def encode(self, text: str, what: str = "text", unseen: str = "error") -> np.ndarray:
+        """Ids of ``text`` (int32). Characters outside the vocabulary are an error naming them
+        (``unseen="error"``), or left out with a ``CharLMWarning`` that counts them (``unseen="skip"``): never
+        a silent figure. A byte model reads any text: its ids are the text's UTF-8 bytes, a file's
+        undecodable bytes included, so it sees nothing unseen."""
+        if unseen not in UNSEEN_POLICIES:
+            raise CharLMError(f"unseen must be one of {', '.join(UNSEEN_POLICIES)}, got {unseen!r}")
+        if self.units == "bytes":
+            return np.frombuffer(text_bytes(text, what), np.uint8).astype(np.int32)
+        ids, known = self.lookup(text)
+        if known.all():
+            return ids
+        unknown = _code_points_to_text(_code_points(text)[~known])
+        distinct = "".join(sorted(set(unknown)))
+        if unseen == "error":
+            raise CharLMError(
+                f"{what} has {len(distinct)} character(s) not in the model's vocabulary: {distinct[:20]!r}; "
+                "remove them, pass --unseen skip to leave them out, or train on text that contains them"
+            )
+        warnings.warn(
+            CharLMWarning(
+                f"{what}: {len(unknown):,} of {len(text):,} characters ({len(distinct)} distinct: {distinct[:20]!r}) "
+                "are not in the model's vocabulary and were left out (--unseen skip)"
+            ),
+            stacklevel=2,
+        )
+        return ids[known]
+
+    def lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, known): each character's id, and whether the vocabulary has it (an unknown one's id is
+        meaningless); both (len(text),)."""
         codes = _code_points(text)
         ids = np.searchsorted(self._codes, codes).astype(np.int32)
         known = self._codes[np.minimum(ids, max(self.size - 1, 0))] == codes if self.size else codes != codes
-        if not known.all():
-            unknown = sorted(set(_code_points_to_text(codes[~known])))
-            raise CharLMError(
-                f"{what} has {len(unknown)} character(s) not in the model's vocabulary: {''.join(unknown[:20])!r}; "
-                "remove them or train on text that contains them"
-            )
-        return ids
+        return ids, known
 
     def decode(self, ids) -> str:
+        """Text of ``ids``; a byte model's bytes decoded as UTF-8 under ``BYTES_DECODE_ERRORS``."""
+        if self.units == "bytes":
+            return self.decode_bytes(ids).decode("utf-8", BYTES_DECODE_ERRORS)
         return _code_points_to_text(self._codes[np.asarray(ids, dtype=np.intp).reshape(-1)])
+
+    def decode_bytes(self, ids) -> bytes:
+        """A byte model's ids as the raw bytes they stand for (no decoding policy applied)."""
+        if self.units != "bytes":
+            raise CharLMError("decode_bytes is for a model of --units bytes: use decode for a character model")
+        return np.asarray(ids).reshape(-1).astype(np.uint8).tobytes()
+
+    def decoder(self) -> Callable[[Any, bool], str]:
+        """A decoder of ids arriving in pieces: ``decode(ids, final)``. For bytes a character cut between two
+        pieces waits for the next one, so the pieces joined equal ``decode`` of all the ids."""
+        incremental = codecs.getincrementaldecoder("utf-8")(BYTES_DECODE_ERRORS)
+
+        def decode(ids: Any, final: bool = False) -> str:
+            if self.units != "bytes":
+                return self.decode(ids)
+            return incremental.decode(self.decode_bytes(ids), final)
+
+        return decode
+
+
+def text_bytes(text: str, what: str = "text") -> bytes:
+    """``text``'s UTF-8 bytes; a file read for a byte model (``read_text_file(units="bytes")``) keeps its
+    undecodable bytes as surrogate escapes, which become those bytes again."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as error:
+        raise CharLMError(
+            f"{what} holds a lone surrogate {text[error.start]!r} at {error.start}, which no byte sequence spells: "
+            "remove it"
+        ) from None
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -311,4 +397,10 @@ def sample_prompt(key: jax.Array, vocab: Vocab, ids: np.ndarray, train_chars: in
     """A random window of the training text (its first ``train_chars`` ids) as a prompt, as the book picks
     ``start_index``; also the default prompt saved with a run (epoch 1's key)."""
     start = int(jax.random.randint(key, (), 0, max(train_chars - maxlen - 1, 1)))
-    return vocab.decode(ids[start : start + maxlen])
+    window = ids[start : start + maxlen]
+    if vocab.units != "bytes":
+        return vocab.decode(window)
+    # A byte window may begin or end inside a character: its cut parts are left out, so the prompt is the
+    # text's own characters (an incremental decoder keeps an unfinished last character back).
+    raw = vocab.decode_bytes(window).lstrip(bytes(range(0x80, 0xC0)))
+    return codecs.getincrementaldecoder("utf-8")(BYTES_DECODE_ERRORS).decode(raw, False)

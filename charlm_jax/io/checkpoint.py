@@ -72,6 +72,8 @@ class CheckpointMeta:
     # The run's training clock (validation excluded) and skipped-update count at this step,
     # so a resumed run's time limit and records continue where it stopped.
     train_seconds: float = 0.0
+    # The run's wall clock at this step (compiling, validating and checkpointing included), across resumes.
+    wall_seconds: float = 0.0
     skipped_steps_total: int = 0
     # The learning-rate schedule's length when it was fitted to a time budget (None: the epochs').
     schedule_steps: int | None = None
@@ -89,6 +91,7 @@ class CheckpointMeta:
             "default_prompt": self.default_prompt,
             "val_bits_per_char": self.val_bits_per_char,
             "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds,
             "skipped_steps_total": self.skipped_steps_total,
             "schedule_steps": self.schedule_steps,
             "text": self.text.to_json() if self.text is not None else None,
@@ -103,14 +106,16 @@ class CheckpointMeta:
                 f"version {FORMAT_VERSION}: use the charlm-jax version that wrote it"
             )
         try:
+            config = TrainConfig.from_dict(data["config"])
             return cls(
-                config=TrainConfig.from_dict(data["config"]),
-                vocab=Vocab(data["vocab"]),
+                config=config,
+                vocab=Vocab(data["vocab"], config.units),
                 step=int(data["step"]),
                 epoch=int(data["epoch"]),
                 default_prompt=str(data["default_prompt"]),
                 val_bits_per_char=_optional_float(data.get("val_bits_per_char")),
                 train_seconds=float(data.get("train_seconds", 0.0)),
+                wall_seconds=float(data.get("wall_seconds", 0.0)),
                 skipped_steps_total=int(data.get("skipped_steps_total", 0)),
                 schedule_steps=_optional_int(data.get("schedule_steps")),
                 text=TextRecord.from_json(data.get("text")),

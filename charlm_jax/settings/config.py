@@ -34,6 +34,7 @@ DEFAULT_VAL_CHARS = 200_000
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
 RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
+UNITS = ("chars", "bytes")  # windows.UNITS; here too, so the config imports no numpy
 COMPUTE_DTYPES = ("float32", "bfloat16")  # precision.COMPUTE_DTYPES; here too, so the config imports no JAX
 
 
@@ -66,6 +67,12 @@ class TrainConfig:
     maxlen: int = _field(60, "characters per training window (book: 60)")
     step: int = _field(3, "stride between window starts (book: 3)")
     lowercase: bool = _field(True, "lower-case the text before training (book: yes)")
+    units: str = _field(
+        "chars",
+        "what the model reads and writes: chars (the text's characters, book) or bytes (its 256 UTF-8 byte values: "
+        "any file, figures in bits per byte)",
+        UNITS,
+    )
     val_fraction: float = _field(0.1, "fraction of the text, at its end, held out for validation")
     # A 10 % tail of 10^8 characters is 10^7 windows: a validation of hours. Above the cap the
     # same evenly spaced characters of the tail are scored every time; the book's 60K-character

@@ -83,10 +83,14 @@ _SHORT = {
 # stalls by then, and of streams' 2 x 192, which has made few updates (results/2026-12-02-cpu-budget-exploration).
 # Its upper limit lies between the 120 s and the 600 s evidence: not raced there.
 _MEDIUM = {**_SHORT, "hidden_size": 192, "dropout": 0.1}
+# A budgeted run validates on this many windows of the tail (the same ones each time, so records compare
+# paired): a tenth of the default, so that records every few hundred steps stay within the wall-clock share
+# train.loop.RECORD_SHARE gives them. `charlm-jax eval` scores the whole tail.
+AUTO_VAL_CHARS = 20_000
 AUTO_TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
-    (90.0, _SHORT),
-    (300.0, _MEDIUM),
-    (math.inf, {**RECIPES["streams"], "epochs": 1000}),
+    (90.0, {**_SHORT, "val_chars": AUTO_VAL_CHARS}),
+    (300.0, {**_MEDIUM, "val_chars": AUTO_VAL_CHARS}),
+    (math.inf, {**RECIPES["streams"], "epochs": 1000, "val_chars": AUTO_VAL_CHARS}),
 )
 # A small text is read many times within the budget, and the short tier's unregularised model overfits it.
 # The passes a budget makes over a text are estimated from the short tier's measured throughput (characters

@@ -28,7 +28,7 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.settings.config import TrainConfig
 
 # The config fields a fine-tuned run takes from its source: they decide the weights' shapes and meaning.
-MODEL_SHAPE_FIELDS = ("hidden_size", "num_layers", "recurrent_activation", "lowercase")
+MODEL_SHAPE_FIELDS = ("units", "hidden_size", "num_layers", "recurrent_activation", "lowercase")
 NEW_ROWS = ("mean", "fresh")
 DEFAULT_NEW_ROWS = "mean"
 ORIGIN_NAME = "init_from.json"
@@ -92,6 +92,11 @@ def fine_tune_config(source: TrainConfig, config: TrainConfig | None, overrides:
     values.update(overrides)
     values["temperatures"] = tuple(values["temperatures"])
     differing = [name for name in MODEL_SHAPE_FIELDS if values[name] != getattr(source, name)]
+    if "units" in differing:  # no rule turns a character's weights into bytes' (or back) that would be worth it
+        raise CharLMError(
+            f"--init-from a model of {source.units} cannot start a model of {values['units']}: a model reads one kind "
+            f"of unit; fine-tune with --units {source.units}, or train the {values['units']} model from scratch"
+        )
     if differing:
         given = ", ".join(f"{name}={values[name]!r} (source: {getattr(source, name)!r})" for name in differing)
         raise CharLMError(
@@ -102,13 +107,17 @@ def fine_tune_config(source: TrainConfig, config: TrainConfig | None, overrides:
 
 
 def union_vocab(source: Vocab, text: Vocab) -> Vocab:
+    """Both vocabularies' characters, sorted; a byte model's is every byte already."""
+    if source.units == "bytes":
+        return source
     return Vocab.from_text(source.chars + text.chars)
 
 
 def transplant(init: InitFrom, fresh: Any, vocab: Vocab) -> Any:
     """The source's weights on ``vocab`` (a superset of the source's): known characters keep theirs, new ones
     are filled by ``init.new_rows`` (``fresh``: the rows ``fresh``, a new model's initialisation, holds)."""
-    rows = vocab.encode(init.vocab.chars)  # (source vocab,): each source id's id in the new vocabulary
+    # (source vocab,): each source id's id in the new vocabulary (a byte model's: the same ids)
+    rows = np.arange(vocab.size) if vocab.units == "bytes" else vocab.lookup(init.vocab.chars)[0]
     known = np.zeros(vocab.size, bool)
     known[rows] = True
     params = jax.tree.map(np.asarray, init.params)

@@ -17,6 +17,7 @@ uninterrupted run, because every random choice is a pure function of (seed, epoc
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -125,7 +126,9 @@ def train_run(
         signals.deferred(),
         RunDirectory.opened(out_dir, lock=is_main_process()) as directory,
     ):
-        limits, mesh = replace(limits, signals=signals), mesh or training_mesh(config, overrides, out_dir, begin.resume)
+        started = limits.started if limits.started is not None else limits.clock()
+        limits = replace(limits, signals=signals, started=started)
+        mesh = mesh or training_mesh(config, overrides, out_dir, begin.resume)
         run, state = start_run(config, overrides or {}, text, directory, begin, mesh, console, limits)
         reason = None
         with ProgressBar(console, run.steps_per_epoch) as bar, contextlib.closing(run.events):
@@ -137,10 +140,12 @@ def train_run(
                     bar.update(state.step, state.losses[-len(block) :], block.size / seconds, state.skipped_total)
                     if schedule_fit_due(run, state):
                         fit_schedule(run, state, seconds / len(block))
-                    reason = stop_reason(run, state)
+                    reason = stop_reason(run, state, len(block))
                     if record_due(run, state, len(block), reason):
+                        recorded = run.limits.clock()
                         state.history.append(write_record(run, state))
-                    if reason is None and stalled(run, state):
+                        account_record(run, state, run.limits.clock() - recorded)
+                    if reason is None and (stalled(run, state) or past_best(run, state)):
                         reason = StopReason.EARLY_STOPPING
                     if reason is not None:
                         break
@@ -189,6 +194,8 @@ def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
     state.blocks_run += 1
     state.last_block_compiled = len(block) not in state.block_lengths_run
     state.block_lengths_run.add(len(block))
+    if not state.last_block_compiled or not state.step_seconds:  # a block that compiled says little of the next
+        state.step_seconds = seconds / len(block)
     if run.events.enabled:
         rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
         run.events.block(
@@ -232,7 +239,7 @@ def schedule_fit_due(run: Run, state: RunState) -> bool:
     return (
         state.blocks_run >= 2
         and (not state.last_block_compiled or state.blocks_run >= SCHEDULE_FIT_LATEST_BLOCK)
-        and run.limits.max_seconds is not None
+        and run.limits.budget is not None
         and not state.schedule_fitted
         and run.config.lr_schedule == "cosine"
     )
@@ -243,11 +250,17 @@ def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
 
     A cosine schedule planned over ``--epochs`` that the budget cannot reach is cut while the
     rate is still high; planned over the steps the remaining budget holds (2 % spare), the run
-    ends on its final rate. The warm-up does not depend on the length, so switching during it
+    ends on its final rate. A wall-clock budget's training time is what is left after the final
+    record (``final_record_seconds``) and the share the records take on the way (``RECORD_SHARE``).
+    The warm-up does not depend on the length, so switching during it
     changes no rate already used. The plan is saved with the checkpoints: a resumed run keeps it.
     """
-    budget = run.limits.max_seconds or 0.0
-    remaining = max(budget - state.train_seconds, 0.0)
+    budget = run.limits.budget or 0.0
+    if run.limits.max_seconds is not None:
+        left = budget - wall_clock(run, state) - final_record_seconds(run, state)
+        remaining = max(left, 0.0) * (1 - RECORD_SHARE)
+    else:
+        remaining = max(budget - state.train_seconds, 0.0)
     fitted = min(run.total_steps, state.step + max(int(0.98 * remaining / step_seconds), 1))
     state.schedule_steps, state.schedule_fitted = fitted, True
     state.train = state.train.replace(tx=make_optimizer(run.config, fitted))
@@ -257,20 +270,85 @@ def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
     )
 
 
-def stop_reason(run: Run, state: RunState) -> StopReason | None:
+def stop_reason(run: Run, state: RunState, block_steps: int) -> StopReason | None:
     """Whether to stop at this block boundary, and why.
 
-    With several processes every one must stop at the same block: a signal one of them got is
-    agreed on through a collective (``distributed.agreed_stop``).
+    A wall-clock budget stops the run at the last boundary where one more block of ``block_steps``
+    and the final record would not both fit in what is left of it. With several processes every
+    one must stop at the same block: a signal one of them got is agreed on through a collective
+    (``distributed.agreed_stop``); the clocks' decisions are made alike, from each process's own clock.
     """
     limits = run.limits
     if agreed_stop(run.signals):
         return signal_reason(run.signals)
     if limits.max_steps is not None and state.step >= limits.max_steps:
         return StopReason.STEP_LIMIT
-    if limits.max_seconds is not None and state.train_seconds >= limits.max_seconds:
+    if limits.max_train_seconds is not None and state.train_seconds >= limits.max_train_seconds:
         return StopReason.TIME_LIMIT
+    if limits.max_seconds is not None:
+        left = limits.max_seconds - wall_clock(run, state)
+        if left < state.step_seconds * block_steps + final_record_seconds(run, state):
+            return StopReason.TIME_LIMIT
     return None
+
+
+# Under a wall-clock budget the records (validation, samples, checkpoint) take at most about this share of it:
+# the steps between records grow until a record costs this share of the training between two (issue 47 asks
+# for at most ~10 %).
+RECORD_SHARE = 0.08
+# Before the first record is timed, the final record is expected to take this share of the budget.
+FIRST_RECORD_SHARE = 0.05
+# A run under a wall-clock budget whose validation has not improved for this share of the budget (and at least
+# PAST_BEST_RECORDS records) stops: the rest of the budget would train a model only overfitting further.
+PAST_BEST_SHARE = 0.2
+PAST_BEST_RECORDS = 3
+
+
+def wall_clock(run: Run, state: RunState) -> float:
+    """Seconds of the run's wall clock so far: before this call (resumes) and since it began."""
+    return state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0)
+
+
+def final_record_seconds(run: Run, state: RunState) -> float:
+    """What the run's last record is expected to cost: the last one's time, or a share of the budget."""
+    if state.record_seconds is not None:
+        return state.record_seconds
+    return FIRST_RECORD_SHARE * (run.limits.max_seconds or 0.0)
+
+
+def account_record(run: Run, state: RunState, seconds: float) -> None:
+    """After a record: its cost, and under a wall-clock budget the steps to the next one, so that records take
+    ``RECORD_SHARE`` of the budget (from the second record on: the first one's time includes compiling)."""
+    first = state.record_seconds is None
+    state.record_seconds, state.last_record_step = seconds, state.step
+    if state.history and state.history[-1].get("best"):
+        state.best_wall_seconds = wall_clock(run, state)
+    if run.limits.max_seconds is None or first or not state.step_seconds:
+        return
+    steps = math.ceil(seconds / (RECORD_SHARE * state.step_seconds))
+    state.record_every = max(run.config.eval_every_steps, steps)
+
+
+def past_best(run: Run, state: RunState) -> bool:
+    """Under a wall-clock budget: the validation has not improved for ``PAST_BEST_SHARE`` of the budget and
+    ``PAST_BEST_RECORDS`` records (said when the run ends)."""
+    if run.limits.max_seconds is None or state.best_wall_seconds is None or state.last_record_step != state.step:
+        return False
+    best = best_step(state) or 0
+    since = [record for record in state.history if record["step"] > best]
+    stale = wall_clock(run, state) - state.best_wall_seconds
+    if len(since) < PAST_BEST_RECORDS or stale < PAST_BEST_SHARE * run.limits.max_seconds:
+        return False
+    state.stop_note = (
+        f"validation has not improved since step {best:,} ({stale:.0f} s and {len(since)} records ago, "
+        f"{PAST_BEST_SHARE:.0%} of the time limit): the rest of the budget would only overfit"
+    )
+    return True
+
+
+def best_step(state: RunState) -> int | None:
+    steps = [record["step"] for record in state.history if record.get("best")]
+    return steps[-1] if steps else None
 
 
 def signal_reason(signals: StopSignals) -> StopReason:
@@ -283,7 +361,10 @@ def record_due(run: Run, state: RunState, block_steps: int, reason: StopReason |
     if reason is not None:
         return not reason.by_signal
     every = run.config.eval_every_steps
-    crossed = bool(every) and state.step // every > (state.step - block_steps) // every
+    if state.record_every:  # chosen for a wall-clock budget: steps since the last record
+        crossed = state.step - state.last_record_step >= state.record_every
+    else:
+        crossed = bool(every) and state.step // every > (state.step - block_steps) // every
     epoch_end = state.step % run.steps_per_epoch == 0
     return state.step >= run.total_steps or crossed or (epoch_end and run.batching.records_each_epoch(every))
 

@@ -57,6 +57,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         "epoch_seconds": round(seconds, 3),
         "windows_per_second": round(len(state.losses) * config.batch_size / max(seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
+        "wall_seconds": round(state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0), 3),
         "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
         "schedule_steps": state.schedule_steps,
         "skipped_steps_total": state.skipped_total,
@@ -73,7 +74,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         if averaged is not None:
             record["averaged_val_bits_per_char"] = nats_to_bits(validate(run, averaged))
         record["eval_seconds"] = round(run.limits.clock() - started, 3)
-    print_record(run.console, record, config.epochs)
+    print_record(run.console, record, config.epochs, run.vocab.unit)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
     samples = epoch_samples(run, state.train.params, prompt, generation_key)
@@ -127,6 +128,7 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
         default_prompt=run.default_prompt,
         val_bits_per_char=val_bits,
         train_seconds=state.train_seconds,
+        wall_seconds=state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0),
         skipped_steps_total=state.skipped_total,
         schedule_steps=state.schedule_steps if state.schedule_fitted else None,
         text=run.text,
@@ -166,6 +168,7 @@ def resume_command(run: Run) -> str:
         [
             f" --max-steps {limits.max_steps}" if limits.max_steps is not None else "",
             f" --time-limit {limits.max_seconds:g}" if limits.max_seconds is not None else "",
+            f" --train-time-limit {limits.max_train_seconds:g}" if limits.max_train_seconds is not None else "",
         ]
     )
     return f"charlm-jax train --out {run.directory.path} --resume{flags}"
@@ -176,14 +179,12 @@ def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
     if state.best_epoch is None:
         return
     kept = (
-        f"{state.best_val_bits_per_char:.3f} bits/char at epoch {state.best_epoch}, kept in "
+        f"{state.best_val_bits_per_char:.3f} bits/{run.vocab.unit} at epoch {state.best_epoch}, kept in "
         f"{run.directory.path / BEST_SUBDIR}"
     )
     if reason is StopReason.EARLY_STOPPING:
-        run.console.print(
-            f"early stopping: validation has not improved for {run.config.early_stopping_patience} "
-            f"epoch(s); best {kept}"
-        )
+        why = state.stop_note or (f"validation has not improved for {run.config.early_stopping_patience} epoch(s)")
+        run.console.print(f"early stopping: {why}; best {kept}")
     else:
         run.console.print(f"best validation {kept}")
 
@@ -239,7 +240,8 @@ def epoch_samples(run: Run, params, prompt: str, key: jax.Array) -> dict[str, st
     if config.sample_length == 0 or not config.temperatures:
         return {}
     options = GenerationOptions(length=config.sample_length, temperatures=config.temperatures, mode=config.sample_mode)
-    prompt_ids = np.broadcast_to(run.vocab.encode(prompt), (options.rows, len(prompt)))
+    encoded = run.vocab.encode(prompt)
+    prompt_ids = np.broadcast_to(encoded, (options.rows, len(encoded)))
     prompt_rows, temperature_rows = shard_rows(run.mesh, prompt_ids, options.temperatures)
     poll = stop_poll(run.signals)
     chunk, pieces = min(SAMPLE_CHUNK, options.length), []

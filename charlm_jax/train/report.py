@@ -27,9 +27,10 @@ def describe_mesh(mesh) -> str:
     return f"{devices} {platform} device(s), {jax.process_count()} process(es)"
 
 
-def opening_line(chars: int, vocab_size: int, split: Split, mesh, step: int) -> str:
+def opening_line(chars: int, vocab_size: int, split: Split, mesh, step: int, unit: str = "char") -> str:
+    units = "characters" if unit == "char" else f"{unit}s"
     return (
-        f"[bold]charlm-jax[/] {chars:,} characters, vocabulary {vocab_size}, {split.train_windows:,} training "
+        f"[bold]charlm-jax[/] {chars:,} {units}, vocabulary {vocab_size}, {split.train_windows:,} training "
         f"windows, {len(split.val_starts):,} validation windows{describe_val_cap(split)}; {describe_mesh(mesh)}"
         + (f"; resuming at step {step}" if step else "")
     )
@@ -81,15 +82,16 @@ class ProgressBar:
         )
 
 
-def print_record(console: Console, record: dict[str, Any], epochs: int) -> None:
-    """A record as the book prints an epoch: the losses, then the prompt and one sample per temperature."""
+def print_record(console: Console, record: dict[str, Any], epochs: int, unit: str = "char") -> None:
+    """A record as the book prints an epoch: the losses, then the prompt and one sample per temperature.
+    ``unit``: what the model reads (``char``, or ``byte``: the record's ``val_bits_per_char`` is then per byte)."""
     validation = (
-        f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/char"
+        f", validation {record['val_loss']:.4f} nats = {record['val_bits_per_char']:.3f} bits/{unit}"
         if "val_loss" in record
         else ""
     )
     if "averaged_val_bits_per_char" in record:
-        validation += f", averaged weights {record['averaged_val_bits_per_char']:.3f} bits/char"
+        validation += f", averaged weights {record['averaged_val_bits_per_char']:.3f} bits/{unit}"
     console.print(
         f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}{validation} "
         f"({record['epoch_seconds']:.1f} s, {record['windows_per_second']:,.0f} windows/s)"

@@ -55,25 +55,46 @@ class StopReason(enum.StrEnum):
 @dataclass(frozen=True)
 class Limits:
     """When ``fit`` stops before the run's planned epochs: after ``max_steps`` optimizer steps (counted
-    over the whole run), after ``max_seconds`` of training (validation excluded, counted across
-    resumes), or at a signal. Either limit ends the run at a block boundary with a record and a
+    over the whole run), when its wall-clock budget ``max_seconds`` is spent, after ``max_train_seconds`` of
+    training alone, or at a signal. Any limit ends the run at a block boundary with a record and a
     checkpoint, and ``resume=True`` continues it.
 
+    ``max_seconds`` is the wall clock from ``started`` (the clock's reading when the command began; None:
+    when ``fit`` is called) to the run's last line, compiling, validating, sampling and checkpointing
+    included, counted across resumes: the loop ends at the last block boundary after which one more block
+    and the final record would not fit (``train.loop.stop_reason``). ``max_train_seconds`` counts the
+    training blocks only (validation, samples and checkpoints excluded), across resumes.
+
     ``signals`` is the caller's own ``StopSignals`` (the CLI's, installed for the whole command); by
-    default ``fit`` routes SIGINT and SIGTERM to a new one while it runs. ``clock`` times the training
-    (the budget, and the schedule fitted to it): injectable, so tests need no real seconds.
+    default ``fit`` routes SIGINT and SIGTERM to a new one while it runs. ``clock`` times the run (the
+    budgets, and the schedule fitted to them): injectable, so tests need no real seconds.
     """
 
     max_steps: int | None = None
     max_seconds: float | None = None
+    max_train_seconds: float | None = None
     signals: StopSignals | None = None
     clock: Callable[[], float] = time.perf_counter
+    started: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps <= 0):
             raise CharLMError(f"--max-steps (Limits.max_steps) must be > 0, got {self.max_steps}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise CharLMError(f"--time-limit (Limits.max_seconds) must be > 0 seconds, got {self.max_seconds:g}")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            raise CharLMError(
+                f"--train-time-limit (Limits.max_train_seconds) must be > 0 seconds, got {self.max_train_seconds:g}"
+            )
+        if self.max_seconds is not None and self.max_train_seconds is not None:
+            raise CharLMError(
+                "--time-limit bounds the whole run's wall clock and --train-time-limit its training alone: pass one"
+            )
+
+    @property
+    def budget(self) -> float | None:
+        """The time budget the schedule is fitted to, of either kind (None: no budget)."""
+        return self.max_seconds if self.max_seconds is not None else self.max_train_seconds
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,7 @@ class RunState:
     carries: Any  # the LSTM carries the next batch starts from: zero for windows, the streams' state
     step: int  # optimizer steps taken (host copy of train.step)
     train_seconds: float = 0.0  # training clock, validation excluded, across resumes
+    wall_seconds: float = 0.0  # the wall clock the run had spent before this call of fit (saved: across resumes)
     skipped_total: int = 0  # updates the non-finite guard refused
     best_epoch: int | None = None
     best_val_bits_per_char: float | None = None
@@ -151,6 +173,15 @@ class RunState:
     grad_norms: list[float] = field(default_factory=list)
     seconds_since_record: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Under a wall-clock budget: the last block's and the last record's seconds (what one more of each
+    # costs), the step of the last record, the steps between records chosen for the budget (0: the config's
+    # ``eval_every_steps``), and the wall clock when the best record was written.
+    step_seconds: float = 0.0
+    record_seconds: float | None = None
+    last_record_step: int = 0
+    record_every: int = 0
+    best_wall_seconds: float | None = None
+    stop_note: str = ""  # why an early stop stopped, when it was not the epochs' patience
 
 
 @dataclass
@@ -226,7 +257,7 @@ def start_run(
         config = resume_config(meta.config, config, overrides)
     check_batch_divides(config.batch_size, mesh)
     text, record = run_text(text, meta, directory)
-    vocab, corpus = corpus_ids(text, config.lowercase)
+    vocab, corpus = corpus_ids(text, config.lowercase, config.units)
     wider = begin.init.vocab if begin.init is not None else meta.vocab if meta is not None else None
     if wider is not None:  # a fine-tuned run's vocabulary is wider than its text's
         vocab, corpus = widened(vocab, corpus, wider)
@@ -252,12 +283,12 @@ def start_run(
         default_prompt=meta.default_prompt if meta is not None else new_run_prompt(config, vocab, corpus, split),
         text=record,
     )
-    check_work_left(run, meta.step if meta is not None else 0, meta.train_seconds if meta is not None else 0.0)
+    check_work_left(run, meta)
     state = restored_state(run, *saved) if saved is not None else new_state(run, begin.init)
     run = replace(run, events=EventLog.open(directory.path) if is_main_process() else EventLog())
     if run.events.enabled:
         console.print(f"TensorBoard events in {directory.path / EVENTS_SUBDIR}: tensorboard --logdir {directory.path}")
-    console.print(opening_line(len(corpus), vocab.size, split, mesh, state.step))
+    console.print(opening_line(len(corpus), vocab.size, split, mesh, state.step, vocab.unit))
     return run, state
 
 
@@ -268,7 +299,8 @@ def run_text(
     sha256), else the run's own read again (a resume), else the built-in default corpus (a new run)."""
     where = repr(str(directory.path))
     if text is None and meta is not None:
-        text = read_recorded_text(meta.text, where)  # checked against the record as it is read (hashed once)
+        # checked against the record as it is read (hashed once)
+        text = read_recorded_text(meta.text, where, meta.config.units)
         assert meta.text is not None  # read_recorded_text refuses a run without one
         return text, meta.text
     if text is None:
@@ -298,8 +330,10 @@ def restore_latest(directory: RunDirectory, mesh, console: Console, resume: bool
     return meta, saved
 
 
-def check_work_left(run: Run, step: int, train_seconds: float) -> None:
+def check_work_left(run: Run, meta: CheckpointMeta | None) -> None:
     """Refuse, before any work, a resume that has nothing left to train within its epochs and limits."""
+    step, train_seconds = (meta.step, meta.train_seconds) if meta is not None else (0, 0.0)
+    wall_seconds = meta.wall_seconds if meta is not None else 0.0
     if step >= run.total_steps:
         done = step // run.steps_per_epoch
         raise worded(
@@ -312,10 +346,16 @@ def check_work_left(run: Run, step: int, train_seconds: float) -> None:
             f"the run in {str(run.directory.path)!r} is at step {step}, already at its step limit "
             f"{limits.max_steps}: pass a larger {{max_steps}} to train it further"
         )
-    if limits.max_seconds is not None and train_seconds >= limits.max_seconds:
+    if limits.max_seconds is not None and wall_seconds >= limits.max_seconds:
+        raise worded(
+            f"the run in {str(run.directory.path)!r} has run {wall_seconds:.0f} s, already its "
+            f"time limit of {limits.max_seconds:g} s: pass a larger {{time_limit}} to train it further"
+        )
+    if limits.max_train_seconds is not None and train_seconds >= limits.max_train_seconds:
         raise worded(
             f"the run in {str(run.directory.path)!r} has trained {train_seconds:.0f} s, already its "
-            f"time limit of {limits.max_seconds:g} s: pass a larger {{time_limit}} to train it further"
+            f"training time limit of {limits.max_train_seconds:g} s: pass a larger --train-time-limit "
+            "(Limits.max_train_seconds) to train it further"
         )
 
 
@@ -371,9 +411,11 @@ def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, A
         carries=items["carries"],
         step=meta.step,
         train_seconds=meta.train_seconds,
+        wall_seconds=meta.wall_seconds,
         skipped_total=meta.skipped_steps_total,
         schedule_steps=schedule_steps,
         schedule_fitted=meta.schedule_steps is not None,
+        last_record_step=meta.step,
     )
     if run.directory.best_store.latest_step() is not None:
         best = run.directory.best_store.restore_meta()

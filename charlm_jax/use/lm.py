@@ -59,11 +59,15 @@ class LanguageModel:
     def model(self) -> CharLSTM:
         return build_model(self.config, self.vocab.size)
 
-    def encode_prompt(self, prompt: str) -> np.ndarray:
-        """Prompt ids after the training text's own preprocessing (lower-casing)."""
+    def encode_prompt(self, prompt: str, unseen: str = "error") -> np.ndarray:
+        """Prompt ids after the training text's own preprocessing (lower-casing); characters the model never
+        saw refused, or left out (``unseen="skip"``, see ``Vocab.encode``)."""
         if not isinstance(prompt, str) or not prompt:
             raise CharLMError("prompt is empty: pass some text, e.g. --prompt 'the '")
-        return self.vocab.encode(prepare_text(prompt, self.config.lowercase), what="prompt")
+        ids = self.vocab.encode(prepare_text(prompt, self.config.lowercase), what="prompt", unseen=unseen)
+        if not len(ids):
+            raise CharLMError("prompt has no character the model knows: pass a prompt in the training text's script")
+        return ids
 
     @cached_property
     def _placed(self) -> dict:
@@ -166,7 +170,9 @@ def generate(
 
     ``prompt`` defaults to the excerpt of training text saved in the checkpoint; it goes
     through the training preprocessing (lower-casing by default), and characters outside
-    the vocabulary are refused with an error naming them. ``seed`` is an int or a
+    the vocabulary are refused with an error naming them (to leave them out, pass
+    ``lm.vocab.decode(lm.encode_prompt(prompt, unseen="skip"))``, as ``--unseen skip`` does). A byte model's rows are its bytes decoded as UTF-8, each invalid or cut-short
+    sequence one U+FFFD (``windows.BYTES_DECODE_ERRORS``). ``seed`` is an int or a
     ``jax.random`` key. ``settings``: ``GenerationOptions`` fields (``length``,
     ``temperatures``, ``mode``, ``sampler``, ``top_k``, ``top_p``, ``min_p``,
     ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``, ``history_window``) when ``options`` is not
@@ -218,7 +224,8 @@ def stream(
     The options must have one row (``temperature=0.5`` is accepted for ``temperatures=(0.5,)``);
     ``row`` is the index the row stands for, so ``stream(..., temperature=t, row=i)`` yields what
     ``generate`` returns in row ``i`` for the same seed, whatever ``chunk`` is. Each piece is one
-    jitted call of ``chunk`` steps carrying the decoding state, compiled once.
+    jitted call of ``chunk`` steps carrying the decoding state, compiled once. A byte model's character cut
+    between two pieces is held back until it is whole, so the pieces joined are ``generate``'s text.
     """
     options = generation_options(options, settings)
     if options.rows != 1:
@@ -235,10 +242,14 @@ def stream(
 def _stream(
     lm: LanguageModel, prompt_ids: np.ndarray, options: GenerationOptions, key, row: int, chunk: int
 ) -> Iterator[str]:
+    decode = lm.vocab.decoder()
     for ids in sample_in_chunks(
         lm.params, key, prompt_ids, options, np.int32(row), model=lm.model, maxlen=lm.config.maxlen, chunk=chunk
     ):
-        yield lm.vocab.decode(ids[0])
+        if piece := decode(ids[0], False):
+            yield piece
+    if tail := decode(np.zeros(0, np.int32), True):
+        yield tail
 
 
 def _seed(seed: int | jax.Array):
@@ -249,8 +260,14 @@ def _seed(seed: int | jax.Array):
     return as_key(seed)
 
 
-def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str = "window", adapt=None) -> np.ndarray:
-    """log2-probability of each scored character of ``text`` under the model (float64 numpy).
+def score(
+    lm: LanguageModel,
+    text: str | PreparedCorpus | None = None,
+    mode: str = "window",
+    adapt=None,
+    unseen: str = "error",
+) -> np.ndarray:
+    """log2-probability of each scored character (byte, for a byte model) of ``text`` under the model (float64).
 
     ``window``: every character from position ``maxlen`` on, predicted from the ``maxlen``
     before it from a zero state (the training run's validation metric, given the held-out
@@ -263,6 +280,9 @@ def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str
     ``adapt`` (``True`` for the defaults, or a ``charlm_jax.AdaptOptions``): dynamic evaluation, the
     weights adapted segment by segment as the text is read, each segment scored before the model learns
     from it (``charlm_jax.use.adapt``); ``stateful`` mode only. The model itself is left unchanged.
+
+    A character the model never saw is refused in one line; ``unseen="skip"`` scores the text without
+    it (it is neither predicted nor read) and warns with how many were left out (``Vocab.encode``).
     """
     if mode not in SCORE_MODES:
         raise CharLMError(f"mode must be one of {', '.join(SCORE_MODES)}, got {mode!r}")
@@ -270,9 +290,9 @@ def score(lm: LanguageModel, text: str | PreparedCorpus | None = None, mode: str
     if options is not None and mode != "stateful":
         raise CharLMError("adapt reads the text with its state carried from segment to segment: pass mode='stateful'")
     if text is None:
-        ids = held_out_ids(lm, read_recorded_text(lm.text, "this model's run"))
+        ids = held_out_ids(lm, read_recorded_text(lm.text, "this model's run", lm.config.units))
     elif isinstance(text, str):
-        ids = lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="text")
+        ids = lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="text", unseen=unseen)
     else:
         ids = held_out_ids(lm, text)
     needed = lm.config.maxlen + 1 if mode == "window" else 2
@@ -295,7 +315,7 @@ def measure_adapt_scale(lm: LanguageModel, options: AdaptOptions):
             "the rms adaptation rule measures the gradient scale on the run's training text, which this model's "
             "run did not record in a form it can read again: pass AdaptOptions(rule='sgd') (--adapt-rule sgd)"
         )
-    ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run"))
+    ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run", lm.config.units))
     return gradient_scale(lm.params, lm.model, np.asarray(ids[: split.val_start]), options)
 
 
@@ -309,7 +329,7 @@ def held_out_ids(lm: LanguageModel, corpus: str | PreparedCorpus) -> np.ndarray:
 
 def run_ids(lm: LanguageModel, corpus: str | PreparedCorpus):
     """``corpus``'s ids as the model's run read them, and the run's split of them (head trained on, tail held out)."""
-    vocab, ids = corpus_ids(corpus, lm.config.lowercase)
+    vocab, ids = corpus_ids(corpus, lm.config.lowercase, lm.config.units)
     if vocab != lm.vocab:
         named = f"the prepared corpus {str(corpus.path)!r}" if isinstance(corpus, PreparedCorpus) else "the text"
         raise CharLMError(

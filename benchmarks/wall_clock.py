@@ -1,0 +1,167 @@
+"""A time budget is the wall clock: each run is the README's command, timed from its launch to its exit.
+
+    python benchmarks/wall_clock.py --budgets 60 --texts pydoc shakespeare --variants auto book --seeds 0 1
+
+Each run is ``charlm-jax train --text FILE --out DIR --recipe VARIANT --time-limit T --no-progress`` in a child
+process (its wall time counts the interpreter, JAX's start, compiling, validating and checkpointing). After it
+exits, this process scores the run's best checkpoint on the whole held-out tail (each character from the 60
+before it: the book's figure) and reads its ``metrics.jsonl``: the best and the last validation (the
+overfitting gap is last minus best), the seconds the records took (validation, samples, checkpoints), the
+steps, and whether it stopped early. The report gives every seed, the mean, the wall time over the budget, and
+``auto`` against ``book`` at the same wall time. Texts: the races' (``recipes.race_text``: pydoc, shakespeare,
+python-source, idle-notes) and ``numpy-license`` (numpy's LICENSE.txt, a legal text shipped with the numpy
+wheel: a register none of the recipes was tuned on, named before these runs). Runs one at a time, the variants
+interleaved within each (budget, text, seed); nothing else should run beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import recipes as race  # noqa: E402  (sets the CPU devices before JAX starts, as `charlm-jax train` does)
+from common import record, write_results  # noqa: E402
+
+TEXTS = ("pydoc", "shakespeare", "python-source", "idle-notes", "numpy-license")
+
+
+def text_of(name: str, chars: int) -> str:
+    if name == "numpy-license":
+        from importlib.metadata import distribution
+
+        dist = distribution("numpy")
+        path = next(p for p in dist.files or () if p.name == "LICENSE.txt" and "dist-info" in str(p))
+        return Path(dist.locate_file(path)).read_text(encoding="utf-8")[:chars]
+    return race.race_text(name, chars)
+
+
+def run_one(variant: str, text_path: Path, budget: float, seed: int, out: Path) -> dict:
+    command = [
+        sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_path), "--out", str(out),
+        "--recipe", variant, "--time-limit", f"{budget:g}", "--seed", str(seed), "--no-progress",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if finished.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({finished.returncode}): {finished.stderr.strip()[-500:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in records if "val_bits_per_char" in r]
+    return {
+        "wall_seconds": round(wall, 2),
+        "steps": records[-1]["step"],
+        "train_seconds": records[-1]["train_seconds"],
+        "records": len(records),
+        "record_seconds": round(wall - records[-1]["train_seconds"], 1),
+        "eval_seconds": round(sum(r.get("eval_seconds", 0.0) for r in records), 1),
+        "best_val": min(r["val_bits_per_char"] for r in scored),
+        "last_val": scored[-1]["val_bits_per_char"],
+        "early_stop": "early stopping" in finished.stdout,
+        "last_line": finished.stdout.strip().splitlines()[-1][:200],
+    }
+
+
+def tail_bits(out: Path, text: str) -> float:
+    """The best checkpoint on the whole held-out tail, window mode: what `charlm-jax eval` prints."""
+    import charlm_jax
+    from charlm_jax.data.windows import prepare_text, split_windows
+
+    lm = charlm_jax.load(out / "best")
+    lowered = prepare_text(text, lm.config.lowercase)
+    split = split_windows(len(lowered), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
+    return float(-charlm_jax.score(lm, lowered[split.val_start :], mode="window").mean())
+
+
+def summarise(runs: list[dict]) -> dict:
+    cells: dict = {}
+    for run in runs:
+        cells.setdefault(str(run["budget"]), {}).setdefault(run["text"], {}).setdefault(run["variant"], []).append(run)
+    summary: dict = {}
+    for budget, texts in cells.items():
+        for text, variants in texts.items():
+            row = {}
+            for variant, group in variants.items():
+                row[variant] = {
+                    "tail_mean": statistics.mean(r["tail_bits"] for r in group),
+                    "tail_spread": max(r["tail_bits"] for r in group) - min(r["tail_bits"] for r in group),
+                    "wall_max": max(r["wall_seconds"] for r in group),
+                    "wall_over_budget_max": max(r["wall_seconds"] / float(budget) for r in group),
+                    "gap_max": max(r["last_val"] - r["best_val"] for r in group),
+                    "record_share_max": max(r["record_seconds"] / r["wall_seconds"] for r in group),
+                    "early_stops": sum(r["early_stop"] for r in group),
+                    "seeds": len(group),
+                }
+            if "auto" in row and "book" in row:
+                row["auto_below_book"] = row["book"]["tail_mean"] - row["auto"]["tail_mean"]
+            summary.setdefault(budget, {})[text] = row
+    return summary
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        f"# Wall-clock budgets, {data['date']}: {data['device']}",
+        "",
+        f"`{data['command']}`. Each run is the CLI's `train --recipe VARIANT --time-limit T`, timed from its launch "
+        "to its exit; its best checkpoint scored on the whole held-out tail (bits/char, window mode). Mean of "
+        "the seeds (spread in brackets); wall: the longest seed's; gap: the last validation minus the best, the "
+        "largest seed's; records: the share of wall time outside training (validation, samples, checkpoints, "
+        "compiling, start-up), the largest seed's.",
+        "",
+        "| budget s | text | variant | bits/char | wall s (x budget) | gap | records | early stops |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for budget, texts in data["summary"].items():
+        for text, row in texts.items():
+            for variant, cell in row.items():
+                if not isinstance(cell, dict):
+                    continue
+                lines.append(
+                    f"| {budget} | {text} | {variant} | {cell['tail_mean']:.3f} ({cell['tail_spread']:.3f}) | "
+                    f"{cell['wall_max']:.1f} ({cell['wall_over_budget_max']:.3f}) | {cell['gap_max']:+.3f} | "
+                    f"{cell['record_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} |"
+                )
+            if "auto_below_book" in row:
+                lines.append(f"| {budget} | {text} | auto below book | {row['auto_below_book']:+.3f} | | | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[60.0])
+    parser.add_argument("--texts", nargs="+", default=list(TEXTS))
+    parser.add_argument("--variants", nargs="+", default=["auto", "book"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--chars", type=int, default=600_000, help="characters of each text (the races' 600K)")
+    parser.add_argument("--tag", default=None, help="result file stem (default: <date>-cpu-wall-clock)")
+    args = parser.parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory() as work:
+        for budget in args.budgets:
+            for name in args.texts:
+                text = text_of(name, args.chars)
+                path = Path(work) / f"{name}.txt"
+                path.write_text(text, encoding="utf-8")
+                for seed in args.seeds:
+                    for variant in args.variants:
+                        out = Path(work) / f"{name}-{variant}-{budget:g}-{seed}"
+                        run = {"budget": budget, "text": name, "variant": variant, "seed": seed}
+                        run.update(run_one(variant, path, budget, seed, out))
+                        run["tail_bits"] = tail_bits(out, text)
+                        runs.append(run)
+                        print(json.dumps(run), flush=True)
+    data = {**record("wall_clock.py", argv), "runs": runs, "summary": summarise(runs)}
+    text = markdown(data)
+    print(text)
+    write_results(args.tag or f"{data['date']}-cpu-wall-clock", data, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
