@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,9 +141,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--chars", type=int, default=600_000, help="characters of each text (the races' 600K)")
     parser.add_argument("--tag", default=None, help="result file stem (default: <date>-cpu-wall-clock)")
+    parser.add_argument("--keep", default=None, metavar="DIR", help="keep the runs in DIR (default: a temporary one)")
     args = parser.parse_args(argv)
     runs = []
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.keep or temporary
+        Path(work).mkdir(parents=True, exist_ok=True)
         for budget in args.budgets:
             for name in args.texts:
                 text = text_of(name, args.chars)
@@ -151,6 +155,7 @@ def main(argv=None) -> int:
                 for seed in args.seeds:
                     for variant in args.variants:
                         out = Path(work) / f"{name}-{variant}-{budget:g}-{seed}"
+                        shutil.rmtree(out, ignore_errors=True)
                         run = {"budget": budget, "text": name, "variant": variant, "seed": seed}
                         run.update(run_one(variant, path, budget, seed, out))
                         run["tail_bits"] = tail_bits(out, text)

@@ -223,31 +223,32 @@ def test_records_space_out_to_a_share_of_a_wall_clock_budget_and_a_run_past_its_
     from types import SimpleNamespace
 
     from charlm_jax.train.loop import PAST_BEST_SHARE, RECORD_SHARE, account_record, past_best
-    from charlm_jax.train.run import RunState
+    from charlm_jax.train.run import RunState, val_windows
 
     now = [0.0]
     run = SimpleNamespace(
         limits=Limits(max_seconds=100.0, clock=lambda: now[0], started=0.0), config=tiny_config(eval_every_steps=10)
     )
     state = RunState(train=None, carries=None, step=100, step_seconds=0.01)
-    state.history.append({"step": 100, "best": True})
-    account_record(run, state, 5.0)  # the first record compiles: its time sets no interval
-    assert state.record_every == 0 and state.record_seconds == 5.0 and state.best_wall_seconds == 0.0
-    state.step = 200
-    state.history.append({"step": 200})
-    account_record(run, state, 0.4)  # 0.4 s a record at 0.01 s a step: one record per 500 steps is 8 %
+    state.history.append({"step": 100, "best": True, "eval_seconds": 0.4})
+    account_record(run, state, 1.5)  # a validation of 0.4 s at 0.01 s a step: one per 500 steps is 8 %
     assert state.record_every == round(0.4 / (RECORD_SHARE * 0.01)) == 500
-    for step in (700, 1200):
+    assert state.record_seconds == 1.5 and state.best_wall_seconds == 0.0  # the whole record: the final's reserve
+    for step in (600, 1100):
         state.step, now[0] = step, now[0] + 6.0
-        state.history.append({"step": step})
-        account_record(run, state, 0.4)
-        assert not past_best(run, state)  # three records since the best, but 12 s < 20 % of 100 s
-    state.step, now[0] = 1700, PAST_BEST_SHARE * 100.0
-    state.history.append({"step": 1700})
-    account_record(run, state, 0.4)
+        state.history.append({"step": step, "eval_seconds": 0.4})
+        account_record(run, state, 1.5)
+        assert not past_best(run, state)  # 12 s past the best is under a fifth of 100 s, and two records only
+    state.step, now[0] = 1600, PAST_BEST_SHARE * 100.0
+    state.history.append({"step": 1600, "eval_seconds": 0.4})
+    account_record(run, state, 1.5)
     assert past_best(run, state) and "since step 100" in state.stop_note
     untimed = SimpleNamespace(limits=Limits(max_train_seconds=100.0), config=run.config)
     assert not past_best(untimed, state)
+    # How much of the tail a validation scores: --val-chars, and under a wall clock at most 100 a budget second.
+    config = tiny_config(val_chars=20_000)
+    assert val_windows(config, Limits(max_seconds=60.0)) == 6000 and val_windows(config, Limits()) == 20_000
+    assert val_windows(config, Limits(max_train_seconds=60.0)) == 20_000
 
 
 def test_eval_every_steps_adds_records_and_changes_no_parameter(tmp_path, tiny_text):

@@ -329,12 +329,43 @@ def run_import_keras(args: argparse.Namespace, stop: StopSignals) -> int:
     return 0
 
 
+def run_inspect(args: argparse.Namespace, stop: StopSignals) -> int:
+    from charlm_jax.data.corpus import load_text
+    from charlm_jax.use.inside import inspect
+    from charlm_jax.use.lm import held_out_ids, load
+    from charlm_jax.use.page import page_data, write_page
+
+    if args.chars < 2 or args.page_chars < 1:
+        raise CharLMError("--chars must be >= 2 and --page-chars >= 1: pass e.g. --chars 100000 --page-chars 5000")
+    lm = load(args.checkpoint, step=args.step)
+    text: str
+    if args.text is not None or args.corpus is not None:
+        text = load_text(args.text if args.text is not None else args.corpus, units=lm.config.units)
+    else:
+        from charlm_jax.data.record import read_recorded_text
+
+        text = lm.vocab.decode(held_out_ids(lm, read_recorded_text(lm.text, "this model's run", lm.config.units)))
+    from charlm_jax.use.cells import describe_rankings, rank_cells
+
+    seen = inspect(lm, text[: args.chars], top_k=args.top_k, unseen=args.unseen)
+    rankings = rank_cells(seen.c, seen.h, seen.row_text())
+    title = f"charlm-jax inspect: {args.checkpoint} (step {lm.step})"
+    write_page(args.out, page_data(seen, rankings, title, args.page_chars))
+    print(describe_rankings(rankings))
+    print(
+        f"read {len(seen.ids):,} {seen.units} ({seen.bytes_per_char:,} bytes each kept); "
+        f"{float(-seen.log2p[1:].mean()):.4f} bits/{lm.vocab.unit} (stateful); page: {args.out}"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "generate": run_generate,
     "eval": run_eval,
     "prepare": run_prepare,
     "import-keras": run_import_keras,
+    "inspect": run_inspect,
 }
 
 

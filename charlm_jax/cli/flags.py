@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(commands)
     add_prepare_command(commands)
     add_import_keras_command(commands)
+    add_inspect_command(commands)
     return parser
 
 
@@ -406,3 +407,27 @@ def add_import_keras_command(commands) -> None:
         type=int,
         help="window length, when the model's config does not fix it (default: from the model's input shape)",
     )
+
+
+def add_inspect_command(commands) -> None:
+    """The ``inspect`` command's flags."""
+    look = commands.add_parser(
+        "inspect",
+        help="look inside a model: a page of what it predicts and which cells track what",
+        description="Read a text with a checkpoint, rank its cells against features of the text (quotes, "
+        "brackets, position in the line, ...) and write one self-contained HTML page.",
+    )
+    look.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory written by train")
+    text = look.add_mutually_exclusive_group()
+    text.add_argument("--text", metavar="PATH_OR_URL", help="the text to read (default: the run's held-out tail)")
+    text.add_argument("--corpus", metavar="NAME", help="a built-in corpus to read")
+    look.add_argument("--out", required=True, metavar="PAGE.html", help="the HTML page to write")
+    look.add_argument(
+        "--chars", type=int, default=100_000, help="characters read and ranked, from the start (default: 100000)"
+    )
+    look.add_argument(
+        "--page-chars", type=int, default=5000, help="characters shown on the page, from the start (default: 5000)"
+    )
+    look.add_argument("--top-k", type=int, default=5, help="likeliest next characters kept per position (default: 5)")
+    _add_unseen_flag(look, "the text")
+    look.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")

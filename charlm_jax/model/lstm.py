@@ -123,6 +123,19 @@ def lstm_scan(
     return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, statics, False)
 
 
+def lstm_trace(
+    gate_inputs: jax.Array,
+    recurrent_kernel: jax.Array,
+    bias: jax.Array,
+    initial_carry: Carry,
+    activation: str = "sigmoid",
+    compute_dtype: str = "float32",
+) -> tuple[Carry, tuple[jax.Array, jax.Array, jax.Array]]:
+    """``lstm_scan``'s forward keeping every step: (final carry, (h, c, activated gates i|f|g|o)), each
+    (time, batch, H) or (time, batch, 4H). For looking inside a model (``use.inside``); no gradient."""
+    return _forward(gate_inputs, recurrent_kernel, bias, initial_carry, None, (1, activation, compute_dtype), True)
+
+
 def _lstm_scan_fwd(gate_inputs, recurrent_kernel, bias, initial_carry, mask, unroll, activation, compute_dtype):
     statics = (unroll, activation, compute_dtype)
     final, (h_seq, c_seq, gates) = _forward(gate_inputs, recurrent_kernel, bias, initial_carry, mask, statics, True)

@@ -292,9 +292,8 @@ def stop_reason(run: Run, state: RunState, block_steps: int) -> StopReason | Non
     return None
 
 
-# Under a wall-clock budget the records (validation, samples, checkpoint) take at most about this share of it:
-# the steps between records grow until a record costs this share of the training between two (issue 47 asks
-# for at most ~10 %).
+# Under a wall-clock budget validation takes at most about this share of it: the steps between records grow until
+# a validation costs this share of the training between two (issue 47 asks for at most ~10 %).
 RECORD_SHARE = 0.08
 # Before the first record is timed, the final record is expected to take this share of the budget.
 FIRST_RECORD_SHARE = 0.05
@@ -317,15 +316,16 @@ def final_record_seconds(run: Run, state: RunState) -> float:
 
 
 def account_record(run: Run, state: RunState, seconds: float) -> None:
-    """After a record: its cost, and under a wall-clock budget the steps to the next one, so that records take
-    ``RECORD_SHARE`` of the budget (from the second record on: the first one's time includes compiling)."""
-    first = state.record_seconds is None
+    """After a record: its cost (what the final one is expected to take), and under a wall-clock budget the steps
+    to the next one, so that validation takes ``RECORD_SHARE`` of the training between two (the first record's
+    validation includes compiling it: an overestimate, which only spaces records out more)."""
     state.record_seconds, state.last_record_step = seconds, state.step
-    if state.history and state.history[-1].get("best"):
+    last = state.history[-1] if state.history else {}
+    if last.get("best"):
         state.best_wall_seconds = wall_clock(run, state)
-    if run.limits.max_seconds is None or first or not state.step_seconds:
+    if run.limits.max_seconds is None or not state.step_seconds or "eval_seconds" not in last:
         return
-    steps = math.ceil(seconds / (RECORD_SHARE * state.step_seconds))
+    steps = math.ceil(last["eval_seconds"] / (RECORD_SHARE * state.step_seconds))
     state.record_every = max(run.config.eval_every_steps, steps)
 
 

@@ -74,6 +74,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         if averaged is not None:
             record["averaged_val_bits_per_char"] = nats_to_bits(validate(run, averaged))
         record["eval_seconds"] = round(run.limits.clock() - started, 3)
+        record["val_windows"] = len(run.split.val_starts)  # the tail's windows this figure averages
     print_record(run.console, record, config.epochs, run.vocab.unit)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
