@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import recipes as race  # noqa: E402  (sets the CPU devices before JAX starts, as `charlm-jax train` does)
-from common import record, write_results  # noqa: E402
+from common import RESULTS, record, write_results  # noqa: E402
 
 TEXTS = ("pydoc", "shakespeare", "python-source", "idle-notes", "numpy-license")
 
@@ -82,7 +82,9 @@ def tail_bits(out: Path, text: str) -> float:
 def summarise(runs: list[dict]) -> dict:
     cells: dict = {}
     for run in runs:
-        cells.setdefault(str(run["budget"]), {}).setdefault(run["text"], {}).setdefault(run["variant"], []).append(run)
+        cells.setdefault(f"{run['budget']:g}", {}).setdefault(run["text"], {}).setdefault(run["variant"], []).append(
+            run
+        )
     summary: dict = {}
     for budget, texts in cells.items():
         for text, variants in texts.items():
@@ -95,6 +97,7 @@ def summarise(runs: list[dict]) -> dict:
                     "wall_over_budget_max": max(r["wall_seconds"] / float(budget) for r in group),
                     "gap_max": max(r["last_val"] - r["best_val"] for r in group),
                     "record_share_max": max(r["record_seconds"] / r["wall_seconds"] for r in group),
+                    "eval_share_max": max(r["eval_seconds"] / r["wall_seconds"] for r in group),
                     "early_stops": sum(r["early_stop"] for r in group),
                     "seeds": len(group),
                 }
@@ -111,11 +114,11 @@ def markdown(data: dict) -> str:
         f"`{data['command']}`. Each run is the CLI's `train --recipe VARIANT --time-limit T`, timed from its launch "
         "to its exit; its best checkpoint scored on the whole held-out tail (bits/char, window mode). Mean of "
         "the seeds (spread in brackets); wall: the longest seed's; gap: the last validation minus the best, the "
-        "largest seed's; records: the share of wall time outside training (validation, samples, checkpoints, "
-        "compiling, start-up), the largest seed's.",
+        "largest seed's; outside training: the share of wall time outside the training blocks (start-up, compiling, "
+        "validation, samples, checkpoints), and validation: the validations' share, the largest seed's.",
         "",
-        "| budget s | text | variant | bits/char | wall s (x budget) | gap | records | early stops |",
-        "|---|---|---|---|---|---|---|---|",
+        "| budget s | text | variant | bits/char | wall s (x budget) | gap | outside training | validation | early stops |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for budget, texts in data["summary"].items():
         for text, row in texts.items():
@@ -125,10 +128,10 @@ def markdown(data: dict) -> str:
                 lines.append(
                     f"| {budget} | {text} | {variant} | {cell['tail_mean']:.3f} ({cell['tail_spread']:.3f}) | "
                     f"{cell['wall_max']:.1f} ({cell['wall_over_budget_max']:.3f}) | {cell['gap_max']:+.3f} | "
-                    f"{cell['record_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} |"
+                    f"{cell['record_share_max']:.0%} | {cell['eval_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} |"
                 )
             if "auto_below_book" in row:
-                lines.append(f"| {budget} | {text} | auto below book | {row['auto_below_book']:+.3f} | | | | |")
+                lines.append(f"| {budget} | {text} | auto below book | {row['auto_below_book']:+.3f} | | | | | |")
     lines.append("")
     return "\n".join(lines)
 
@@ -142,7 +145,14 @@ def main(argv=None) -> int:
     parser.add_argument("--chars", type=int, default=600_000, help="characters of each text (the races' 600K)")
     parser.add_argument("--tag", default=None, help="result file stem (default: <date>-cpu-wall-clock)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="keep the runs in DIR (default: a temporary one)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite results/<tag> from its runs")
     args = parser.parse_args(argv)
+    if args.report_only:
+        path = RESULTS / f"{args.tag}.json"
+        data = json.loads(path.read_text())
+        data["summary"] = summarise(data["runs"])
+        write_results(args.tag, data, markdown(data))
+        return 0
     runs = []
     with tempfile.TemporaryDirectory() as temporary:
         work = args.keep or temporary
