@@ -54,7 +54,7 @@ def loss_trajectory(mesh, steps=12):
         losses.extend(float(loss) for loss in np.asarray(metrics["loss"]))
         carry_specs |= {str(leaf.sharding.spec) for leaf in jax.tree.leaves(carries)}
     shardings = {str(leaf.sharding.spec) for leaf in jax.tree.leaves((state.params, state.opt_state))}
-    return losses, state.params, shardings, carry_specs, compiled_train_block(mesh)._cache_size()
+    return losses, state.params, shardings, carry_specs, compiled_train_block(mesh).jitted._cache_size()
 
 
 one, params_one, *_ = loss_trajectory(make_mesh(jax.devices()[:1]))

@@ -268,7 +268,7 @@ def test_a_second_fit_with_the_same_shapes_compiles_nothing(tmp_path, tiny_text)
     from charlm_jax.train.steps import compiled_train_block, eval_step
     from charlm_jax.use.decode import stream_chunk, stream_start
 
-    compiled = (compiled_train_block(make_mesh()), eval_step, stream_start, stream_chunk)
+    compiled = (compiled_train_block(make_mesh()).jitted, eval_step, stream_start, stream_chunk)
     config = tiny_config(hidden_size=19, epochs=1, steps_per_call=7)  # shapes no other test compiles
     fit(config, tiny_text, tmp_path / "first", console=QUIET)
     after_first = [fn._cache_size() for fn in compiled]

@@ -84,14 +84,14 @@ def test_overfits_a_tiny_text_to_near_zero_loss():
 
 def test_train_block_compiles_once_per_block_size(tiny_text):
     _, corpus, split, state, train_fn, _ = _setup(tiny_text, hidden_size=17)  # a shape no other test compiles
-    block, before = train_fn.block, train_block._cache_size()
+    block, before = train_fn.block, train_block.jitted._cache_size()
     sizes = []
     for i in range(4):  # new batches and keys, same shapes: one compilation
         starts = jnp.asarray(split.train_starts[:48]).reshape(3, 16)
         state, _ = block(state, corpus, jnp.roll(starts, i), jax.random.key(i))
-        sizes.append(train_block._cache_size() - before)
+        sizes.append(train_block.jitted._cache_size() - before)
     state, _ = block(state, corpus, starts[:2], jax.random.key(9))  # an epoch's remainder block
-    assert sizes == [1, 1, 1, 1] and train_block._cache_size() - before == 2
+    assert sizes == [1, 1, 1, 1] and train_block.jitted._cache_size() - before == 2
 
 
 def test_a_block_of_steps_equals_the_steps_one_by_one(tiny_text):
