@@ -291,6 +291,9 @@ def test_sampler_is_jit_and_vmap_compatible(sampler):
     a, b = jitted(keys[0], logits, temps), mapped(keys, logits, temps)
     assert a.shape == b.shape == (8,)
     np.testing.assert_array_equal(a[0], jnp.argmax(logits[0]))  # row 0 has T = 0
+    # Each vmapped row is the draw one call on that row alone makes with the same key.
+    alone = [sample(keys[i], logits[i], temps[i], top_k=3, top_p=0.9, sampler=sampler) for i in range(8)]
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(alone))
 
 
 def test_gumbel_is_exactly_jax_random_categorical_of_the_tempered_logits():
