@@ -22,17 +22,15 @@ use_every_core()
 import numpy as np  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax.data.windows import prepare_text, split_windows  # noqa: E402
 from charlm_jax.use.cells import rank_cells  # noqa: E402
+from charlm_jax.use.lm import held_out_ids  # noqa: E402
 
 from common import record, write_results  # noqa: E402
 from recipes import race_text  # noqa: E402
 
 
 def held_out(lm, name: str) -> str:
-    text = prepare_text(race_text(name, 600_000), lm.config.lowercase)
-    split = split_windows(len(text), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
-    return text[split.val_start :]
+    return lm.vocab.decode(held_out_ids(lm, race_text(name, 600_000)))
 
 
 def main(argv=None) -> int:

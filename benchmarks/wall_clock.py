@@ -71,12 +71,11 @@ def run_one(variant: str, text_path: Path, budget: float, seed: int, out: Path) 
 def tail_bits(out: Path, text: str) -> float:
     """The best checkpoint on the whole held-out tail, window mode: what `charlm-jax eval` prints."""
     import charlm_jax
-    from charlm_jax.data.windows import prepare_text, split_windows
+    from charlm_jax.model.scoring import score_ids
+    from charlm_jax.use.lm import held_out_ids
 
     lm = charlm_jax.load(out / "best")
-    lowered = prepare_text(text, lm.config.lowercase)
-    split = split_windows(len(lowered), lm.config.maxlen, lm.config.step, lm.config.val_fraction)
-    return float(-charlm_jax.score(lm, lowered[split.val_start :], mode="window").mean())
+    return float(-score_ids(lm.params, lm.model, held_out_ids(lm, text), "window", lm.config.maxlen).mean())
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -17,12 +17,10 @@ from charlm_jax.settings.config import (
     GENERATION_MODES,
     SAMPLERS,
     UNITS,
+    UNSEEN_POLICIES,
     TrainConfig,
 )
 from charlm_jax.settings.recipes import AUTO_RECIPE, DEFAULT_RECIPE, RECIPE_NAMES
-
-# windows.UNSEEN_POLICIES, here so --help imports no numpy
-UNSEEN_POLICIES = ("error", "skip")
 
 # A --text file larger than this trains through a prepared corpus (memory independent of its size).
 AUTO_PREPARE_BYTES = 64 << 20

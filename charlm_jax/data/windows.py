@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm_jax.errors import CharLMError, CharLMWarning
+from charlm_jax.settings.config import UNSEEN_POLICIES
 
-UNITS = ("chars", "bytes")
 UNIT_NAMES = {"chars": "char", "bytes": "byte"}  # what one unit is called in a figure: bits/char, bits/byte
 # A byte model's vocabulary: the 256 byte values, byte b written as code point b (so ``chars[b]`` is latin-1's
 # reading of the byte and id b is byte b).
@@ -32,9 +32,6 @@ BYTE_VALUES = "".join(map(chr, range(256)))
 # How a byte model's output becomes text: a sequence that is not valid UTF-8 (a stray byte, or a character cut
 # short by the end of a sample) is one U+FFFD per maximal invalid part, Python's "replace" rule.
 BYTES_DECODE_ERRORS = "replace"
-# What reading a text does with a character the vocabulary lacks: refuse it in one line, or leave it out (the
-# model reads the text without it, as if it were not there) and say how many were left out.
-UNSEEN_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -126,14 +123,10 @@ class Vocab:
     def decoder(self) -> Callable[[Any, bool], str]:
         """A decoder of ids arriving in pieces: ``decode(ids, final)``. For bytes a character cut between two
         pieces waits for the next one, so the pieces joined equal ``decode`` of all the ids."""
+        if self.units != "bytes":
+            return lambda ids, final=False: self.decode(ids)  # type: ignore[misc]
         incremental = codecs.getincrementaldecoder("utf-8")(BYTES_DECODE_ERRORS)
-
-        def decode(ids: Any, final: bool = False) -> str:
-            if self.units != "bytes":
-                return self.decode(ids)
-            return incremental.decode(self.decode_bytes(ids), final)
-
-        return decode
+        return lambda ids, final=False: incremental.decode(self.decode_bytes(ids), final)  # type: ignore[misc]
 
 
 def text_bytes(text: str, what: str = "text") -> bytes:

@@ -34,7 +34,11 @@ DEFAULT_VAL_CHARS = 200_000
 # 2.0-2.2, which the book used, defaulted to "hard_sigmoid_keras2", clip(0.2 z + 0.5, 0, 1);
 # Keras 3's hard_sigmoid is clip(z / 6 + 0.5, 0, 1). Only imported Keras models need those two.
 RECURRENT_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2")
-UNITS = ("chars", "bytes")  # windows.UNITS; here too, so the config imports no numpy
+# What a model reads (``TrainConfig.units``), and what reading a text does with a character its vocabulary lacks:
+# refuse it in one line, or leave it out and say how many were (``windows.Vocab.encode``). Here, so the CLI's
+# flags offer them without importing numpy.
+UNITS = ("chars", "bytes")
+UNSEEN_POLICIES = ("error", "skip")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # precision.COMPUTE_DTYPES; here too, so the config imports no JAX
 
 

@@ -47,7 +47,7 @@ from charlm_jax.train.records import (
     write_record,
 )
 from charlm_jax.train.report import ProgressBar
-from charlm_jax.train.run import Begin, FitResult, Limits, Run, RunState, StopReason, start_run
+from charlm_jax.train.run import Begin, FitResult, Limits, Run, RunState, StopReason, start_run, wall_clock
 from charlm_jax.train.run_dir import RunDirectory, zero_carries
 from charlm_jax.train.signals import Stopped, StopSignals
 from charlm_jax.train.steps import compiled_train_block, learning_rate_schedule, make_optimizer
@@ -301,11 +301,6 @@ FIRST_RECORD_SHARE = 0.05
 # PAST_BEST_RECORDS records) stops: the rest of the budget would train a model only overfitting further.
 PAST_BEST_SHARE = 0.2
 PAST_BEST_RECORDS = 3
-
-
-def wall_clock(run: Run, state: RunState) -> float:
-    """Seconds of the run's wall clock so far: before this call (resumes) and since it began."""
-    return state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0)
 
 
 def final_record_seconds(run: Run, state: RunState) -> float:

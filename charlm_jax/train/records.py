@@ -28,7 +28,7 @@ from charlm_jax.runtime.distributed import (
 from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.train.averaging import averaged_params
 from charlm_jax.train.report import print_record, print_samples
-from charlm_jax.train.run import Run, RunState, StopReason
+from charlm_jax.train.run import Run, RunState, StopReason, wall_clock
 from charlm_jax.train.run_dir import BEST_SUBDIR, checkpoint_items
 from charlm_jax.train.signals import StopSignals
 from charlm_jax.train.steps import eval_step, learning_rate_schedule
@@ -57,7 +57,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         "epoch_seconds": round(seconds, 3),
         "windows_per_second": round(len(state.losses) * config.batch_size / max(seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
-        "wall_seconds": round(state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0), 3),
+        "wall_seconds": round(wall_clock(run, state), 3),
         "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
         "schedule_steps": state.schedule_steps,
         "skipped_steps_total": state.skipped_total,
@@ -129,7 +129,7 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
         default_prompt=run.default_prompt,
         val_bits_per_char=val_bits,
         train_seconds=state.train_seconds,
-        wall_seconds=state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0),
+        wall_seconds=wall_clock(run, state),
         skipped_steps_total=state.skipped_total,
         schedule_steps=state.schedule_steps if state.schedule_fitted else None,
         text=run.text,

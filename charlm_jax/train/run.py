@@ -184,6 +184,11 @@ class RunState:
     stop_note: str = ""  # why an early stop stopped, when it was not the epochs' patience
 
 
+def wall_clock(run: Run, state: RunState) -> float:
+    """Seconds of the run's wall clock so far: before this call (resumes) and since it began."""
+    return state.wall_seconds + run.limits.clock() - (run.limits.started or 0.0)
+
+
 @dataclass
 class FitResult:
     """What a run produced: the final state, its vocabulary and one record per validation.
