@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from charlm_jax.cli.flags import DEBUG_ENV, build_parser
+from charlm_jax.cli.serve_command import run_serve
 from charlm_jax.cli.texts import local_text_file, text_length, training_text
 from charlm_jax.errors import CharLMError, CharLMWarning
 from charlm_jax.settings.config import DEFAULT_HISTORY_WINDOW, DEFAULT_REPETITION_WINDOW, TrainConfig
@@ -366,6 +367,7 @@ COMMANDS = {
     "prepare": run_prepare,
     "import-keras": run_import_keras,
     "inspect": run_inspect,
+    "serve": run_serve,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from charlm_jax.cli.serve_command import add_serve_command
 from charlm_jax.settings.config import (
     BOOK_TEMPERATURES,
     DEFAULT_HISTORY_WINDOW,
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_command(commands)
     add_import_keras_command(commands)
     add_inspect_command(commands)
+    add_serve_command(commands)
     return parser
 
 

@@ -140,10 +140,15 @@ class GenerationOptions:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return GenerationOptions(**{**values, **changes})
 
-    def with_rows(self, temperatures: Any) -> GenerationOptions:
+    def with_rows(self, temperatures: Any, **per_row: Any) -> GenerationOptions:
         """The same options with the per-row temperatures given as they are (an array already checked
-        and placed on devices, e.g. split over a mesh); not validated again."""
-        return _built({**self.__dict__, "temperatures": temperatures})
+        and placed on devices, e.g. split over a mesh); not validated again. ``per_row``: other traced
+        fields as arrays with a value per row (a server's batch of requests), each shaped to broadcast
+        against what reads it: (rows, 1) against the logits, ``repetition_window`` (rows,)."""
+        unknown = set(per_row) - set(TRACED_FIELDS)
+        if unknown:
+            raise CharLMError(f"only {', '.join(TRACED_FIELDS)} can vary per row, got {sorted(unknown)}")
+        return _built({**self.__dict__, **per_row, "temperatures": temperatures})
 
 
 def _built(values: dict[str, Any]) -> GenerationOptions:

@@ -93,9 +93,9 @@ class DecodeState(NamedTuple):
     recent: jax.Array  # (batch, width) int32 ring of the last ids, or (batch, 0)
     matched: jax.Array  # (batch, width) int32, or (batch, 0)
     counts: jax.Array  # (batch, vocab) int32, or (batch, 0)
-    pushed: jax.Array  # () int32: ids pushed into the ring
+    pushed: jax.Array  # (batch,) int32: ids pushed into each row's ring
     row_keys: jax.Array  # (batch,) keys, one per row
-    step: jax.Array  # () int32: steps generated so far
+    step: jax.Array  # (batch,) int32: steps each row has generated (rows of a server's batch start apart)
 
 
 def start(
@@ -138,7 +138,7 @@ def start(
         filled,
         *_empty_history(batch, prompt_len + steps, model.vocab_size, options),
         row_keys,
-        jnp.int32(0),
+        jnp.zeros(batch, jnp.int32),
     )
     if options.keeps_history:
         # Only the prompt's last ``width`` ids can matter: the ring's state depends on nothing older.
@@ -146,6 +146,54 @@ def start(
         state, _ = jax.lax.scan(
             lambda st, ids: (_push(st, ids, options), None), state, prompt_ids[:, max(0, prompt_len - width) :].T
         )
+    return state
+
+
+def start_rows(
+    params, row_keys: jax.Array, prompt_ids: jax.Array, prompt_lengths: jax.Array, options: GenerationOptions, *, model
+) -> DecodeState:
+    """``start`` (stateful) for rows that each bring their own key and a right-padded prompt.
+
+    ``prompt_ids`` (batch, P) holds row r's prompt in its first ``prompt_lengths[r]`` places, so prompts of
+    any length share the compiled call of their padded length (a server pads to a few lengths). A row's
+    state, and so its text, is the one ``start`` gives its prompt with the key ``row_keys[r]``; the
+    history ring is ``options.history_window`` wide, which holds the same ids (``start`` narrows it only
+    when the text is shorter).
+    """
+    batch, prompt_len = prompt_ids.shape
+    carries, logits = model.apply(
+        {"params": params}, prompt_ids, model.zero_carries(batch), seq_lengths=prompt_lengths, last_only=True
+    )
+    empty = jnp.zeros((batch, 0), jnp.int32)
+    state = DecodeState(
+        carries,
+        logits,
+        empty,
+        jnp.int32(0),
+        *_empty_history(batch, options.history_window, model.vocab_size, options),
+        row_keys,
+        jnp.zeros(batch, jnp.int32),
+    )
+    if not options.keeps_history:
+        return state
+
+    def push_real(state: DecodeState, column) -> tuple[DecodeState, None]:
+        ids, position = column
+        pushed = _push(state, ids, options)
+        # Only the last ``width`` real ids matter (as in ``start``); padding is never pushed.
+        real = (position < prompt_lengths) & (position >= prompt_lengths - state.recent.shape[1])
+
+        def pick(new, old):
+            return jnp.where(real.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+        return state._replace(
+            recent=pick(pushed.recent, state.recent),
+            matched=pick(pushed.matched, state.matched),
+            counts=pick(pushed.counts, state.counts),
+            pushed=pick(pushed.pushed, state.pushed),
+        ), None
+
+    state, _ = jax.lax.scan(push_real, state, (prompt_ids.T, jnp.arange(prompt_len)))
     return state
 
 
@@ -157,7 +205,7 @@ def _empty_history(
     recent = jnp.full((batch, width), -1, jnp.int32)
     matched = jnp.zeros((batch, width if options.no_repeat_ngram is not None else 0), jnp.int32)
     counts = jnp.zeros((batch, vocab if options.repetition_penalty is not None else 0), jnp.int32)
-    return recent, matched, counts, jnp.int32(0)
+    return recent, matched, counts, jnp.zeros(batch, jnp.int32)
 
 
 def run_steps(
@@ -174,7 +222,7 @@ def run_steps(
     step = partial(_decode_step, params, model=model, options=options)
 
     def run_chunk(state, size):
-        steps = state.step + jnp.arange(size, dtype=jnp.int32)
+        steps = state.step[None, :] + jnp.arange(size, dtype=jnp.int32)[:, None]  # (size, batch)
         noise = jax.vmap(lambda t: _row_noise(state.row_keys, t, vocab, options.sampler))(
             steps
         )  # (size, batch[, vocab])
@@ -192,9 +240,9 @@ def run_steps(
     return state, ids.T  # (batch, count)
 
 
-def _row_noise(row_keys: jax.Array, step: jax.Array, vocab: int, sampler: str) -> jax.Array:
-    """Step ``step``'s random numbers, each row from its own key: (batch, vocab) or (batch,)."""
-    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+def _row_noise(row_keys: jax.Array, steps: jax.Array, vocab: int, sampler: str) -> jax.Array:
+    """Each row's random numbers for its step ``steps`` (batch,), from its own key: (batch, vocab) or (batch,)."""
+    keys = jax.vmap(jax.random.fold_in)(row_keys, steps)
     return jax.vmap(lambda key: draw_noise(key, (vocab,), sampler))(keys)
 
 
@@ -240,29 +288,33 @@ def _push(state: DecodeState, ids: jax.Array, options: GenerationOptions) -> Dec
     stream costs more than the arithmetic.
     """
     recent, width = state.recent, state.recent.shape[1]
-    slot = state.pushed % width  # where the new id goes; it holds the id leaving the ring, if full
+    slots = jnp.arange(width)
+    slot = state.pushed % width  # (batch,): where the new id goes; it holds the id leaving the ring, if full
+    at_slot = slots[None, :] == slot[:, None]  # (batch, width)
     if options.repetition_penalty is not None:
         # The id leaving the penalty's window (repetition_window <= width, so it is still in the ring).
-        leaving_pos = state.pushed - options.repetition_window
-        leaving = jnp.take(recent, jnp.maximum(leaving_pos, 0) % width, axis=1)
+        leaving_pos = state.pushed - options.repetition_window  # (batch,)
+        leaving = _at(recent, jnp.maximum(leaving_pos, 0) % width)
         vocab = state.counts.shape[1]
         counts = (
             state.counts
             + jax.nn.one_hot(ids, vocab, dtype=jnp.int32)
-            - jnp.where(leaving_pos >= 0, jax.nn.one_hot(leaving, vocab, dtype=jnp.int32), 0)
+            - jnp.where(leaving_pos[:, None] >= 0, jax.nn.one_hot(leaving, vocab, dtype=jnp.int32), 0)
         )
         state = state._replace(counts=counts)
     if options.no_repeat_ngram is not None:
         # An id matches the new suffix when it equals the new id and the id before it matched the old
         # suffix. The slot being overwritten leaves the ring, so nothing extends a match from it (a
         # match never reaches past the ring's oldest id), and the new id itself is not "earlier".
-        slots = jnp.arange(width)
-        before = jnp.roll(jnp.where(slots == slot, 0, state.matched), 1, axis=1)  # before[:, s] = matched[:, s - 1]
-        matched = jnp.where((recent == ids[:, None]) & (slots != slot), before + 1, 0)
+        before = jnp.roll(jnp.where(at_slot, 0, state.matched), 1, axis=1)  # before[:, s] = matched[:, s - 1]
+        matched = jnp.where((recent == ids[:, None]) & ~at_slot, before + 1, 0)
         state = state._replace(matched=matched)
-    return state._replace(
-        recent=jax.lax.dynamic_update_slice_in_dim(recent, ids[:, None], slot, axis=1), pushed=state.pushed + 1
-    )
+    return state._replace(recent=jnp.where(at_slot, ids[:, None], recent), pushed=state.pushed + 1)
+
+
+def _at(values: jax.Array, index: jax.Array) -> jax.Array:
+    """``values[r, index[r]]`` for every row r: (batch, width), (batch,) -> (batch,)."""
+    return jnp.take_along_axis(values, index[:, None], axis=1)[:, 0]
 
 
 def _repetition_controls(logits: jax.Array, state: DecodeState, options: GenerationOptions) -> jax.Array:
@@ -284,11 +336,12 @@ def _ngram_bans(state: DecodeState, n, vocab: int) -> jax.Array:
     recent, matched, pushed = state.recent, state.matched, state.pushed
     width = recent.shape[1]
     followers = jnp.roll(recent, -1, axis=1)  # followers[:, s] = recent[:, s + 1]
-    slots = jnp.arange(width)
-    earlier = (slots != (pushed - 1) % width) & (slots < pushed)  # an id with a follower in the ring
-    banned = _ids_present(followers, (matched >= n - 1) & earlier[None, :], vocab)
-    oldest = jnp.take(recent, jnp.where(pushed > width, pushed % width, 0), axis=1)  # (batch,)
-    return banned | ((n == 1) & (pushed > 0) & (oldest[:, None] == jnp.arange(vocab)))
+    slots = jnp.arange(width)[None, :]
+    newest = ((pushed - 1) % width)[:, None]
+    earlier = (slots != newest) & (slots < pushed[:, None])  # (batch, width): an id with a follower in the ring
+    banned = _ids_present(followers, (matched >= n - 1) & earlier, vocab)
+    oldest = _at(recent, jnp.where(pushed > width, pushed % width, 0))  # (batch,)
+    return banned | ((n == 1) & (pushed > 0)[:, None] & (oldest[:, None] == jnp.arange(vocab)))
 
 
 def _ids_present(ids: jax.Array, where: jax.Array, vocab: int) -> jax.Array:
@@ -325,6 +378,9 @@ generate_ids = jax.jit(_generate_ids, static_argnames=("model", "maxlen", "unrol
 # model=, count=) -> (state, ids (batch, count)) as often as needed; identical text.
 stream_start = jax.jit(start, static_argnames=("model", "steps", "maxlen"))
 stream_chunk = jax.jit(run_steps, static_argnames=("model", "count", "unroll"))
+# Rows that arrive apart (a server's): start_rows(params, row_keys, padded prompts, lengths, options, model=)
+# -> state; their states joined into one batch then run by stream_chunk.
+rows_start = jax.jit(start_rows, static_argnames=("model",))
 
 
 def sample_in_chunks(

@@ -65,12 +65,31 @@ def write_page(path: str | Path, data: dict) -> Path:
     """Write the page (atomically: a half-written page is never left under ``path``)."""
     path = Path(path)
     payload = json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
-    document = PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__DATA__", payload)
+    document = (
+        PAGE.replace("__VIEW_CSS__", VIEW_CSS)
+        .replace("__VIEW_JS__", VIEW_JS)
+        .replace("__TITLE__", html.escape(data["title"]))
+        .replace("__DATA__", payload)
+    )
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(document, encoding="utf-8")
     temporary.replace(path)
     return path
 
+
+# The parts of the view the server's playground shows too: the surprisal colours and the next-character bars.
+VIEW_CSS = """.bar { display: flex; align-items: center; gap: 0.5em; font-family: ui-monospace, monospace; }
+.bar div.fill { background: #4a7bd0; height: 0.9em; }"""
+VIEW_JS = """function surprisalColour(s) { return s === null ? "transparent" : `rgba(255, 127, 14, ${Math.min(s / 8, 1)})`; }
+function showBars(box, top) {  // top: [[label, probability], ...], likeliest first
+  top.forEach(([label, p]) => {
+    const row = document.createElement("div"); row.className = "bar";
+    const name = document.createElement("code"); name.textContent = JSON.stringify(label);
+    const fill = document.createElement("div"); fill.className = "fill"; fill.style.width = `${p * 300}px`;
+    const value = document.createElement("span"); value.textContent = p.toFixed(3);
+    row.append(name, fill, value); box.appendChild(row);
+  });
+}"""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
@@ -82,8 +101,7 @@ body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 #text span { cursor: pointer; }
 #text span.pinned { outline: 2px solid #000; }
 #next { margin-top: 1em; min-height: 8em; }
-.bar { display: flex; align-items: center; gap: 0.5em; font-family: ui-monospace, monospace; }
-.bar div.fill { background: #4a7bd0; height: 0.9em; }
+__VIEW_CSS__
 table { border-collapse: collapse; margin-top: 1em; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 tr.tracks td { background: #eef6ee; }
@@ -105,6 +123,7 @@ tr.tracks td { background: #eef6ee; }
 <th>chance (best |r| of shifted copies)</th><th>tracks it</th><th></th></tr></thead><tbody></tbody></table>
 <script id="data" type="application/json">__DATA__</script>
 <script>
+__VIEW_JS__
 const data = JSON.parse(document.getElementById("data").textContent);
 const n = data.labels.length, unitCount = data.units.length;
 const raw = atob(data.values), values = new Int8Array(raw.length);
@@ -128,7 +147,6 @@ function cellColour(v) {  // v in [-1, 1]: blue below zero, red above
   const a = Math.min(Math.abs(v), 1);
   return v >= 0 ? `rgba(214, 39, 40, ${a})` : `rgba(31, 119, 180, ${a})`;
 }
-function surprisalColour(s) { return s === null ? "transparent" : `rgba(255, 127, 14, ${Math.min(s / 8, 1)})`; }
 function render(view, unit) {
   document.body.dataset.view = view === "surprisal" ? "surprisal" : unit;
   viewSelect.value = view; cellSelect.value = unit;
@@ -159,13 +177,7 @@ function showNext(i) {
   head.textContent = `after ${JSON.stringify(data.labels[i])} (position ${i}` +
     (s === null ? ")" : `, it cost ${s} bits)`) + ": the likeliest next characters";
   box.appendChild(head);
-  data.top[i].forEach(([label, p]) => {
-    const row = document.createElement("div"); row.className = "bar";
-    const name = document.createElement("code"); name.textContent = JSON.stringify(label);
-    const fill = document.createElement("div"); fill.className = "fill"; fill.style.width = `${p * 300}px`;
-    const value = document.createElement("span"); value.textContent = p.toFixed(3);
-    row.append(name, fill, value); box.appendChild(row);
-  });
+  showBars(box, data.top[i]);
 }
 textBox.addEventListener("mouseover", e => { if (e.target.dataset.i && pinned === null) showNext(+e.target.dataset.i); });
 textBox.addEventListener("click", e => {
