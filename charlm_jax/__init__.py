@@ -48,6 +48,8 @@ _EXPORTS = {
     "sample": "use.sampling",
     "use_every_core": "runtime.distributed",
     "configure_cpu_devices": "runtime.distributed",
+    "ServerThread": "serve.run",
+    "ServeOptions": "settings.serving",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -119,6 +119,10 @@ def test_the_python_api_page_runs_as_written(tmp_path, monkeypatch):
             namespace["lm"], "the object is ", length=100, temperatures=(0.7, 0.5), seed=0
         )[1]
     )
+    assert (
+        namespace["served"]
+        == namespace["charlm_jax"].generate(namespace["lm"], "the object is ", length=50, temperature=0.5, seed=0)[0]
+    )
 
 
 @pytest.mark.slow  # ~75 s with the tests' unoptimised compiles; CI runs it

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -14,6 +19,8 @@ import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
+
+from browser import Browser, chromium  # noqa: E402
 
 import charlm_jax  # noqa: E402
 import charlm_jax.errors  # noqa: E402
@@ -214,3 +221,100 @@ def test_the_playground_is_served_and_names_what_the_browser_test_drives(server)
     for element in ("prompt", "temperature", "generate", "output", "next", "inspect"):
         assert f'id="{element}"' in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="no Chromium: apt-get install chromium (the CI installs it)")
+def test_the_playground_works_in_a_browser(lm, tmp_path):
+    """Type a prompt, move the slider, click Generate: the characters stream in (seen part-way), the text is
+    generate's for the slider's temperature, the bars at the cursor and the prompt's colouring appear."""
+    length = 1500
+    options = ServeOptions(warm_up=False, chunk=2, limits=ServeLimits(max_length=length))
+    with ServerThread(lm, options) as url, Browser(url + "/") as page:
+        page.wait_for("document.getElementById('model').textContent.includes('LSTM')")
+        page.type_into("prompt", "the ca")
+        page.evaluate(
+            "const s = document.getElementById('temperature'); s.value = '1.2';"
+            "s.dispatchEvent(new Event('input', {bubbles: true}))"
+        )
+        page.evaluate(f"document.getElementById('length').value = '{length}'")
+        assert page.evaluate("document.getElementById('temperature-value').textContent") == "1.2"
+        page.wait_for("document.querySelectorAll('#next .bar').length === 10")
+        page.wait_for("document.querySelectorAll('#inspect span').length === 6")
+        page.evaluate("document.getElementById('generate').click()")
+        seen = page.wait_for(
+            f"(() => {{ const n = (document.getElementById('generated') || {{textContent: ''}}).textContent.length;"
+            f" return n > 0 && n < {length} ? n : 0; }})()"
+        )
+        page.wait_for("document.getElementById('status').textContent.includes('(done)')", seconds=60)
+        text = page.evaluate("document.getElementById('generated').textContent")
+        page.screenshot(tmp_path / "playground.png")
+    assert 0 < seen < length
+    assert text == charlm_jax.generate(lm, "the ca", seed=0, temperatures=(1.2,), length=length)[0]
+    assert (tmp_path / "playground.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def documented_examples() -> list[tuple[str, str, str, str, str]]:
+    """docs/serve.md's examples: (method, path, body, answer kind, answer)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "serve.md").read_text(encoding="utf-8")
+    pattern = r"```http\n(GET|POST) (\S+)\n(.*?)```\n\n```(http|text)\n(.*?)```"
+    return re.findall(pattern, doc, re.S)
+
+
+def same_form(documented, answered) -> bool:
+    """The same keys all the way down, and values of the same kind (numbers alike, lists by their first item)."""
+    if isinstance(documented, dict):
+        return (
+            isinstance(answered, dict)
+            and set(documented) == set(answered)
+            and all(same_form(documented[k], answered[k]) for k in documented)
+        )
+    if isinstance(documented, list):
+        return isinstance(answered, list) and (not documented or not answered or same_form(documented[0], answered[0]))
+    if isinstance(documented, (int, float)) and not isinstance(documented, bool):
+        return isinstance(answered, (int, float)) and not isinstance(answered, bool)
+    return documented is None or answered is None or type(documented) is type(answered)
+
+
+def test_the_documented_examples_answer_as_documented(server):
+    examples = documented_examples()
+    assert len(examples) == 8
+    for method, path, body, kind, answer in examples:
+        request = json.loads(body) if body.strip() else None
+        if kind == "text":  # a streamed answer: its events, in the documented form
+            received = stream(server, {k: v for k, v in request.items() if k != "stream"})
+            documented = [line for line in answer.splitlines() if line]
+            assert documented[-2] == "event: end" and same_form(json.loads(documented[-1][6:]), received[-1][1])
+            assert received[-1][0] == "end" and all(same_form({"row": 0, "text": ""}, d) for _, d in received[:-1])
+            continue
+        status_line, payload = answer.split("\n", 1)
+        status, data = call(server, method, path, request)
+        assert status == int(status_line) and same_form(json.loads(payload), data), (path, body, data)
+
+
+@pytest.mark.slow
+def test_the_command_serves_says_where_and_stops_on_ctrl_c(trained_run):
+    """``charlm-jax serve --port 0``: the address printed, a warning for an address beyond this machine, HTTP
+    answered, and Ctrl-C ends it with 130."""
+    command = [sys.executable, "-m", "charlm_jax.cli", "serve", "--checkpoint", str(trained_run[0])]
+    command += ["--host", "0.0.0.0", "--port", "0", "--no-warm-up"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = server.stdout.readline(), server.stdout.readline()
+        port = int(re.search(r":(\d+)/", first).group(1))
+        assert "not only this machine" in second and "no authentication" in second
+        url = f"http://127.0.0.1:{port}"
+        assert call(url, "GET", "/health")[1]["status"] == "ok"
+        assert call(url, "POST", "/generate", {"prompt": "the ", "length": 12})[0] == 200
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 130
+        assert "stopped by SIGINT" in server.stderr.read()
+    finally:
+        server.kill()
+
+
+def test_only_loopback_addresses_count_as_this_machine():
+    from charlm_jax.serve.run import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")

@@ -61,8 +61,8 @@ def add_serve_command(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace, stop) -> int:
-    from charlm_jax.train.signals import STOP_SIGNALS
     from charlm_jax.serve.run import serve
+    from charlm_jax.train.signals import STOP_SIGNALS
     from charlm_jax.use.lm import load
 
     for name in ("chunk", "max_rows", "max_waiting", "max_length"):

@@ -103,7 +103,11 @@ class Server:
         if job.error:
             return error(job.error, 500)
         return JSONResponse(
-            {"texts": texts, "temperatures": [float(t) for t in parsed.options.temperatures], "seed": parsed.seed}
+            {
+                "texts": texts,
+                "temperatures": [float(f"{t:.6g}") for t in parsed.options.temperatures],
+                "seed": parsed.seed,
+            }
         )
 
     async def _events(self, job: Job, pieces: asyncio.Queue, rows: int):
@@ -165,7 +169,7 @@ class Server:
         return JSONResponse(
             {
                 "labels": seen.labels(),
-                "surprisal": [None if not np.isfinite(s) else round(float(s), 3) for s in surprisal],
+                "surprisal": [None if not np.isfinite(s) else round(float(s), 3) + 0.0 for s in surprisal],  # no -0.0
                 "top": [
                     [[seen.vocab_label(int(i)), round(float(p), 4)] for i, p in zip(ids, probs)]
                     for ids, probs in zip(seen.top_ids, seen.top_probs)

@@ -95,14 +95,19 @@ class Row:
 
 
 class Group:
-    """The running batch of one signature: its rows and their decoding state (padded to a bucket)."""
+    """The running batch of one signature: its slots (a row, or None when free) and their decoding state, as
+    many rows as slots (a bucket); a free slot decodes a copy of a row and its output is dropped."""
 
     def __init__(self, signature: Signature, params, options: GenerationOptions):
         self.signature = signature
         self.params = params
         self.options = options  # the static part every row shares
-        self.rows: list[Row] = []
+        self.slots: list[Row | None] = []
         self.state: DecodeState | None = None
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for row in self.slots if row is not None]
 
 
 def bucket(count: int, buckets: tuple[int, ...] = SLOT_BUCKETS) -> int:
@@ -118,19 +123,31 @@ def prompt_pad(length: int) -> int:
     return max(SHORTEST_PROMPT_PAD, 1 << (int(length) - 1).bit_length())
 
 
-def take_rows(state: DecodeState, index: np.ndarray) -> DecodeState:
+# Compiled once per pair of bucket sizes (``index`` is as long as the new batch): a batch's state resized or
+# compacted, and new rows written into free slots; shapes never depend on how many rows are live.
+@jax.jit
+def take_rows(state: DecodeState, index: jax.Array) -> DecodeState:
     """The rows ``index`` of a batch's state (the scalar ``filled`` is shared and kept)."""
     return jax.tree.map(lambda x: x[index] if x.ndim else x, state)
 
 
-def join_rows(states: list[DecodeState]) -> DecodeState:
-    """States of batches joined row-wise into one."""
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs) if xs[0].ndim else xs[0], *states)
+@jax.jit
+def row_keys(first_keys: jax.Array, indices: jax.Array) -> jax.Array:
+    """Row ``indices[r]`` of a request whose key is ``first_keys[r]``: ``decode.start``'s ``fold_in``."""
+    return jax.vmap(jax.random.fold_in)(first_keys, indices)
+
+
+@jax.jit
+def put_rows(state: DecodeState, new: DecodeState, slots: jax.Array) -> DecodeState:
+    """``state`` with the rows of ``new`` written at ``slots``."""
+    return jax.tree.map(lambda x, y: x.at[slots].set(y) if x.ndim else x, state, new)
 
 
 def row_options(group: Group, size: int) -> GenerationOptions:
-    """The group's options with each row's own traced values, padded to ``size`` rows like its state."""
-    rows = group.rows + [group.rows[-1]] * (size - len(group.rows))
+    """The group's options with each slot's own traced values (a free slot takes a live row's)."""
+    live = group.rows
+    rows = [row if row is not None else live[0] for row in group.slots] if group.slots else live
+    rows = rows + [rows[-1]] * (size - len(rows))
 
     def per_row(name: str, dtype, column: bool):
         values = np.asarray([np.asarray(getattr(r.job.options, name)).reshape(-1)[0] for r in rows], dtype)
@@ -174,25 +191,29 @@ class Batcher:
         self.thread.start()
 
     def warm_up(self, options: GenerationOptions | None = None) -> None:
-        """Compile what the first requests with ``options`` (default: temperature only) would: a start and a
-        chunk at every batch size, so no client waits for a compile. Call before serving."""
+        """Compile what requests with ``options`` (default: temperature only) and short prompts will run: the
+        prompt reading, a chunk, and the moves between batch sizes, at every size, so no client waits for a
+        compile. Call before serving."""
         options = options or GenerationOptions(length=self.chunk, temperatures=(1.0,))
-        signature = Signature.of(options)
-        probe = Group(signature, self.lm.params, options.replace(length=self.chunk, temperatures=(1.0,)))
+        probe = Group(Signature.of(options), self.lm.params, options.replace(length=self.chunk, temperatures=(1.0,)))
         ids = self.lm.encode_prompt(self.lm.default_prompt)[:SHORTEST_PROMPT_PAD]
-        probe.rows = [Row(Job(ids, options, 0, lambda *a: None), 0, 1, self.lm.vocab.decoder())]
-        padded = np.zeros((1, SHORTEST_PROMPT_PAD), np.int32)
-        padded[0, : len(ids)] = ids
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(as_key(0), jnp.arange(1, dtype=jnp.int32))
-        state = rows_start(
-            self.lm.params, keys, padded, np.full(1, len(ids), np.int32), row_options(probe, 1), model=self.lm.model
-        )
-        for size in SLOT_BUCKETS:
-            if size <= bucket(self.max_rows):
-                padded_state = take_rows(state, np.zeros(size, np.int64))
-                stream_chunk(
-                    self.lm.params, padded_state, row_options(probe, size), model=self.lm.model, count=self.chunk
-                )
+        sizes = [size for size in SLOT_BUCKETS if size <= bucket(self.max_rows)]
+        starts = {}
+        for size in sizes:
+            probe.slots = [Row(Job(ids, options, 0, lambda *a: None), 0, 1, self.lm.vocab.decoder())] * size
+            padded = np.zeros((size, SHORTEST_PROMPT_PAD), np.int32)
+            padded[:, : len(ids)] = ids
+            keys = row_keys(jnp.stack([as_key(0)] * size), np.zeros(size, np.int32))
+            lengths = np.full(size, len(ids), np.int32)
+            starts[size] = rows_start(
+                self.lm.params, keys, padded, lengths, row_options(probe, size), model=self.lm.model
+            )
+            stream_chunk(self.lm.params, starts[size], row_options(probe, size), model=self.lm.model, count=self.chunk)
+        for size in sizes:  # growing, shrinking and admitting between any two sizes
+            for other in sizes:
+                take_rows(starts[size], np.zeros(other, np.int64))
+                if other <= size:
+                    put_rows(starts[size], starts[other], np.zeros(other, np.int32))
 
     # --- called from the server's threads ---
     def submit(self, job: Job) -> None:
@@ -226,12 +247,8 @@ class Batcher:
                 if self.stopped:
                     break
                 admitted = self._take_waiting()
-            for job in admitted:
-                try:
-                    self._admit(job)
-                except Exception as error:  # noqa: BLE001 - one request's failure must not stop the others
-                    _end([job], f"decoding failed: {type(error).__name__}: {error}")
-                    self.groups = {k: g for k, g in self.groups.items() if g.rows}
+            if admitted:
+                self._admit_all(admitted)
             for signature, group in list(self.groups.items()):
                 try:
                     self._advance(group)
@@ -252,62 +269,85 @@ class Batcher:
             admitted.append(job)
         return admitted
 
-    def _admit(self, job: Job) -> None:
-        params = self.lm.params if job.params is None else job.params
-        signature = Signature.of(job.options, 0 if job.params is None else id(job.params))
+    def _admit_all(self, jobs: list[Job]) -> None:
+        """Admit ``jobs``: those of one signature read their prompts in one compiled call, then join its batch."""
+        by_signature: dict[Signature, list[Job]] = {}
+        for job in jobs:
+            by_signature.setdefault(Signature.of(job.options, 0 if job.params is None else id(job.params)), []).append(
+                job
+            )
+        for signature, together in by_signature.items():
+            try:
+                self._admit(signature, together)
+            except Exception as error:  # noqa: BLE001 - these requests fail; the others go on
+                _end(together, f"decoding failed: {type(error).__name__}: {error}")
+                self.groups = {k: g for k, g in self.groups.items() if g.rows}
+
+    def _admit(self, signature: Signature, jobs: list[Job]) -> None:
         group = self.groups.get(signature)
         if group is None:
-            static = job.options.replace(length=self.chunk, temperatures=(1.0,))
+            params = self.lm.params if jobs[0].params is None else jobs[0].params
+            static = jobs[0].options.replace(length=self.chunk, temperatures=(1.0,))
             group = self.groups[signature] = Group(signature, params, static)
-        rows = job.options.rows
-        padded = np.zeros((rows, prompt_pad(len(job.prompt_ids))), np.int32)
-        padded[:, : len(job.prompt_ids)] = job.prompt_ids
-        key = as_key(job.seed)
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(rows, dtype=jnp.int32))
-        new_rows = [Row(job, i, job.options.length, self.lm.vocab.decoder()) for i in range(rows)]
-        probe = Group(signature, params, group.options)
-        probe.rows = new_rows
-        options = row_options(probe, rows)
-        lengths = np.full(rows, len(job.prompt_ids), np.int32)
-        state = rows_start(params, keys, padded, lengths, options, model=self.lm.model)
-        live = None if group.state is None else take_rows(group.state, np.arange(len(group.rows)))
-        joined = state if live is None else join_rows([live, state])
-        group.state = self._padded(joined, len(group.rows) + rows)
-        group.rows.extend(new_rows)
-
-    @staticmethod
-    def _padded(state: DecodeState, live: int) -> DecodeState:
-        """``state`` (its first ``live`` rows real) padded with copies of its last live row to a bucket."""
-        size = bucket(live)
-        index = np.minimum(np.arange(size), live - 1)
-        return take_rows(state, index)
+        new_rows = [
+            Row(job, i, job.options.length, self.lm.vocab.decoder()) for job in jobs for i in range(job.options.rows)
+        ]
+        count, size = len(new_rows), bucket(len(new_rows))
+        padding = [new_rows[slot if slot < count else 0] for slot in range(size)]  # past ``count``: the first again
+        padded = np.zeros((size, max(prompt_pad(len(job.prompt_ids)) for job in jobs)), np.int32)
+        for slot, row in enumerate(padding):
+            padded[slot, : len(row.job.prompt_ids)] = row.job.prompt_ids
+        lengths = np.asarray([len(row.job.prompt_ids) for row in padding], np.int32)
+        first_keys = {id(job): as_key(job.seed) for job in jobs}
+        keys = row_keys(
+            jnp.stack([first_keys[id(row.job)] for row in padding]), np.asarray([r.index for r in padding], np.int32)
+        )
+        probe = Group(signature, group.params, group.options)
+        probe.slots = list(new_rows)
+        state = rows_start(group.params, keys, padded, lengths, row_options(probe, size), model=self.lm.model)
+        if group.state is None:  # a new batch: the new rows, padded to a bucket with copies
+            group.state = state
+            group.slots = [*new_rows, *[None] * (size - count)]
+            return
+        live = len(group.rows)
+        if live + count > len(group.slots):  # grow to the next bucket (the new slots free)
+            grown = bucket(live + count)
+            group.state = take_rows(group.state, np.minimum(np.arange(grown), len(group.slots) - 1))
+            group.slots += [None] * (grown - len(group.slots))
+        free = [i for i, row in enumerate(group.slots) if row is None][:count]
+        # A padding row is a copy of the first new row: written to the same slot, it changes nothing.
+        group.state = put_rows(group.state, state, np.asarray(free + [free[0]] * (size - count), np.int32))
+        for slot, row in zip(free, new_rows):
+            group.slots[slot] = row
 
     def _advance(self, group: Group) -> None:
-        """One chunk for ``group``'s rows; hand each row its text; drop finished and abandoned rows."""
+        """One chunk for ``group``'s rows; hand each row its text; free the slots of finished and abandoned
+        rows, and shrink the batch to a smaller bucket when its live rows fit one."""
         assert group.state is not None
-        size = bucket(len(group.rows))
-        options = row_options(group, size)
+        options = row_options(group, len(group.slots))
         group.state, ids = stream_chunk(group.params, group.state, options, model=self.lm.model, count=self.chunk)
         ids = np.asarray(ids)
         self.chunks_run += 1
-        keep = []
-        for slot, row in enumerate(group.rows):
+        for slot, row in enumerate(group.slots):
+            if row is None:
+                continue
             if row.job.cancelled.is_set():
+                group.slots[slot] = None
                 continue
             take = min(self.chunk, row.remaining)
             row.remaining -= take
             done = row.remaining == 0
-            piece = row.decode(ids[slot, :take], done)
-            row.job.deliver(row.index, piece, done)
-            if not done:
-                keep.append(slot)
-        if len(keep) == len(group.rows):
-            return
-        if not keep:
+            row.job.deliver(row.index, row.decode(ids[slot, :take], done), done)
+            if done:
+                group.slots[slot] = None
+        live = [i for i, row in enumerate(group.slots) if row is not None]
+        if not live:
             del self.groups[group.signature]
-            return
-        group.rows = [group.rows[i] for i in keep]
-        group.state = self._padded(take_rows(group.state, np.asarray(keep)), len(keep))
+        elif bucket(len(live)) < len(group.slots):
+            size = bucket(len(live))
+            index = np.asarray(live + [live[0]] * (size - len(live)))
+            group.state = take_rows(group.state, index)
+            group.slots = [group.slots[i] for i in live] + [None] * (size - len(live))
 
 
 def _end(jobs, message: str) -> None:
