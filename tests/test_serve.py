@@ -318,3 +318,14 @@ def test_only_loopback_addresses_count_as_this_machine():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+
+
+def test_an_adapted_request_gets_what_generate_with_adapt_gives(lm, server):
+    request = {"prompt": "the quick brown fox jumps over the lazy dog. ", "temperature": 0.7, "length": 30, "seed": 9}
+    status, data = call(server, "POST", "/generate", {**request, "adapt": {"rule": "sgd", "learning_rate": 0.01}})
+    options = charlm_jax.AdaptOptions(rule="sgd", learning_rate=0.01)
+    expected = charlm_jax.generate(lm, request["prompt"], seed=9, temperatures=(0.7,), length=30, adapt=options)
+    plain = charlm_jax.generate(lm, request["prompt"], seed=9, temperatures=(0.7,), length=30)
+    assert status == 200 and data["texts"] == expected and expected != plain
+    status, data = call(server, "POST", "/generate", {**request, "adapt": {"rule": "sideways"}})
+    assert status == 400 and "adaptation rule must be one of" in data["error"]

@@ -78,8 +78,8 @@ class Server:
     async def generate(self, request: Request) -> Response:
         parsed = parse_generate(await read_body(request, self.limits), self.lm, self.limits)
         params = None
-        if parsed.adapt:
-            params = await run_in_threadpool(self._adapted, parsed.prompt_ids)
+        if parsed.adapt is not None:
+            params = await run_in_threadpool(self._adapted, parsed.prompt_ids, parsed.adapt)
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
 
@@ -126,11 +126,10 @@ class Server:
         finally:
             job.cancel()  # a client that left frees its rows at the next chunk
 
-    def _adapted(self, prompt_ids: np.ndarray):
-        from charlm_jax.settings.adapt import AdaptOptions
+    def _adapted(self, prompt_ids: np.ndarray, options):
+        """The weights after reading the prompt adapting (dynamic evaluation), as ``generate(adapt=...)``."""
         from charlm_jax.use.adapt import adaptive_pass
 
-        options = AdaptOptions()
         _, params, _ = adaptive_pass(self.lm.params, self.lm.model, prompt_ids, options, self.lm.adapt_scale(options))
         return params
 

@@ -229,7 +229,7 @@ class Batcher:
 
     def load(self) -> dict[str, int]:
         with self.wake:
-            active = sum(len(g.rows) for g in self.groups.values())
+            active = sum(len(g.rows) for g in list(self.groups.values()))  # the decoding thread may change it
             return {"active_rows": active, "waiting_requests": len(self.waiting), "chunks_run": self.chunks_run}
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ refused for what ``charlm_jax.generate`` would refuse, with the same words, plus
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 
 from charlm_jax.errors import CharLMError
 from charlm_jax.runtime.seeds import check_seed
+from charlm_jax.settings.adapt import AdaptOptions, as_adapt_options
 from charlm_jax.settings.config import UNSEEN_POLICIES
 from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.settings.serving import ServeLimits
@@ -65,7 +67,7 @@ class GenerateRequest:
     prompt_ids: np.ndarray
     options: GenerationOptions
     seed: int
-    adapt: bool
+    adapt: AdaptOptions | None
     stream: bool
 
 
@@ -149,6 +151,14 @@ def parse_generate(body: Any, lm, limits: ServeLimits) -> GenerateRequest:
     except TypeError as error:  # a value of the wrong type inside a check
         raise RequestError(f"a generation option has the wrong type: {error}") from None
     prompt_ids = lm.encode_prompt(prompt, unseen=unseen_field(body))
-    return GenerateRequest(
-        prompt, prompt_ids, options, int(seed), flag_field(body, "adapt"), flag_field(body, "stream")
-    )
+    return GenerateRequest(prompt, prompt_ids, options, int(seed), adapt_field(body), flag_field(body, "stream"))
+
+
+def adapt_field(body: dict) -> AdaptOptions | None:
+    """``adapt``: true (the defaults), false, or an object of ``AdaptOptions`` fields (``{"rule": "sgd"}``)."""
+    value = body.get("adapt", False)
+    if isinstance(value, dict):
+        return AdaptOptions(**checked_fields(value, tuple(f.name for f in dataclasses.fields(AdaptOptions))))
+    if not isinstance(value, bool):
+        raise RequestError(f"adapt must be true, false or an object of adaptation settings, got {value!r}")
+    return as_adapt_options(value)
