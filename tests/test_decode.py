@@ -196,7 +196,7 @@ def ngram_bans_reference(text: list[int], n: int, vocab: int) -> np.ndarray:
 def pushed_state(texts: np.ndarray, options: GenerationOptions, length: int, vocab: int) -> DecodeState:
     """The decode state's history after the ids of ``texts`` (batch, count) were pushed one by one."""
     batch = texts.shape[0]
-    state = DecodeState(None, None, None, None, *_empty_history(batch, length, vocab, options), None, None)
+    state = DecodeState(None, None, None, None, *_empty_history(batch, length, vocab, options), None, None, None, None)
     for column in texts.T:
         state = _push(state, jnp.asarray(column, jnp.int32), options)
     return state
@@ -335,3 +335,70 @@ def test_bad_generation_options_are_one_line_errors(trained_run, kwargs, fragmen
     if "temperatures" not in kwargs:
         with pytest.raises(CharLMError, match=re.escape(fragment)):
             next(iter(charlm_jax.stream(lm, "the", temperature=0.5, **kwargs)))
+
+
+def first_stop(text: str, prompt: str, stops: tuple[str, ...]) -> str:
+    """The generated ``text`` cut just after the first place where prompt + text ends with a stop string (a
+    stop may begin in the prompt), or whole."""
+    whole = prompt + text
+    for end in range(len(prompt) + 1, len(whole) + 1):
+        if whole[:end].endswith(stops):
+            return whole[len(prompt) : end]
+    return text
+
+
+@pytest.mark.parametrize("mode", ["stateful", "window"])
+@pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram": 4, "top_p": 0.9}])
+def test_a_stop_string_ends_a_row_where_it_is_first_completed(trained_run, mode, extra):
+    lm = charlm_jax.load(trained_run[0])
+    temperatures = (0.3, 1.0, 1.5, 2.0)
+    for stops in (("e",), ("th", "o"), (" the",), ("zzz",), ("s. a",)):
+        options = dict(length=120, temperatures=temperatures, mode=mode, **extra)
+        plain = charlm_jax.generate(lm, "a stitch in t", seed=5, **options)
+        stopped = charlm_jax.generate(lm, "a stitch in t", seed=5, stop=stops, **options)
+        assert stopped == [first_stop(text, "a stitch in t", stops) for text in plain], stops
+        for row, temperature in enumerate(temperatures):  # streaming stops at the same place
+            pieces = charlm_jax.stream(
+                lm, "a stitch in t", seed=5, row=row, chunk=7, stop=stops, **{**options, "temperatures": (temperature,)}
+            )
+            assert "".join(pieces) == stopped[row]
+
+
+def test_once_every_row_stopped_the_scan_ends(trained_run):
+    """A stop every row meets at once: the rest of the ids are STOPPED, and streaming asks for no further chunk
+    (that the whole call's scan ends early too is a cost, measured by benchmarks/decoding.py)."""
+    from charlm_jax.use.decode import STOPPED, sample_in_chunks
+
+    lm = charlm_jax.load(trained_run[0])
+    prompt = np.asarray(lm.encode_prompt("the "))[None, :]
+    first = charlm_jax.generate(lm, "the ", temperatures=(0.0,), length=1)[0]  # what greedy writes first
+
+    def encoded(temperatures):
+        options = GenerationOptions(length=400, temperatures=temperatures, stop=(first,))
+        return options.with_stop_ids(lambda text: lm.vocab.encode(text))
+
+    ids = np.asarray(generate_ids(lm.params, 3, prompt.repeat(2, 0), encoded((0.0, 0.0)), model=lm.model, maxlen=12))
+    assert (ids[:, 0] >= 0).all() and (ids[:, 1:] == STOPPED).all()
+    pieces = sample_in_chunks(lm.params, 3, prompt, encoded((0.0,)), model=lm.model, maxlen=12, chunk=10)
+    chunks = list(pieces)
+    assert len(chunks) == 1
+
+
+@pytest.mark.parametrize(
+    "stop, fragment",
+    [
+        (("",), "non-empty strings"),
+        (("x" * 65,), "at most 64"),
+        (tuple("abcdefghijklmnopq"), "up to 16"),
+        ((3,), "strings"),
+    ],
+)
+def test_bad_stop_strings_are_one_line_errors(stop, fragment):
+    with pytest.raises(CharLMError, match=fragment):
+        GenerationOptions(stop=stop)
+
+
+def test_a_stop_string_the_model_cannot_write_is_refused(trained_run):
+    lm = charlm_jax.load(trained_run[0])
+    with pytest.raises(CharLMError, match="not in the model's vocabulary"):
+        charlm_jax.generate(lm, "the ", stop=("Ω",), length=5)

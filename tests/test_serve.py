@@ -329,3 +329,20 @@ def test_an_adapted_request_gets_what_generate_with_adapt_gives(lm, server):
     assert status == 200 and data["texts"] == expected and expected != plain
     status, data = call(server, "POST", "/generate", {**request, "adapt": {"rule": "sideways"}})
     assert status == 400 and "adaptation rule must be one of" in data["error"]
+
+
+def test_stop_strings_end_a_row_as_generate_ends_it_batched_or_not(lm, server):
+    requests = [
+        {"prompt": "the ", "temperature": 1.0, "length": 300, "seed": s, "stop": stop}
+        for s, stop in ((1, ["e"]), (2, ["th", "q"]), (3, ["zzz"]), (4, ["."]))
+    ]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda r: call(server, "POST", "/generate", r), requests))
+    for request, (status, data) in zip(requests, answers):
+        expected = charlm_jax.generate(
+            lm, "the ", seed=request["seed"], temperatures=(1.0,), length=300, stop=tuple(request["stop"])
+        )
+        assert status == 200 and data["texts"] == expected
+    streamed = "".join(d["text"] for kind, d in stream(server, requests[1]) if kind == "message")
+    assert streamed == answers[1][1]["texts"][0] and streamed.endswith(("th", "q"))
+    assert call(server, "POST", "/generate", {"prompt": "the ", "stop": ["Ω"]})[0] == 400

@@ -211,6 +211,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         repetition_window=args.repetition_window if args.repetition_window is not None else DEFAULT_REPETITION_WINDOW,
         no_repeat_ngram=args.no_repeat_ngram,
         history_window=args.history_window if args.history_window is not None else DEFAULT_HISTORY_WINDOW,
+        stop=tuple(args.stop),
     )  # every option checked here, before the checkpoint is read
     lm = load(args.checkpoint, step=args.step)
     if args.prompt_file is not None:

@@ -304,6 +304,14 @@ def add_generate_command(commands) -> None:
     )
     _add_sampling_flags(generate)
     generate.add_argument(
+        "--stop",
+        nargs="+",
+        type=_escaped,
+        default=(),
+        metavar="STRING",
+        help="end a row when its text ends with any of these (kept in the text; \\n is a newline, \\t a tab)",
+    )
+    generate.add_argument(
         "--stream",
         action="store_true",
         help="print each sample as it is generated, one temperature after another (default: off)",
@@ -313,6 +321,11 @@ def add_generate_command(commands) -> None:
     )
     generate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
     _add_cpu_devices_flag(generate)
+
+
+def _escaped(text: str) -> str:
+    """A flag's value with ``\\n``, ``\\t`` and ``\\\\`` read as a newline, a tab and a backslash."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
 def add_eval_command(commands) -> None:

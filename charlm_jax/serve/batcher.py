@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm_jax.errors import CharLMError
-from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.settings.generation import ANY_ID, MAX_STOP_LENGTH, MAX_STOPS, GenerationOptions
 from charlm_jax.settings.serving import DEFAULT_CHUNK, DEFAULT_MAX_WAITING, SLOT_BUCKETS
-from charlm_jax.use.decode import DecodeState, as_key, rows_start, stream_chunk
+from charlm_jax.use.decode import STOPPED, DecodeState, as_key, rows_start, stream_chunk
 
 # Prompts are padded to a power of two from this length on (one compiled start per length).
 SHORTEST_PROMPT_PAD = 16
@@ -50,6 +50,7 @@ class Signature:
     repetition_penalty: bool
     no_repeat_ngram: bool
     history_window: int
+    stop: bool
     weights: int  # id() of the parameters; 0 for the model's own
 
     @classmethod
@@ -62,6 +63,7 @@ class Signature:
             options.repetition_penalty is not None,
             options.no_repeat_ngram is not None,
             options.history_window,
+            options.stop_ids is not None,
             weights,
         )
 
@@ -160,7 +162,18 @@ def row_options(group: Group, size: int) -> GenerationOptions:
             extra[name] = per_row(name, dtype, True)
     if group.options.no_repeat_ngram is not None:
         extra["no_repeat_ngram"] = per_row("no_repeat_ngram", np.int32, True)
+    if group.signature.stop:
+        extra["stop_ids"] = np.stack([server_stop_table(r.job.options.stop_ids[r.index]) for r in rows])
     return group.options.with_rows(temperatures, **extra)
+
+
+def server_stop_table(table: np.ndarray) -> np.ndarray:
+    """One row's stop strings (stops, width) padded to the server's one shape (MAX_STOPS, MAX_STOP_LENGTH): wider
+    with ANY_ID on the left, the unused stops all STOPPED (a tail ends with a generated id, so never matched)."""
+    padded = np.full((MAX_STOPS, MAX_STOP_LENGTH), STOPPED, np.int32)
+    padded[: table.shape[0]] = ANY_ID
+    padded[: table.shape[0], MAX_STOP_LENGTH - table.shape[1] :] = table
+    return padded
 
 
 class Batcher:
@@ -335,9 +348,11 @@ class Batcher:
                 group.slots[slot] = None
                 continue
             take = min(self.chunk, row.remaining)
-            row.remaining -= take
+            new = ids[slot, :take]
+            stopped = new == STOPPED
+            row.remaining = 0 if stopped.any() else row.remaining - take  # a stopped row is done
             done = row.remaining == 0
-            row.job.deliver(row.index, row.decode(ids[slot, :take], done), done)
+            row.job.deliver(row.index, row.decode(new[~stopped], done), done)
             if done:
                 group.slots[slot] = None
         live = [i for i, row in enumerate(group.slots) if row is not None]

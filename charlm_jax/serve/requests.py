@@ -39,6 +39,7 @@ GENERATE_FIELDS = (
     "adapt",
     "unseen",
     "stream",
+    "stop",
 )
 SCORE_FIELDS = ("text", "mode", "unseen")
 NEXT_FIELDS = ("prompt", "temperature", "top", "unseen")
@@ -142,6 +143,11 @@ def parse_generate(body: Any, lm, limits: ServeLimits) -> GenerateRequest:
         seed = int(seed)
     check_seed(seed)
     settings = {name: body[name] for name in OPTION_FIELDS + ("sampler", "history_window") if name in body}
+    if "stop" in body:
+        stop = body["stop"]
+        if not isinstance(stop, list) or not all(isinstance(text, str) for text in stop):
+            raise RequestError(f"stop must be a list of strings, got {stop!r}")
+        settings["stop"] = tuple(stop)
     for name in ("top_p", "min_p", "repetition_penalty"):
         if name in settings:
             number_field(settings, name, None)
@@ -150,6 +156,9 @@ def parse_generate(body: Any, lm, limits: ServeLimits) -> GenerateRequest:
         options = GenerationOptions(length=length, temperatures=_temperatures(body, limits), **settings)
     except TypeError as error:  # a value of the wrong type inside a check
         raise RequestError(f"a generation option has the wrong type: {error}") from None
+    from charlm_jax.use.lm import generation_options
+
+    options = generation_options(options, {}, lm)  # the stop strings in the model's ids
     prompt_ids = lm.encode_prompt(prompt, unseen=unseen_field(body))
     return GenerateRequest(prompt, prompt_ids, options, int(seed), adapt_field(body), flag_field(body, "stream"))
 

@@ -8,7 +8,9 @@ for its per-epoch samples; the jitted scan receives it as one argument. It is a 
   ``sampler``, ``top_k``, ``history_window`` (the size of the ring the repetition controls
   read), and whether each optional control is on;
 * traced (new values never recompile): ``temperatures`` (one per row, float32), ``top_p``,
-  ``min_p``, ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``.
+  ``min_p``, ``repetition_penalty``, ``repetition_window``, ``no_repeat_ngram``, ``stop_ids``;
+* neither: ``stop``, the stop strings, which the scan reads as ``stop_ids`` (their ids in a model's
+  vocabulary, ``with_stop_ids``): other strings of the same shape never recompile.
 
 Adding an option touches this file (the field and its check), the scan that reads it and the flag.
 """
@@ -33,7 +35,20 @@ from charlm_jax.settings.config import (
 )
 
 STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window")
-TRACED_FIELDS = ("temperatures", "top_p", "min_p", "repetition_penalty", "repetition_window", "no_repeat_ngram")
+TRACED_FIELDS = (
+    "temperatures",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "repetition_window",
+    "no_repeat_ngram",
+    "stop_ids",
+)
+# Stop strings: how many, and how long each may be (the scan compares the last MAX_STOP_LENGTH ids with each).
+MAX_STOPS, MAX_STOP_LENGTH = 16, 64
+# Padding of ``stop_ids`` (right-aligned): a place no id matches is -1, and a sequence's unused places are
+# ANY_ID (they match every id), so a shorter sequence compares only its own length.
+ANY_ID = -2
 
 
 def _is_int(value: Any) -> bool:
@@ -85,6 +100,8 @@ class GenerationOptions:
     repetition_window: int = DEFAULT_REPETITION_WINDOW
     no_repeat_ngram: int | None = None
     history_window: int = DEFAULT_HISTORY_WINDOW
+    stop: tuple[str, ...] = ()  # a row ends when its text ends with any of them (they are kept in the text)
+    stop_ids: Any = None  # (rows, stops, length) int32 once encoded for a vocabulary (``with_stop_ids``)
 
     def __post_init__(self) -> None:
         if not _is_int(self.length) or self.length <= 0:
@@ -126,6 +143,11 @@ class GenerationOptions:
                 f"got {self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8"
             )
 
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        check_stop(self.stop)
+
     @property
     def rows(self) -> int:
         return int(np.shape(self.temperatures)[0])
@@ -136,9 +158,24 @@ class GenerationOptions:
         return self.repetition_penalty is not None or self.no_repeat_ngram is not None
 
     def replace(self, **changes: Any) -> GenerationOptions:
-        """A checked copy with ``changes`` (``dataclasses.replace``, validated again)."""
+        """A checked copy with ``changes`` (``dataclasses.replace``, validated again); ``stop_ids`` are dropped
+        unless given (encode the stop strings again for the new rows)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return GenerationOptions(**{**values, **changes})
+        return GenerationOptions(**{**values, "stop_ids": None, **changes})
+
+    def with_stop_ids(self, encode) -> GenerationOptions:
+        """A copy whose ``stop_ids`` hold ``stop`` encoded by ``encode`` (a string -> its ids in a model's
+        vocabulary), right-aligned in (rows, stops, longest) with ``ANY_ID`` before a shorter one; unchanged
+        without stop strings."""
+        if not self.stop:
+            return self
+        encoded = [np.asarray(encode(text), np.int32) for text in self.stop]
+        longest = max(len(ids) for ids in encoded)
+        table = np.full((len(encoded), longest), ANY_ID, np.int32)
+        for row, ids in zip(table, encoded):
+            row[longest - len(ids) :] = ids
+        rows = np.broadcast_to(table, (self.rows, *table.shape)).copy()
+        return _built({**self.__dict__, "stop_ids": rows})
 
     def with_rows(self, temperatures: Any, **per_row: Any) -> GenerationOptions:
         """The same options with the per-row temperatures given as they are (an array already checked
@@ -149,6 +186,14 @@ class GenerationOptions:
         if unknown:
             raise CharLMError(f"only {', '.join(TRACED_FIELDS)} can vary per row, got {sorted(unknown)}")
         return _built({**self.__dict__, **per_row, "temperatures": temperatures})
+
+
+def check_stop(stop: tuple) -> None:
+    if len(stop) > MAX_STOPS or not all(isinstance(text, str) and 0 < len(text) <= MAX_STOP_LENGTH for text in stop):
+        raise CharLMError(
+            f"stop must be up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_LENGTH} characters, got "
+            f"{stop!r}: pass e.g. --stop '\\n\\n'"
+        )
 
 
 def _built(values: dict[str, Any]) -> GenerationOptions:
@@ -166,7 +211,7 @@ def _flatten(options: GenerationOptions):
 
 
 def _unflatten(static, traced) -> GenerationOptions:
-    return _built({**dict(zip(STATIC_FIELDS, static)), **dict(zip(TRACED_FIELDS, traced))})
+    return _built({**dict(zip(STATIC_FIELDS, static)), **dict(zip(TRACED_FIELDS, traced)), "stop": ()})
 
 
 def _register() -> None:

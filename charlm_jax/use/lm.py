@@ -37,7 +37,7 @@ from charlm_jax.settings.adapt import AdaptOptions, as_adapt_options
 from charlm_jax.settings.config import TrainConfig
 from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.use.adapt import adaptive_pass, gradient_scale
-from charlm_jax.use.decode import SAMPLE_CHUNK, as_key, generate_ids, sample_in_chunks
+from charlm_jax.use.decode import SAMPLE_CHUNK, STOPPED, as_key, generate_ids, sample_in_chunks
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost little more than one
 # generate call per character (results/2026-12-02-cpu.md, the chunk table).
@@ -137,8 +137,18 @@ def load(checkpoint_dir: str | os.PathLike, step: int | None = None) -> Language
         return store.newest_readable(read, step)
 
 
-def generation_options(options: GenerationOptions | None, settings: dict[str, Any]) -> GenerationOptions:
-    """The options of a call: a ``GenerationOptions``, or its fields as keywords; not both."""
+def generation_options(
+    options: GenerationOptions | None, settings: dict[str, Any], lm: LanguageModel | None = None
+) -> GenerationOptions:
+    """The options of a call: a ``GenerationOptions``, or its fields as keywords; not both. With ``lm``, its stop
+    strings encoded in ``lm``'s vocabulary."""
+    options = _options(options, settings)
+    if lm is None:
+        return options
+    return options.with_stop_ids(lambda text: lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="stop"))
+
+
+def _options(options: GenerationOptions | None, settings: dict[str, Any]) -> GenerationOptions:
     if "temperature" in settings:  # the singular spelling, for one row
         settings["temperatures"] = (settings.pop("temperature"),)
     if options is not None:
@@ -185,7 +195,7 @@ def generate(
     from charlm_jax.runtime.distributed import default_mesh, use_every_core
 
     use_every_core()
-    options = generation_options(options, settings)
+    options = generation_options(options, settings, lm)
     adapt_options = as_adapt_options(adapt)
     prompt = lm.default_prompt if prompt is None else prompt
     prompt_ids = lm.encode_prompt(prompt)
@@ -206,7 +216,7 @@ def generate(
         options = options.with_rows(temperatures)
     ids = generate_ids(params, _seed(seed), prompt_rows, options, model=lm.model, maxlen=lm.config.maxlen)
     head = prompt if include_prompt else ""
-    return [head + lm.vocab.decode(row) for row in np.asarray(ids)]
+    return [head + lm.vocab.decode(row[row != STOPPED]) for row in np.asarray(ids)]
 
 
 def stream(
@@ -227,7 +237,7 @@ def stream(
     jitted call of ``chunk`` steps carrying the decoding state, compiled once. A byte model's character cut
     between two pieces is held back until it is whole, so the pieces joined are ``generate``'s text.
     """
-    options = generation_options(options, settings)
+    options = generation_options(options, settings, lm)
     if options.rows != 1:
         raise CharLMError(
             f"stream generates one row, got {options.rows} temperatures: stream each one, "
@@ -246,7 +256,7 @@ def _stream(
     for ids in sample_in_chunks(
         lm.params, key, prompt_ids, options, np.int32(row), model=lm.model, maxlen=lm.config.maxlen, chunk=chunk
     ):
-        if piece := decode(ids[0], False):
+        if piece := decode(ids[0][ids[0] != STOPPED], False):
             yield piece
     if tail := decode(np.zeros(0, np.int32), True):
         yield tail
