@@ -34,6 +34,8 @@ _EXPORTS = {
     "score": "use.lm",
     "stream": "use.lm",
     "with_compute_dtype": "use.lm",
+    "beam_search": "use.beam",
+    "Hypothesis": "use.beam",
     "inspect": "use.inside",
     "Inspection": "use.inside",
     "rank_cells": "use.cells",

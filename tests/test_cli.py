@@ -327,3 +327,14 @@ def test_a_file_where_a_directory_belongs_is_one_line_and_left_untouched(capsys,
         code, _, err = run_cli(capsys, *argv)
         assert_one_line_error(code, err, "is a file")
     assert existing.read_text() == "keep me"
+
+
+def test_generate_beam_prints_ranked_continuations_and_refuses_what_it_ignores(trained_run, capsys):
+    from charlm_jax.cli.app import main
+
+    run = str(trained_run[0])
+    assert main(["generate", "--checkpoint", run, "--prompt", "the ", "--beam", "3", "--length", "20", "--stop", "."]) == 0
+    out = capsys.readouterr().out
+    assert out.count("------ ") == 3 and "log2p" in out
+    assert main(["generate", "--checkpoint", run, "--beam", "3", "--top-p", "0.9"]) == 2
+    assert "does not read --top-p" in capsys.readouterr().err

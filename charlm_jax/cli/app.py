@@ -190,6 +190,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
                 given(args, "history_window") and args.repetition_penalty is None and args.no_repeat_ngram is None,
                 "--history-window has no effect without --repetition-penalty or --no-repeat-ngram: drop it or add one",
             ),
+            (given(args, "length_penalty") and args.beam is None, "--length-penalty needs --beam: add it or drop it"),
         ]
     )
     adapt = adapt_options(args)
@@ -223,6 +224,10 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     prompt_ids = lm.encode_prompt(prompt, args.unseen)  # unknown characters refused before anything is printed
     if args.unseen == "skip":  # said once, here: the prompt goes on without them
         prompt = lm.vocab.decode(prompt_ids)
+    if args.beam is not None:
+        from charlm_jax.cli.beam_command import print_beams
+
+        return print_beams(args, lm, prompt)
     chunk = {} if args.chunk is None else {"chunk": args.chunk}
     if args.stream:
         # Row ``index`` of the unstreamed call: the same text, whatever the chunk. stream() checks its

@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from charlm_jax.cli.decoding_flags import add_decoding_flags
 from charlm_jax.cli.serve_command import add_serve_command
 from charlm_jax.settings.config import (
     BOOK_TEMPERATURES,
-    DEFAULT_HISTORY_WINDOW,
-    DEFAULT_REPETITION_WINDOW,
-    DEFAULT_SAMPLER,
     GENERATION_MODES,
-    SAMPLERS,
     UNITS,
     UNSEEN_POLICIES,
     TrainConfig,
@@ -103,53 +100,6 @@ def _add_adapt_flags(parser: argparse.ArgumentParser, what: str) -> None:
         "--adapt-rule",
         choices=RULES,
         help=f"rms: the paper's RMS-normalised step; sgd: plain (default: {defaults.rule})",
-    )
-
-
-def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--top-k", type=int, help="sample only from the k most likely characters (default: off)")
-    parser.add_argument(
-        "--top-p", type=float, help="sample from the smallest set with this much probability mass (default: off)"
-    )
-    parser.add_argument(
-        "--min-p",
-        type=float,
-        help="drop characters less likely than this fraction of the most likely one (default: off)",
-    )
-    parser.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=DEFAULT_SAMPLER,
-        help="how a character is drawn from softmax(logits / T): inverse_cdf (one uniform "
-        "per step) or gumbel (jax.random.categorical); the same distribution "
-        f"(default: {DEFAULT_SAMPLER})",
-    )
-    parser.add_argument(
-        "--repetition-penalty",
-        type=float,
-        metavar="R",
-        help="divide positive (multiply negative) logits of characters seen in the last "
-        "--repetition-window characters by R; > 1 discourages loops (default: off)",
-    )
-    parser.add_argument(
-        "--repetition-window",
-        type=int,
-        metavar="N",
-        help=f"characters the penalty looks back over (default: {DEFAULT_REPETITION_WINDOW})",
-    )
-    parser.add_argument(
-        "--no-repeat-ngram",
-        type=int,
-        metavar="N",
-        help="never generate a character that repeats an N-gram already in the last "
-        "--history-window characters (default: off)",
-    )
-    parser.add_argument(
-        "--history-window",
-        type=int,
-        metavar="N",
-        help="characters (prompt included) the repetition controls read: their cost per "
-        f"character grows with N, never with the text's length (default: {DEFAULT_HISTORY_WINDOW})",
     )
 
 
@@ -302,15 +252,7 @@ def add_generate_command(commands) -> None:
         help="stateful: carry the LSTM state, O(1) per character; window: re-read the "
         "last maxlen characters each step, as the book (default: stateful)",
     )
-    _add_sampling_flags(generate)
-    generate.add_argument(
-        "--stop",
-        nargs="+",
-        type=_escaped,
-        default=(),
-        metavar="STRING",
-        help="end a row when its text ends with any of these (kept in the text; \\n is a newline, \\t a tab)",
-    )
+    add_decoding_flags(generate)
     generate.add_argument(
         "--stream",
         action="store_true",
@@ -321,11 +263,6 @@ def add_generate_command(commands) -> None:
     )
     generate.add_argument("--step", type=int, help="checkpoint step to load (default: latest)")
     _add_cpu_devices_flag(generate)
-
-
-def _escaped(text: str) -> str:
-    """A flag's value with ``\\n``, ``\\t`` and ``\\\\`` read as a newline, a tab and a backslash."""
-    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
 def add_eval_command(commands) -> None:
