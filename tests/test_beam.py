@@ -11,7 +11,7 @@ import charlm_jax
 from charlm_jax.errors import CharLMError
 from charlm_jax.model.charlstm import CharLSTM, init_params
 from charlm_jax.use.beam import beam_ids, beam_search
-from charlm_jax.use.decode import STOPPED
+from charlm_jax.use.stops import STOPPED
 
 VOCAB = 6
 PROMPT = np.array([1, 4, 2], np.int32)

@@ -333,7 +333,9 @@ def test_generate_beam_prints_ranked_continuations_and_refuses_what_it_ignores(t
     from charlm_jax.cli.app import main
 
     run = str(trained_run[0])
-    assert main(["generate", "--checkpoint", run, "--prompt", "the ", "--beam", "3", "--length", "20", "--stop", "."]) == 0
+    assert (
+        main(["generate", "--checkpoint", run, "--prompt", "the ", "--beam", "3", "--length", "20", "--stop", "."]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count("------ ") == 3 and "log2p" in out
     assert main(["generate", "--checkpoint", run, "--beam", "3", "--top-p", "0.9"]) == 2

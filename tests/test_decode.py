@@ -367,7 +367,8 @@ def test_a_stop_string_ends_a_row_where_it_is_first_completed(trained_run, mode,
 def test_once_every_row_stopped_the_scan_ends(trained_run):
     """A stop every row meets at once: the rest of the ids are STOPPED, and streaming asks for no further chunk
     (that the whole call's scan ends early too is a cost, measured by benchmarks/decoding.py)."""
-    from charlm_jax.use.decode import STOPPED, sample_in_chunks
+    from charlm_jax.use.decode import sample_in_chunks
+    from charlm_jax.use.stops import STOPPED
 
     lm = charlm_jax.load(trained_run[0])
     prompt = np.asarray(lm.encode_prompt("the "))[None, :]

@@ -28,7 +28,8 @@ import numpy as np
 from charlm_jax.errors import CharLMError
 from charlm_jax.settings.generation import ANY_ID, MAX_STOP_LENGTH, MAX_STOPS, GenerationOptions
 from charlm_jax.settings.serving import DEFAULT_CHUNK, DEFAULT_MAX_WAITING, SLOT_BUCKETS
-from charlm_jax.use.decode import STOPPED, DecodeState, as_key, rows_start, stream_chunk
+from charlm_jax.use.decode import DecodeState, as_key, rows_start, stream_chunk
+from charlm_jax.use.stops import STOPPED
 
 # Prompts are padded to a power of two from this length on (one compiled start per length).
 SHORTEST_PROMPT_PAD = 16

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm_jax.errors import CharLMError
-from charlm_jax.settings.generation import ANY_ID
-from charlm_jax.use.decode import STOPPED
+from charlm_jax.use.stops import STOPPED, ends_with_stop
 
 MAX_BEAM = 256
 
@@ -37,12 +36,6 @@ class Hypothesis:
     log2p: float
     length: int
     score: float  # what it was ranked by: log2p, divided by length ** length_penalty when one is given
-
-
-def _matched(tail: jax.Array, stop_ids: jax.Array) -> jax.Array:
-    """(beam,): whether each tail (beam, width) ends with one of ``stop_ids`` (stops, width)."""
-    matches = (stop_ids[None] == tail[:, None, :]) | (stop_ids[None] == ANY_ID)
-    return jnp.any(jnp.all(matches, axis=-1), axis=-1)
 
 
 @partial(jax.jit, static_argnames=("model", "beam", "length"))
@@ -87,7 +80,7 @@ def beam_ids(params, prompt_ids: jax.Array, stop_ids, length_penalty, *, model, 
         carries, logits = model.apply(variables, jnp.where(done, 0, token)[:, None], carries, last_only=True)
         if width:
             tail = jnp.concatenate([tail[:, 1:], emitted[:, None]], axis=1)
-            stopped = ~done & _matched(tail, stop_ids)
+            stopped = ~done & ends_with_stop(tail, stop_ids[None])
             ends = jnp.where(stopped, t + 1, ends)
             done = done | stopped
         return (carries, logits, best, ids, done, ends, tail), None

@@ -42,8 +42,9 @@ import numpy as np
 
 from charlm_jax.errors import CharLMError
 from charlm_jax.runtime.seeds import check_seed, seed_key
-from charlm_jax.settings.generation import ANY_ID, GenerationOptions
+from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.use.sampling import ban, draw_noise, repetition_penalty, sample_with_noise
+from charlm_jax.use.stops import STOP_CHECK_STEPS, STOPPED, ends_with_stop, stop_tail, until_all_stopped
 
 # Random numbers are drawn at once for a chunk of steps (one vectorised threefry instead of one
 # per step, whose fixed cost on a CPU is several steps' worth of LSTM); the chunk shrinks so its
@@ -57,10 +58,6 @@ DECODE_UNROLL = 1
 # Steps per chunk of the training loop's per-epoch samples, which give way to a stop request
 # between chunks however long they are (and the stream's default piece, in ``lm``).
 SAMPLE_CHUNK = 200
-# The id a row returns after it completed a stop string (``GenerationOptions.stop``), and how many steps run
-# between two checks of whether every row has (a whole generation ends early then).
-STOPPED = -1
-STOP_CHECK_STEPS = 32
 
 
 def as_key(seed: int | jax.Array) -> jax.Array:
@@ -145,7 +142,7 @@ def start(
         *_empty_history(batch, prompt_len + steps, model.vocab_size, options),
         row_keys,
         jnp.zeros(batch, jnp.int32),
-        *_stop_tail(prompt_ids, jnp.full(batch, prompt_len, jnp.int32), options),
+        *stop_tail(prompt_ids, jnp.full(batch, prompt_len, jnp.int32), options.stop_ids),
     )
     if options.keeps_history:
         # Only the prompt's last ``width`` ids can matter: the ring's state depends on nothing older.
@@ -180,7 +177,7 @@ def start_rows(
         *_empty_history(batch, options.history_window, model.vocab_size, options),
         row_keys,
         jnp.zeros(batch, jnp.int32),
-        *_stop_tail(prompt_ids, prompt_lengths, options),
+        *stop_tail(prompt_ids, prompt_lengths, options.stop_ids),
     )
     if not options.keeps_history:
         return state
@@ -203,28 +200,6 @@ def start_rows(
 
     state, _ = jax.lax.scan(push_real, state, (prompt_ids.T, jnp.arange(prompt_len)))
     return state
-
-
-def _stop_tail(prompt_ids: jax.Array, prompt_lengths: jax.Array, options: GenerationOptions):
-    """The last ids of each row's prompt, as wide as the longest stop string (-1 before a short prompt), and
-    no row done. A stop string may begin in the prompt; it ends a row only when a generated id completes it."""
-    batch = prompt_ids.shape[0]
-    done = jnp.zeros(batch, bool)
-    if options.stop_ids is None:
-        return jnp.zeros((batch, 0), jnp.int32), done
-    width = options.stop_ids.shape[-1]
-    positions = prompt_lengths[:, None] - width + jnp.arange(width)[None, :]  # (batch, width)
-    ids = jnp.take_along_axis(prompt_ids, jnp.clip(positions, 0, prompt_ids.shape[1] - 1), axis=1)
-    return jnp.where(positions >= 0, ids, STOPPED), done
-
-
-def _stop_after(state: DecodeState, ids: jax.Array, options: GenerationOptions) -> DecodeState:
-    """``state`` after ``ids`` (batch,) were generated: the tail moved on, and rows whose text now ends with a
-    stop string marked done (``stop_ids`` (batch, stops, width), ANY_ID matching every id)."""
-    tail = jnp.concatenate([state.tail[:, 1:], ids[:, None]], axis=1)
-    stops = options.stop_ids
-    matches = (stops == tail[:, None, :]) | (stops == ANY_ID)  # (batch, stops, width)
-    return state._replace(tail=tail, done=state.done | jnp.any(jnp.all(matches, axis=-1), axis=-1))
 
 
 def _empty_history(
@@ -262,7 +237,7 @@ def run_steps(
         chunk = min(chunk, STOP_CHECK_STEPS)
     whole = (count // chunk) * chunk
     if options.stop_ids is not None:
-        state, ids = _until_all_stopped(run_chunk, state, chunk, count // chunk)
+        state, ids = until_all_stopped(run_chunk, state, chunk, count // chunk)
     elif count // chunk == 1:
         state, ids = run_chunk(state, chunk)
     else:
@@ -272,24 +247,6 @@ def run_steps(
         state, tail = run_chunk(state, count - whole)
         ids = jnp.concatenate([ids, tail])
     return state, ids.T  # (batch, count)
-
-
-def _until_all_stopped(run_chunk, state: DecodeState, chunk: int, chunks: int):
-    """``chunks`` chunks of ``run_chunk``, ending early once every row is done; (state, ids (chunks, chunk, batch)),
-    the ids of chunks not run STOPPED."""
-    ids = jnp.full((chunks, chunk, state.done.shape[0]), STOPPED, jnp.int32)
-
-    def more(carry):
-        index, state, _ = carry
-        return (index < chunks) & ~jnp.all(state.done)
-
-    def one(carry):
-        index, state, ids = carry
-        state, new = run_chunk(state, chunk)
-        return index + 1, state, jax.lax.dynamic_update_index_in_dim(ids, new, index, 0)
-
-    _, state, ids = jax.lax.while_loop(more, one, (jnp.int32(0), state, ids))
-    return state, ids
 
 
 def _row_noise(row_keys: jax.Array, steps: jax.Array, vocab: int, sampler: str) -> jax.Array:
@@ -321,7 +278,8 @@ def _decode_step(
     if options.stop_ids is not None:
         # A row that stopped returns STOPPED and reads id 0 from here on: its state no longer matters.
         emitted = jnp.where(state.done, STOPPED, next_ids)
-        state = _stop_after(state, emitted, options)
+        tail = jnp.concatenate([state.tail[:, 1:], emitted[:, None]], axis=1)
+        state = state._replace(tail=tail, done=state.done | ends_with_stop(tail, options.stop_ids))
         next_ids = jnp.where(emitted == STOPPED, 0, next_ids)
     else:
         emitted = next_ids

@@ -37,7 +37,8 @@ from charlm_jax.settings.adapt import AdaptOptions, as_adapt_options
 from charlm_jax.settings.config import TrainConfig
 from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.use.adapt import adaptive_pass, gradient_scale
-from charlm_jax.use.decode import SAMPLE_CHUNK, STOPPED, as_key, generate_ids, sample_in_chunks
+from charlm_jax.use.decode import SAMPLE_CHUNK, as_key, generate_ids, sample_in_chunks
+from charlm_jax.use.stops import STOPPED
 
 # Characters per streamed piece: the smallest chunk benchmarks/bench.py measured to cost little more than one
 # generate call per character (results/2026-12-02-cpu.md, the chunk table).
