@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from charlm_jax.cli.export_command import run_export
 from charlm_jax.cli.flags import DEBUG_ENV, build_parser
 from charlm_jax.cli.serve_command import run_serve
 from charlm_jax.cli.texts import local_text_file, text_length, training_text
@@ -374,6 +375,7 @@ COMMANDS = {
     "import-keras": run_import_keras,
     "inspect": run_inspect,
     "serve": run_serve,
+    "export": run_export,
 }
 
 

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 
 from charlm_jax.cli.decoding_flags import add_decoding_flags
+from charlm_jax.cli.export_command import add_export_command
 from charlm_jax.cli.serve_command import add_serve_command
 from charlm_jax.settings.config import (
     BOOK_TEMPERATURES,
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_keras_command(commands)
     add_inspect_command(commands)
     add_serve_command(commands)
+    add_export_command(commands)
     return parser
 
 
