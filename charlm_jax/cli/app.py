@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from charlm_jax.cli.decoding import print_beams, print_copy_check
 from charlm_jax.cli.export_command import run_export
 from charlm_jax.cli.flags import DEBUG_ENV, build_parser
 from charlm_jax.cli.serve_command import run_serve
@@ -226,8 +227,6 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     if args.unseen == "skip":  # said once, here: the prompt goes on without them
         prompt = lm.vocab.decode(prompt_ids)
     if args.beam is not None:
-        from charlm_jax.cli.beam_command import print_beams
-
         return print_beams(args, lm, prompt)
     chunk = {} if args.chunk is None else {"chunk": args.chunk}
     if args.stream:
@@ -245,11 +244,13 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         print(f"------ temperature: {temperature:g}")
         if args.stream:
             print(shown, end="", flush=True)
-            for piece in pieces[index]:
-                print(piece, end="", flush=True)
+            text = "".join(print(piece, end="", flush=True) or piece for piece in pieces[index])
             print()
         else:
-            print(shown + texts[index])
+            text = texts[index]
+            print(shown + text)
+        if args.copy_check:
+            print_copy_check(lm, text, args.copy_min)
     return 0
 
 

@@ -22,6 +22,15 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         help="end a row when its text ends with any of these (kept in the text; \\n is a newline, \\t a tab)",
     )
     parser.add_argument(
+        "--copy-check",
+        action="store_true",
+        help="after each text, its longest span found verbatim in the run's training text and the share of it in "
+        "spans of at least --copy-min characters (needs the copy-check extra) (default: off)",
+    )
+    parser.add_argument(
+        "--copy-min", type=int, default=20, metavar="N", help="the span length --copy-check counts (default: 20)"
+    )
+    parser.add_argument(
         "--beam",
         type=int,
         metavar="N",

@@ -1,4 +1,5 @@
-"""``charlm-jax generate --beam N``: the likeliest continuations, ranked, instead of samples."""
+"""What ``charlm-jax generate`` prints beyond samples: ``--beam N`` (the likeliest continuations, ranked) and
+``--copy-check`` (how much of each text is copied from the training text)."""
 
 from __future__ import annotations
 
@@ -28,4 +29,17 @@ def print_beams(args: argparse.Namespace, lm, prompt: str) -> int:
             f"{lm.vocab.unit}, {hypothesis.length} {lm.vocab.unit}s{ranked})"
         )
         print(shown + hypothesis.text)
+        if args.copy_check:
+            print_copy_check(lm, hypothesis.text, args.copy_min)
     return 0
+
+
+_INDEX: dict[int, object] = {}  # the training text's suffix array, built once per command
+
+
+def print_copy_check(lm, text: str, min_span: int) -> None:
+    from charlm_jax.use.copies import copy_check, training_index
+
+    if id(lm) not in _INDEX:
+        _INDEX[id(lm)] = training_index(lm)
+    print(copy_check(lm, text, _INDEX[id(lm)], min_span).describe(lm.vocab.unit))
