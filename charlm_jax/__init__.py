@@ -35,6 +35,7 @@ _EXPORTS = {
     "stream": "use.lm",
     "with_compute_dtype": "use.lm",
     "beam_search": "use.beam",
+    "copy_check": "use.copies",
     "Hypothesis": "use.beam",
     "inspect": "use.inside",
     "Inspection": "use.inside",

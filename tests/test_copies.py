@@ -60,3 +60,41 @@ def test_generate_copy_check_reads_the_runs_training_text(tmp_path, tiny_text, c
     assert main([*flags, "--temperatures", "0.2", "1.0", "--copy-check", "--copy-min", "8"]) == 0
     out = capsys.readouterr().out
     assert out.count("copy check: longest span found in the training text") == 2 and "spans of >= 8" in out
+
+
+def test_the_ngram_table_bans_exactly_the_training_ngrams():
+    """copied_ngrams against a Python set of the text's n-grams, for every context of random rows."""
+    import jax.numpy as jnp
+
+    from charlm_jax.use.copies import copied_ngrams, ngram_table
+
+    rng = np.random.default_rng(0)
+    vocab, n = 5, 3
+    text = rng.integers(0, vocab, 400)
+    grams = {tuple(text[i : i + n]) for i in range(len(text) - n + 1)}
+    table = ngram_table(text, n)
+    assert len(table[0]) == len(grams)
+    rows = rng.integers(0, vocab, (64, 6)).astype(np.int32)  # each row's ring: 6 ids pushed, width 6
+    banned = np.asarray(copied_ngrams(jnp.asarray(rows), jnp.full(64, 6), table, n, vocab))
+    for row, bans in zip(rows, banned):
+        expected = [tuple(row[-(n - 1) :]) + (v,) in grams for v in range(vocab)]
+        np.testing.assert_array_equal(bans, expected)
+    nothing_yet = np.asarray(copied_ngrams(jnp.asarray(rows), jnp.full(64, 1), table, n, vocab))
+    assert not nothing_yet.any()  # fewer than n - 1 ids: no context, no ban
+
+
+def test_a_row_that_never_completes_a_training_ngram_copies_no_span_that_long(tmp_path, tiny_text):
+    path = tmp_path / "tiny.txt"
+    path.write_text(tiny_text, encoding="utf-8")
+    charlm_jax.fit(tiny_config(epochs=2), charlm_jax.load_text(str(path)), tmp_path / "run", console=QUIET)
+    lm = charlm_jax.load(tmp_path / "run")
+    from charlm_jax.use.copies import training_index
+
+    index = training_index(lm)
+    for n in (4, 6):
+        texts = charlm_jax.generate(lm, "the ", seed=n, temperatures=(0.2, 1.0), length=150, no_copy_ngram=n)
+        for text in texts:
+            lengths = index.matching_lengths(lm.encode_prompt("the " + text))
+            ends_in_generated = np.arange(len(lengths)) + n > len("the ")  # the prompt itself may be copied
+            assert (lengths[ends_in_generated] < n).all()
+            assert copy_check(lm, text, index, min_span=n).longest < n

@@ -74,6 +74,26 @@ def test_draws_follow_softmax_of_the_penalised_logits(sampler, penalty):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
+def test_draws_that_never_complete_a_training_ngram_follow_the_rest_of_softmax(sampler):
+    """no_copy_ngram: after the context (3, 0), the training text's 3-grams (3, 0, 1) and (3, 0, 4) are banned; the
+    first draw follows softmax(logits / T) over the other ids."""
+    from charlm_jax.use.copies import ngram_table
+
+    model = BigramTable()
+    params = {"table": jnp.asarray(TABLE)}
+    training = np.array([3, 0, 1, 2, 2, 3, 0, 4, 1, 1, 0, 2], np.int32)  # 3-grams after (3, 0): 1 and 4 only
+    temperature, rows = 1.3, 20_000
+    options = GenerationOptions(length=1, temperatures=np.full(rows, temperature), sampler=sampler, no_copy_ngram=3)
+    options = options.with_rows(options.temperatures, copy_table=ngram_table(training, 3))
+    prompts = jnp.asarray(np.tile(np.array([2, 3, 0], np.int32), (rows, 1)))
+    ids = np.asarray(generate_ids(params, jax.random.key(3), prompts, options, model=model, maxlen=6))[:, 0]
+    counts = np.bincount(ids, minlength=5)
+    allowed = softmax64(np.where(np.isin(np.arange(5), [1, 4]), -np.inf, TABLE[0].astype(np.float64)), temperature)
+    assert counts[1] == counts[4] == 0
+    assert chi_square_p_value(counts, allowed) > ALPHA
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("mode", ["stateful", "window"])
 def test_transition_frequencies_match_the_table_at_each_temperature(mode, sampler):
     model = BigramTable()

@@ -215,6 +215,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
         no_repeat_ngram=args.no_repeat_ngram,
         history_window=args.history_window if args.history_window is not None else DEFAULT_HISTORY_WINDOW,
         stop=tuple(args.stop),
+        no_copy_ngram=args.no_copy_ngram,
     )  # every option checked here, before the checkpoint is read
     lm = load(args.checkpoint, step=args.step)
     if args.prompt_file is not None:

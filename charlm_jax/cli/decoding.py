@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from charlm_jax.errors import CharLMError
 
 # Sampling flags beam search does not read (it ranks by the model's own probabilities).
-NOT_FOR_BEAM = ("top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram")
+NOT_FOR_BEAM = ("top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram", "no_copy_ngram")
 
 
 def print_beams(args: argparse.Namespace, lm, prompt: str) -> int:
@@ -34,7 +35,7 @@ def print_beams(args: argparse.Namespace, lm, prompt: str) -> int:
     return 0
 
 
-_INDEX: dict[int, object] = {}  # the training text's suffix array, built once per command
+_INDEX: dict[int, Any] = {}  # the training text's suffix array, built once per command
 
 
 def print_copy_check(lm, text: str, min_span: int) -> None:

@@ -22,6 +22,13 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         help="end a row when its text ends with any of these (kept in the text; \\n is a newline, \\t a tab)",
     )
     parser.add_argument(
+        "--no-copy-ngram",
+        type=int,
+        metavar="N",
+        help="never complete an N-gram of the run's training text (so no span of N characters is copied) "
+        "(default: off)",
+    )
+    parser.add_argument(
         "--copy-check",
         action="store_true",
         help="after each text, its longest span found verbatim in the run's training text and the share of it in "

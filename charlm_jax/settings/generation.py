@@ -34,7 +34,7 @@ from charlm_jax.settings.config import (
     check_temperatures,
 )
 
-STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window")
+STATIC_FIELDS = ("length", "mode", "sampler", "top_k", "history_window", "no_copy_ngram")
 TRACED_FIELDS = (
     "temperatures",
     "top_p",
@@ -43,6 +43,7 @@ TRACED_FIELDS = (
     "repetition_window",
     "no_repeat_ngram",
     "stop_ids",
+    "copy_table",
 )
 # Stop strings: how many, and how long each may be (the scan compares the last MAX_STOP_LENGTH ids with each).
 MAX_STOPS, MAX_STOP_LENGTH = 16, 64
@@ -100,6 +101,8 @@ class GenerationOptions:
     repetition_window: int = DEFAULT_REPETITION_WINDOW
     no_repeat_ngram: int | None = None
     history_window: int = DEFAULT_HISTORY_WINDOW
+    no_copy_ngram: int | None = None  # never complete an n-gram of the training text (``copy_table`` holds them)
+    copy_table: Any = None  # (first hashes sorted, second hashes) of the text's n-grams (``use.copies.ngram_table``)
     stop: tuple[str, ...] = ()  # a row ends when its text ends with any of them (they are kept in the text)
     stop_ids: Any = None  # (rows, stops, length) int32 once encoded for a vocabulary (``with_stop_ids``)
 
@@ -143,6 +146,13 @@ class GenerationOptions:
                 f"got {self.no_repeat_ngram!r}: pass e.g. --no-repeat-ngram 8"
             )
 
+        if self.no_copy_ngram is not None and (
+            not _is_int(self.no_copy_ngram) or not 2 <= self.no_copy_ngram <= self.history_window + 1
+        ):
+            raise CharLMError(
+                f"no_copy_ngram must be an integer from 2 to history_window + 1 ({self.history_window + 1}), "
+                f"got {self.no_copy_ngram!r}: pass e.g. --no-copy-ngram 12"
+            )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -155,13 +165,13 @@ class GenerationOptions:
     @property
     def keeps_history(self) -> bool:
         """The scan carries the last ids only when a repetition control reads them."""
-        return self.repetition_penalty is not None or self.no_repeat_ngram is not None
+        return self.repetition_penalty is not None or self.no_repeat_ngram is not None or self.no_copy_ngram is not None
 
     def replace(self, **changes: Any) -> GenerationOptions:
         """A checked copy with ``changes`` (``dataclasses.replace``, validated again); ``stop_ids`` are dropped
         unless given (encode the stop strings again for the new rows)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return GenerationOptions(**{**values, "stop_ids": None, **changes})
+        return GenerationOptions(**{**values, "stop_ids": None, "copy_table": None, **changes})
 
     def with_stop_ids(self, encode) -> GenerationOptions:
         """A copy whose ``stop_ids`` hold ``stop`` encoded by ``encode`` (a string -> its ids in a model's

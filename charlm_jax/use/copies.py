@@ -15,11 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from charlm_jax.errors import CharLMError
 
 DEFAULT_MIN_SPAN = 20
+# Two polynomial hashes of an n-gram (mod 2**32, ids counted from 1): the table is sorted by the first, and a
+# candidate is in it when one of the entries sharing its first hash (at most SAME_FIRST_HASH are looked at) has its
+# second hash too. A false ban needs both 32-bit hashes to collide.
+HASH_BASES = (1_000_003, 2_147_483_629)
+SAME_FIRST_HASH = 4
 
 
 @dataclass(frozen=True)
@@ -117,9 +124,9 @@ def copy_report(lengths: np.ndarray, sample_text: str, min_span: int = DEFAULT_M
     return CopyReport(int(lengths[at]), at, sample_text[at : at + int(lengths[at])], int(min_span), share)
 
 
-def training_index(lm) -> CopyIndex:
-    """The ``CopyIndex`` of the text ``lm``'s run trained on (the head before its held-out tail), read again from
-    where the run recorded it."""
+def training_ids(lm) -> np.ndarray:
+    """The ids of the text ``lm``'s run trained on (the head before its held-out tail), read again from where the
+    run recorded it."""
     from charlm_jax.data.record import read_recorded_text
     from charlm_jax.use.lm import run_ids
 
@@ -129,7 +136,24 @@ def training_index(lm) -> CopyIndex:
             "read again: pass the text (charlm_jax.use.copies.CopyIndex.build(lm.vocab.encode(text)))"
         )
     ids, split = run_ids(lm, read_recorded_text(lm.text, "this model's run", lm.config.units))
-    return CopyIndex.build(np.asarray(ids[: split.val_start]))
+    return np.asarray(ids[: split.val_start])
+
+
+def training_index(lm) -> CopyIndex:
+    """The ``CopyIndex`` of the text ``lm``'s run trained on."""
+    return CopyIndex.build(training_ids(lm))
+
+
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def training_ngram_table(lm, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ngram_table`` of the run's training text, built once per text and n in this process."""
+    assert lm.text is not None
+    key = (lm.text.sha256, n, lm.config.units, lm.config.lowercase)
+    if key not in _TABLES:
+        _TABLES[key] = ngram_table(training_ids(lm), n)
+    return _TABLES[key]
 
 
 def copy_check(lm, sample: str, index: CopyIndex | None = None, min_span: int = DEFAULT_MIN_SPAN) -> CopyReport:
@@ -140,3 +164,49 @@ def copy_check(lm, sample: str, index: CopyIndex | None = None, min_span: int = 
     ids = lm.vocab.encode(prepare_text(sample, lm.config.lowercase), what="sample")
     text = lm.vocab.decode(ids) if lm.config.units != "bytes" else "".join(lm.vocab.chars[int(i)] for i in ids)
     return copy_report(index.matching_lengths(ids), text, min_span)
+
+
+def ngram_hashes(ids: np.ndarray, n: int, base: int) -> np.ndarray:
+    """The hash of every n-gram of ``ids``, (len - n + 1,) uint32: sum of (id + 1) * base**(n - 1 - j) mod 2**32."""
+    ids = np.asarray(ids, np.uint32) + np.uint32(1)
+    count = len(ids) - n + 1
+    hashes = np.zeros(max(count, 0), np.uint32)
+    for j in range(n):
+        hashes = hashes * np.uint32(base) + ids[j : j + count]
+    return hashes
+
+
+def ngram_table(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct n-grams of ``ids`` as (first hashes, second hashes), sorted by the first: 8 bytes per n-gram."""
+    if len(ids) < n:
+        raise CharLMError(f"the training text has {len(ids)} characters, fewer than the n-gram's {n}")
+    pairs = (ngram_hashes(ids, n, HASH_BASES[0]).astype(np.uint64) << np.uint64(32)) | ngram_hashes(
+        ids, n, HASH_BASES[1]
+    )
+    pairs = np.unique(pairs)
+    return (pairs >> np.uint64(32)).astype(np.uint32), (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def copied_ngrams(recent: jax.Array, pushed: jax.Array, table, n: int, vocab: int) -> jax.Array:
+    """(batch, vocab): the ids that would complete an n-gram of the table's text after each row's last n - 1 ids
+    (read from the decode state's ring ``recent`` (batch, width) of ``pushed`` (batch,) ids). Nothing is banned
+    before a row has n - 1 ids."""
+    first_table, second_table = table
+    width = recent.shape[1]
+    order = (pushed[:, None] - (n - 1) + jnp.arange(n - 1)[None, :]) % width  # the last n - 1 ids, oldest first
+    context = jnp.take_along_axis(recent, order, axis=1).astype(jnp.uint32) + jnp.uint32(1)  # (batch, n - 1)
+    candidates = jnp.arange(1, vocab + 1, dtype=jnp.uint32)[None, :]
+    hashes = []
+    for base in HASH_BASES:
+        partial = jnp.zeros(context.shape[0], jnp.uint32)
+        for j in range(n - 1):
+            partial = partial * jnp.uint32(base) + context[:, j]
+        hashes.append(partial[:, None] * jnp.uint32(base) + candidates)  # (batch, vocab)
+    first, second = hashes
+    start = jnp.searchsorted(first_table, first, side="left")
+    found = jnp.zeros(first.shape, bool)
+    size = first_table.shape[0]
+    for k in range(SAME_FIRST_HASH):
+        at = jnp.minimum(start + k, size - 1)
+        found |= (start + k < size) & (first_table[at] == first) & (second_table[at] == second)
+    return found & (pushed >= n - 1)[:, None]

@@ -43,6 +43,7 @@ import numpy as np
 from charlm_jax.errors import CharLMError
 from charlm_jax.runtime.seeds import check_seed, seed_key
 from charlm_jax.settings.generation import GenerationOptions
+from charlm_jax.use.copies import copied_ngrams
 from charlm_jax.use.sampling import ban, draw_noise, repetition_penalty, sample_with_noise
 from charlm_jax.use.stops import STOP_CHECK_STEPS, STOPPED, ends_with_stop, stop_tail, until_all_stopped
 
@@ -335,11 +336,17 @@ def _at(values: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def _repetition_controls(logits: jax.Array, state: DecodeState, options: GenerationOptions) -> jax.Array:
-    """Penalise ids seen in the last ``repetition_window`` ids; forbid ids that repeat an n-gram."""
+    """Penalise ids seen in the last ``repetition_window`` ids; forbid ids that repeat an n-gram of the text so far,
+    or complete one of the training text."""
     if options.repetition_penalty is not None:
         logits = repetition_penalty(logits, state.counts > 0, options.repetition_penalty)
     if options.no_repeat_ngram is not None:
         logits = ban(logits, _ngram_bans(state, options.no_repeat_ngram, logits.shape[-1]))
+    if options.no_copy_ngram is not None:
+        logits = ban(
+            logits,
+            copied_ngrams(state.recent, state.pushed, options.copy_table, options.no_copy_ngram, logits.shape[-1]),
+        )
     return logits
 
 

@@ -142,10 +142,14 @@ def generation_options(
     options: GenerationOptions | None, settings: dict[str, Any], lm: LanguageModel | None = None
 ) -> GenerationOptions:
     """The options of a call: a ``GenerationOptions``, or its fields as keywords; not both. With ``lm``, its stop
-    strings encoded in ``lm``'s vocabulary."""
+    strings encoded in ``lm``'s vocabulary and, for ``no_copy_ngram``, the n-grams of its run's training text."""
     options = _options(options, settings)
     if lm is None:
         return options
+    if options.no_copy_ngram is not None and options.copy_table is None:
+        from charlm_jax.use.copies import training_ngram_table
+
+        options = options.with_rows(options.temperatures, copy_table=training_ngram_table(lm, options.no_copy_ngram))
     return options.with_stop_ids(lambda text: lm.vocab.encode(prepare_text(text, lm.config.lowercase), what="stop"))
 
 
