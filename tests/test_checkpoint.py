@@ -39,39 +39,6 @@ def test_resume_reaches_the_same_params_as_an_uninterrupted_run(tmp_path, tiny_t
     assert_trees_equal(resumed.state.opt_state, whole.state.opt_state)
 
 
-@pytest.mark.slow  # resume is covered by the test above and the streams' mid-epoch one
-def test_a_checkpoint_saved_without_carries_resumes_from_zero_carries(tmp_path, tiny_text):
-    """Windows checkpoints written before every checkpoint held the carries (their batches never carry any)."""
-    config = tiny_config(epochs=2, sample_length=0)
-    whole = fit(config, tiny_text, tmp_path / "whole", console=QUIET)
-    fit(config, tiny_text, tmp_path / "old", console=QUIET, limits=Limits(max_steps=7))
-    store = CheckpointStore(tmp_path / "old", create=False)
-    try:
-        lm, meta = charlm_jax.load(tmp_path / "old"), store.restore_meta()
-        _, items = store.restore(lm.params, _abstract_items(lm, store, meta.step), step=meta.step)
-        shutil.rmtree(tmp_path / "old" / str(meta.step))
-        store._manager.reload()
-        store.save(lm.params, {"step": items["step"], "opt_state": items["opt_state"]}, meta)  # the old layout
-        assert "carries" not in store.item_keys(meta.step, "train")
-    finally:
-        store.close()
-    resumed = fit(config, tiny_text, tmp_path / "old", console=QUIET, resume=True)
-    assert_trees_equal(resumed.state.params, whole.state.params)
-
-
-def _abstract_items(lm, store, step):
-    import jax
-
-    from charlm_jax.train.run_dir import checkpoint_items, zero_carries
-    from charlm_jax.train.steps import create_train_state
-
-    state = jax.eval_shape(lambda: create_train_state(jax.random.key(0), lm.config, lm.vocab.size))
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        checkpoint_items(state, jax.eval_shape(lambda: zero_carries(lm.config))),
-    )
-
-
 def test_an_existing_run_is_never_overwritten_without_resume(trained_run, tiny_text):
     out, _ = trained_run
     with pytest.raises(CharLMError, match="already holds a run"):

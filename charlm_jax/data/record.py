@@ -76,7 +76,7 @@ def record_of(text: str | PreparedCorpus) -> TextRecord:
 def read_recorded_text(record: TextRecord | None, where: str, units: str = "chars") -> str | PreparedCorpus:
     """The text a record names, read again and checked against its sha256; one line when it cannot be."""
     if record is None:
-        raise worded(f"the run in {where} was written before runs recorded their text: pass the run's {{text}}")
+        raise worded(f"the run in {where} recorded no text (an imported model given none): pass the {{text}}")
     if not record.readable:
         raise worded(
             f"the run in {where} trained on a string passed to fit, which it cannot read again: pass that string "

@@ -66,8 +66,8 @@ class CheckpointMeta:
     epoch: int
     default_prompt: str
     # Validation bits per character of these parameters, when measured (the best checkpoint's
-    # record of why it is the best). This and the fields below are optional, so checkpoints
-    # written before they existed read unchanged.
+    # record of why it is the best). A change to these fields raises FORMAT_VERSION; from the first
+    # release on, one migration keyed on it reads the older ones.
     val_bits_per_char: float | None = None
     # The run's training clock (validation excluded) and skipped-update count at this step,
     # so a resumed run's time limit and records continue where it stopped.
@@ -77,8 +77,7 @@ class CheckpointMeta:
     skipped_steps_total: int = 0
     # The learning-rate schedule's length when it was fitted to a time budget (None: the epochs').
     schedule_steps: int | None = None
-    # Where the run's text came from, its length and sha256 (None: written before runs recorded it, or an
-    # imported model given no text).
+    # Where the run's text came from, its length and sha256 (None: an imported model given no text).
     text: TextRecord | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
     <out>/                 numbered orbax checkpoints (``checkpoint.CheckpointStore``), the newest three
     <out>/best/            the checkpoint of the best validation so far
     <out>/metrics.jsonl    one JSON record per validation, never ahead of the checkpoints
-    <out>/.charlm-jax.lock held by the one trainer writing here (``run_lock.RunLock``), with
+    <out>/.charlm-jax.lock held by the one trainer writing here (``RunLock``), with
     <out>/.charlm-jax.lock.holder  the holder's note (host, process, start time)
 
 This module is the one place that creates, locks, starts, reads and appends to it; the trainer
@@ -17,6 +17,9 @@ import contextlib
 import errno
 import json
 import os
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from filelock import FileLock, Timeout
 
 from charlm_jax.data.record import TextRecord
 from charlm_jax.data.windows import Split, Vocab, sample_prompt, split_windows
@@ -32,7 +36,6 @@ from charlm_jax.errors import CharLMError, MachineError
 from charlm_jax.io.checkpoint import CheckpointMeta, CheckpointStore, file_in_the_way
 from charlm_jax.runtime.distributed import batch_sharding, put_global, replicated
 from charlm_jax.settings.config import TrainConfig
-from charlm_jax.train.run_lock import RunLock
 from charlm_jax.train.steps import RunKeys, TrainState, create_train_state
 
 BEST_SUBDIR = "best"
@@ -178,8 +181,7 @@ def write_new_run(
 def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[CheckpointMeta, tuple[Any, dict[str, Any]]]:
     """A resumable checkpoint's meta, parameters and items, replicated over ``mesh`` (carries split over it).
 
-    The shapes come from the saved config (the fields a resume may change leave them alone). A
-    checkpoint written before carries were saved for every batching gets zero carries.
+    The shapes come from the saved config (the fields a resume may change leave them alone).
     """
     meta = store.restore_meta(step)
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.key(0), meta.config, meta.vocab.size, 1))
@@ -188,14 +190,64 @@ def read_checkpoint(store: CheckpointStore, mesh, step: int) -> tuple[Checkpoint
     items = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), checkpoint_items(shapes, None)
     )
-    saves_carries = "carries" in store.item_keys(step, "train")
-    if saves_carries:
-        items["carries"] = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries
-        )
-    else:
-        del items["carries"]
-    params, items = store.restore(params, items, step=step)
-    if not saves_carries:
-        items["carries"] = zero_carries(meta.config, mesh)
-    return meta, (params, items)
+    items["carries"] = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), carries
+    )
+    return meta, store.restore(params, items, step=step)
+
+
+# --- One trainer per run directory ---
+# One trainer per run directory: an exclusive lock, with the holder named when it refuses.
+#
+# Two trainers writing one ``--out`` would interleave checkpoints and metrics, and orbax's
+# temporary directories of one would be cleaned away under the other. The lock is the
+# ``filelock`` library's (an OS lock: ``flock`` on Linux), so the kernel releases it when its
+# process ends in any way, ``kill -9`` included: a stale lock can never block the next run.
+# ``filelock`` does not say who holds a lock, so the holder writes a small JSON note beside it
+# (process id, host, start time, command) that a refused trainer quotes.
+LOCK_NAME = ".charlm-jax.lock"
+HOLDER_NAME = ".charlm-jax.lock.holder"
+
+
+class RunLock:
+    """``with RunLock(out_dir):`` holds the run directory or raises ``CharLMError`` naming the holder."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self._lock = FileLock(self.directory / LOCK_NAME)
+
+    def __enter__(self) -> RunLock:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise CharLMError(
+                f"{str(self.directory)!r} is in use by another trainer ({self.holder()}): wait for "
+                "it to finish or stop it, or pass another --out"
+            ) from None
+        except OSError as error:
+            raise MachineError(
+                f"cannot lock the run directory {str(self.directory)!r} ({error.strerror}): "
+                "pass an --out you can write to"
+            ) from None
+        note = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
+        try:
+            (self.directory / HOLDER_NAME).write_text(json.dumps(note))
+        except OSError:
+            pass  # the note only helps a refused trainer say who holds the lock; the lock itself holds
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._lock.release()
+
+    def holder(self) -> str:
+        """The holder's note as one phrase (or why there is none)."""
+        try:
+            note = json.loads((self.directory / HOLDER_NAME).read_text())
+            return f"process {note['pid']} on {note['host']} since {note['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that has not written its note yet"
