@@ -13,7 +13,7 @@ each optionally scaled (``PATH*1e3``); ``FMT`` is a Python format spec (``.1f``,
 for a string such as a date or a machine's name). A text a result file keeps (a transcript) is shown
 as a code block between ``<!--block STEM PATH-->`` and ``<!--/block-->``.
 The text between the markers is what this script writes there, so a document can drift from its file
-only until the next ``--check``, which the tests run (tests/test_docs.py). Numbers that are not
+only until the next ``--check``, which the tests run (tests/integration/test_docs.py). Numbers that are not
 measurements (defaults, flags, sizes of a configuration) are written plainly, or, where they look like
 one (``64 MiB``), inside ``<!--n-->`` and ``<!--/n-->``. ``--check`` also fails on a figure that looks
 measured (a time per step, a memory size, a rate, a ratio, bits per character) and names no file.

@@ -23,7 +23,7 @@ if os.environ.get("CHARLM_JAX_TEST_OPTIMIZE") != "1":
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One CPU device per test process (two workers share the cores): the API would otherwise split each into one
-# device per core, as scripts get it (tests/test_every_core.py checks that in fresh processes). The CLI's own
+# device per core, as scripts get it (tests/integration/test_every_core.py checks that in fresh processes). The CLI's own
 # split (--cpu-devices, or its automatic one) overrides this in the processes the tests start.
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
 

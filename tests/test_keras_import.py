@@ -266,3 +266,14 @@ def test_bad_files_are_one_line_errors_and_write_nothing(saved_models, tmp_path)
         with pytest.raises(CharLMError, match=fragment):
             charlm_jax.import_keras(path, out, **kwargs)
         assert not out.exists()
+
+
+def test_a_keras_file_whose_config_is_not_an_object_is_one_line(tmp_path, capsys):
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = json.dumps(["not", "an", "object"])
+        handle.create_group("model_weights")
+    assert main(["import-keras", str(path), "--chars", "abc", "--out", str(tmp_path / "imported")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("charlm-jax: error: ") and "the model's config is a JSON list" in line
+    assert "not an object" in line and not (tmp_path / "imported").exists()

@@ -1,4 +1,5 @@
-"""Training options beyond the book: objectives, clipping, schedules, layers, dropout, recipes."""
+"""The training step's pieces: the loss of each objective, gradient clipping, learning-rate schedules, the
+optimizer (RMSprop as Keras 2 places epsilon, decoupled weight decay), a two-layer model with dropout."""
 
 import math
 from functools import partial
@@ -13,7 +14,6 @@ from charlm_jax.data.windows import Vocab, host_windows, split_windows
 from charlm_jax.errors import CharLMError
 from charlm_jax.model.charlstm import build_model
 from charlm_jax.settings.config import TrainConfig
-from charlm_jax.settings.recipes import RECIPES, recipe_config
 from charlm_jax.train.steps import create_train_state, learning_rate_schedule, loss_fn, make_optimizer
 
 from helpers import tiny_config, train_windows
@@ -111,7 +111,7 @@ def test_cosine_without_total_steps_is_a_clear_error():
 
 
 @pytest.mark.slow  # 2 x 256; stacked layers' gradients are checked in test_lstm
-def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
+def test_a_two_layer_model_of_256_with_dropout_trains(tiny_text):
     """The forum's 2 x LSTM(256) with dropout 0.2: the right shapes, dropout active, and the loss falls."""
     config = tiny_config(num_layers=2, hidden_size=256, dropout=0.2)
     vocab = Vocab.from_text(tiny_text)
@@ -131,36 +131,6 @@ def test_forum_model_two_layers_of_256_with_dropout_trains(tiny_text):
     state, metrics = train_windows(state, block, jax.random.key(3), config, model)
     losses = np.asarray(metrics["loss"])
     assert np.all(np.isfinite(losses)) and losses[-5:].mean() < 0.9 * losses[:5].mean()  # measured: 0.84
-
-
-def test_book_recipe_is_the_default_config():
-    assert recipe_config("book") == TrainConfig() == recipe_config()
-    book = TrainConfig()
-    assert (book.maxlen, book.step, book.hidden_size, book.batch_size, book.learning_rate) == (60, 3, 128, 128, 0.01)
-    assert (book.objective, book.clip_norm, book.lr_schedule, book.early_stopping_patience) == (
-        "next_char",
-        None,
-        "constant",
-        0,
-    )
-
-
-def test_fast_recipe_keeps_the_books_data_and_optimizer_family_and_overrides_apply():
-    fast = recipe_config("fast")
-    book = TrainConfig()
-    assert (fast.maxlen, fast.step, fast.batch_size, fast.val_fraction, fast.lowercase) == (
-        book.maxlen,
-        book.step,
-        book.batch_size,
-        book.val_fraction,
-        book.lowercase,
-    )
-    assert (fast.rmsprop_decay, fast.rmsprop_eps) == (book.rmsprop_decay, book.rmsprop_eps)
-    assert fast.objective == "dense" and fast.clip_norm is not None and fast.lr_schedule == "cosine"
-    assert recipe_config("fast", epochs=7, clip_norm=2.0).clip_norm == 2.0
-    assert set(RECIPES) >= {"book", "fast"}
-    with pytest.raises(CharLMError, match="unknown recipe 'nope'"):
-        recipe_config("nope")
 
 
 def test_keras2_epsilon_placement_adds_epsilon_after_the_square_root():
@@ -187,71 +157,3 @@ def test_weight_decay_is_decoupled_and_follows_the_learning_rate():
         expected = -float(schedule(t)) * (g / np.sqrt(v + 1e-7) + 0.1 * np.asarray(w))
         np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-5)
         w = optax.apply_updates(w, updates)
-
-
-def test_auto_recipe_needs_a_budget_and_picks_a_tier_for_it():
-    from charlm_jax.settings import recipes
-
-    with pytest.raises(CharLMError, match="--recipe auto .*pass --time-limit SECONDS"):
-        recipe_config("auto")
-    with pytest.raises(CharLMError, match="--time-limit must be > 0"):
-        recipe_config("auto", time_limit=0)
-    for limit, values in recipes.AUTO_TIERS:  # a budget at a tier's upper limit is in that tier
-        chosen = recipe_config("auto", time_limit=limit if math.isfinite(limit) else 1e6)
-        assert chosen == TrainConfig(**values) and chosen.compute_dtype == "float32"
-        # a dtype given wins over the tier's; every other flag overrides as with any recipe
-        assert recipe_config("auto", time_limit=limit, compute_dtype="bfloat16").compute_dtype == "bfloat16"
-        assert recipe_config("auto", time_limit=limit, epochs=3).epochs == 3
-    # the tiers are ordered by budget and every one is a streams recipe that a time limit ends
-    limits = [limit for limit, _ in recipes.AUTO_TIERS]
-    assert limits == sorted(limits) and limits[-1] == float("inf")
-    assert all(values["batching"] == "streams" for _, values in recipes.AUTO_TIERS)
-
-
-def test_cli_recipe_auto_without_a_time_limit_is_one_line(capsys, tmp_path):
-    from charlm_jax.cli.app import main
-
-    assert main(["train", "--recipe", "auto", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pass --time-limit SECONDS" in err and "Traceback" not in err
-
-
-def test_auto_regularises_a_text_its_budget_reads_many_times():
-    from charlm_jax.settings import recipes
-
-    short_limit = recipes.AUTO_TIERS[0][0]
-    # the passes a budget makes over a text: this many characters make exactly the threshold
-    threshold_chars = int(short_limit * recipes.SHORT_CHARS_PER_SECOND / recipes.SMALL_TEXT_PASSES)
-    small = recipe_config("auto", time_limit=short_limit, corpus_chars=threshold_chars // 4)
-    large = recipe_config("auto", time_limit=short_limit, corpus_chars=threshold_chars * 4)
-    unknown = recipe_config("auto", time_limit=short_limit)
-    assert small.dropout == recipes.SMALL_TEXT_DROPOUT > 0
-    assert large.dropout == unknown.dropout == 0.0
-    assert small == TrainConfig(**{**large.to_dict(), "temperatures": large.temperatures, "dropout": small.dropout})
-    # a tier with its own dropout keeps it; a dropout given wins over the rule
-    long_tier = recipe_config("auto", time_limit=1e6, corpus_chars=1_000)
-    assert long_tier.dropout == recipes.AUTO_TIERS[-1][1]["dropout"]
-    assert recipe_config("auto", time_limit=60, corpus_chars=1_000, dropout=0.0).dropout == 0.0
-
-
-def test_cli_recipe_auto_trains_what_the_library_picks_for_that_text(tmp_path, tiny_text):
-    import charlm_jax
-    from charlm_jax.cli.app import main
-
-    text_file = tmp_path / "tiny.txt"
-    text_file.write_text(tiny_text)
-    out = tmp_path / "run"
-    small = ["--maxlen", "12", "--hidden-size", "16", "--batch-size", "8", "--sample-length", "0"]
-    flags = ["--recipe", "auto", "--time-limit", "3", "--compute-dtype", "float32", *small, "--no-progress"]
-    assert main(["train", "--text", str(text_file), "--out", str(out), *flags]) == 0
-    expected = recipe_config(
-        "auto",
-        time_limit=3,
-        corpus_chars=len(tiny_text),
-        compute_dtype="float32",
-        maxlen=12,
-        hidden_size=16,
-        batch_size=8,
-        sample_length=0,
-    )
-    assert charlm_jax.load(out).config == expected and expected.dropout > 0  # a tiny text: read many times

@@ -10,7 +10,7 @@ import pytest
 
 from charlm_jax.cli.app import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def cli_flags() -> dict[str, set[str]]:

@@ -407,17 +407,6 @@ def test_debug_shows_the_traceback_that_the_one_line_error_hides(tmp_path):
     assert code == 1 and "Traceback" in stderr and "CharLMError" in stderr
 
 
-def test_a_keras_file_whose_config_is_not_an_object_is_one_line(tmp_path):
-    h5py = pytest.importorskip("h5py")
-    path = tmp_path / "odd.h5"
-    with h5py.File(path, "w") as handle:
-        handle.attrs["model_config"] = json.dumps(["not", "an", "object"])
-        handle.create_group("model_weights")
-    code, _, stderr = run("import-keras", path, "--chars", "abc", "--out", tmp_path / "imported")
-    assert code == 2 and "not an object" in assert_one_line(stderr, "the model's config is a JSON list")
-    assert not (tmp_path / "imported").exists()
-
-
 @pytest.mark.slow  # real trainers in subprocesses: the default run's four minutes (CI runs it)
 def test_resume_splits_the_cpu_for_the_saved_batch_not_the_flags_default(tmp_path, text_file):
     """A batch of 17 runs on one CPU device; resumed with no --batch-size, the default 128 would split the
