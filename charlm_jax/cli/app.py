@@ -1,4 +1,5 @@
-"""``charlm-jax train | generate | eval | prepare | import-keras``: flags map onto TrainConfig and the Python API.
+"""``charlm-jax train | generate | eval | prepare | import-keras | inspect | serve | export``: flags map onto
+TrainConfig and the Python API.
 
 Every user-fixable problem becomes one line on stderr and exit status 2. JAX's backends
 start only once a command runs, after the CPU has been split into devices (``--cpu-devices``).
