@@ -12,8 +12,8 @@ skipped steps and a sample at temperature 0.5, then a table and a plot:
 * ``guarded``: the book's model, data and optimizer with this project's guards (non-finite guard,
   clipping at global norm 1.0, best checkpoint kept).
 
-    python benchmarks/long_run.py                       # three variants, ~20 min each on 2 CPU cores
-    python benchmarks/long_run.py --report-only         # rebuild table and plot from saved metrics
+    python benchmarks/archive/long_run.py                       # three variants, ~20 min each on 2 CPU cores
+    python benchmarks/archive/long_run.py --report-only         # rebuild table and plot from saved metrics
 
 A run "collapses" at the first epoch whose training loss is not finite or more than
 ``COLLAPSE_MARGIN_NATS`` above the lowest before it: the seeds' garbage and "e e e" come with the
@@ -34,6 +34,7 @@ from pathlib import Path
 from charlm_jax import TrainConfig, fit, load_text
 from charlm_jax.model.scoring import nats_to_bits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/common.py
 from common import RESULTS, device_name
 
 COLLAPSE_MARGIN_NATS = 0.5
@@ -89,7 +90,7 @@ def report(variants: list[str], args) -> None:
     lines = [
         f"# Long run of the book's configuration, {args.chars:,} characters, {args.epochs} epochs",
         "",
-        f"{args.tag}, {device_name()}, `python benchmarks/long_run.py`",
+        f"{args.tag}, {device_name()}, `python benchmarks/archive/long_run.py`",
         "",
         "| variant | best val bits/char (epoch) | last val bits/char | lowest / last train loss (nats) "
         "| collapse epoch | skipped steps | max grad norm |",

@@ -7,8 +7,8 @@ in JAX and, when installed, in PyTorch, interleaved round by round; the report g
 time ratio per product. It measures products only, not a training step: a ratio well below 1 is the
 evidence a mixed-precision option would need before it is built, not a claim of a faster run.
 
-    python benchmarks/matmul_dtypes.py                     # the fast recipe's shapes (2 x 192, batch 64 per device)
-    python benchmarks/matmul_dtypes.py --hidden 256 --batch 128
+    python benchmarks/archive/matmul_dtypes.py                     # the fast recipe's shapes (2 x 192, batch 64 per device)
+    python benchmarks/archive/matmul_dtypes.py --hidden 256 --batch 128
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/common.py
 from common import device_name, interleaved, platform_tag, versions, write_results
 
 DTYPES = ("float32", "bfloat16")
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     lines = [
         f"# bfloat16 against float32 for the LSTM's products ({date}, {device})",
         "",
-        f"`python matmul_dtypes.py --batch {args.batch} --hidden {args.hidden} --vocab {args.vocab} "
+        f"`python archive/matmul_dtypes.py --batch {args.batch} --hidden {args.hidden} --vocab {args.vocab} "
         f"--maxlen {args.maxlen} --rounds {args.rounds}`; medians of {args.rounds} interleaved rounds of 5 calls.",
         "",
         "| framework | product | float32 | bfloat16 | bf16 / f32 |",
