@@ -182,9 +182,9 @@ def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> 
 
 
 def validation_tail(text: str, config) -> str:
-    """The held-out tail the run validated on, as the loop splits it."""
+    """The held-out tail the run validated on: the loop's own split (``split_windows``) of the prepared text."""
     prepared = prepare_text(text, config.lowercase)
-    return prepared[len(prepared) - int(round(len(prepared) * config.val_fraction)) :]
+    return prepared[split_windows(len(prepared), config.maxlen, config.step, config.val_fraction).val_start :]
 
 
 def held_best(points: list[dict], seconds: float) -> float | None:
