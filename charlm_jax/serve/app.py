@@ -47,6 +47,7 @@ from charlm_jax.serve.requests import (
     unseen_field,
 )
 from charlm_jax.settings.serving import ServeLimits
+from charlm_jax.use.inside import unit_label
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -127,11 +128,9 @@ class Server:
             job.cancel()  # a client that left frees its rows at the next chunk
 
     def _adapted(self, prompt_ids: np.ndarray, options):
-        """The weights after reading the prompt adapting (dynamic evaluation), as ``generate(adapt=...)``."""
-        from charlm_jax.use.adapt import adaptive_pass
+        from charlm_jax.use.lm import adapted_params
 
-        _, params, _ = adaptive_pass(self.lm.params, self.lm.model, prompt_ids, options, self.lm.adapt_scale(options))
-        return params
+        return adapted_params(self.lm, prompt_ids, options)
 
     async def score(self, request: Request) -> Response:
         from charlm_jax.use.lm import score
@@ -154,31 +153,24 @@ class Server:
         probs = (await run_in_threadpool(next_char_probabilities, self.lm, prompt, (temperature,)))[0]
         order = np.argsort(-probs, kind="stable")[:top]
         return JSONResponse(
-            {"temperature": temperature, "next": [{"char": self._label(i), "p": float(probs[i])} for i in order]}
+            {
+                "temperature": temperature,
+                "next": [
+                    {"char": unit_label(self.lm.vocab.chars, self.lm.config.units, int(i)), "p": float(probs[i])}
+                    for i in order
+                ],
+            }
         )
 
     async def inspect(self, request: Request) -> Response:
         from charlm_jax.use.inside import inspect
+        from charlm_jax.use.page import predictions
 
         body = checked_fields(await read_body(request, self.limits), INSPECT_FIELDS)
         text = text_field(body, "text", None, self.limits.max_inspect)
         top = integer_field(body, "top", 5, 1, self.lm.vocab.size)
         seen = await run_in_threadpool(inspect, self.lm, text, top, False, unseen_field(body))
-        surprisal = seen.surprisal()
-        return JSONResponse(
-            {
-                "labels": seen.labels(),
-                "surprisal": [None if not np.isfinite(s) else round(float(s), 3) + 0.0 for s in surprisal],  # no -0.0
-                "top": [
-                    [[seen.vocab_label(int(i)), round(float(p), 4)] for i, p in zip(ids, probs)]
-                    for ids, probs in zip(seen.top_ids, seen.top_probs)
-                ],
-            }
-        )
-
-    def _label(self, index: int) -> str:
-        char = self.lm.vocab.chars[int(index)]
-        return f"\\x{int(index):02x}" if self.lm.config.units == "bytes" and index >= 0x80 else char
+        return JSONResponse(predictions(seen, len(seen.ids)))
 
     async def health(self, request: Request) -> Response:
         config = self.lm.config

@@ -107,6 +107,7 @@ class Group:
         self.options = options  # the static part every row shares
         self.slots: list[Row | None] = []
         self.state: DecodeState | None = None
+        self.row_values: GenerationOptions | None = None  # row_options of the slots, until they change
 
     @property
     def rows(self) -> list[Row]:
@@ -319,6 +320,7 @@ class Batcher:
         probe = Group(signature, group.params, group.options)
         probe.slots = list(new_rows)
         state = rows_start(group.params, keys, padded, lengths, row_options(probe, size), model=self.lm.model)
+        group.row_values = None  # the slots change below
         if group.state is None:  # a new batch: the new rows, padded to a bucket with copies
             group.state = state
             group.slots = [*new_rows, *[None] * (size - count)]
@@ -338,10 +340,14 @@ class Batcher:
         """One chunk for ``group``'s rows; hand each row its text; free the slots of finished and abandoned
         rows, and shrink the batch to a smaller bucket when its live rows fit one."""
         assert group.state is not None
-        options = row_options(group, len(group.slots))
-        group.state, ids = stream_chunk(group.params, group.state, options, model=self.lm.model, count=self.chunk)
+        if group.row_values is None:
+            group.row_values = row_options(group, len(group.slots))
+        group.state, ids = stream_chunk(
+            group.params, group.state, group.row_values, model=self.lm.model, count=self.chunk
+        )
         ids = np.asarray(ids)
         self.chunks_run += 1
+        before = len(group.rows)
         for slot, row in enumerate(group.slots):
             if row is None:
                 continue
@@ -357,6 +363,8 @@ class Batcher:
             if done:
                 group.slots[slot] = None
         live = [i for i, row in enumerate(group.slots) if row is not None]
+        if len(live) < before:
+            group.row_values = None  # slots were freed
         if not live:
             del self.groups[group.signature]
         elif bucket(len(live)) < len(group.slots):

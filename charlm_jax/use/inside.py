@@ -28,6 +28,11 @@ TRACE_CHUNK = 4096
 DEFAULT_TOP_K = 5
 
 
+def unit_label(chars: str, units: str, index: int) -> str:
+    """A vocabulary entry, printable (a byte above 0x7f as a backslash, x and two hex digits)."""
+    return f"\\x{index:02x}" if units == "bytes" and index >= 0x80 else chars[index]
+
+
 @dataclass(frozen=True)
 class Inspection:
     """What ``inspect`` read (see the module docstring); arrays are numpy, one row per character."""
@@ -66,9 +71,7 @@ class Inspection:
         return self.text if self.units != "bytes" else "".join(self.chars[int(i)] for i in self.ids)
 
     def vocab_label(self, index: int) -> str:
-        """A vocabulary entry, printable (a byte above 0x7f as a backslash, x and two hex digits)."""
-        char = self.chars[index]
-        return f"\\x{index:02x}" if self.units == "bytes" and index >= 0x80 else char
+        return unit_label(self.chars, self.units, index)
 
     @property
     def bytes_per_char(self) -> int:

@@ -205,12 +205,11 @@ def generate(
     prompt = lm.default_prompt if prompt is None else prompt
     prompt_ids = lm.encode_prompt(prompt)
     prompt_rows = np.broadcast_to(prompt_ids, (options.rows, len(prompt_ids)))  # (rows, prompt)
-    params = lm.params
     if adapt_options is not None:
         # Read the prompt adapting (dynamic evaluation); the rows continue from the adapted weights,
         # which read the prompt again for their state. One seed still gives one text.
-        _, params, _ = adaptive_pass(lm.params, lm.model, prompt_ids, adapt_options, lm.adapt_scale(adapt_options))
-        lm = dataclasses.replace(lm, params=params)
+        lm = dataclasses.replace(lm, params=adapted_params(lm, prompt_ids, adapt_options))
+    params = lm.params
     if mesh is None:  # the rows split over the CPU's cores as the CLI splits them (rows never talk)
         mesh = default_mesh(options.rows, min_rows=1)
     if mesh is not None:
@@ -222,6 +221,12 @@ def generate(
     ids = generate_ids(params, _seed(seed), prompt_rows, options, model=lm.model, maxlen=lm.config.maxlen)
     head = prompt if include_prompt else ""
     return [head + lm.vocab.decode(row[row != STOPPED]) for row in np.asarray(ids)]
+
+
+def adapted_params(lm: LanguageModel, prompt_ids: np.ndarray, options: AdaptOptions) -> dict:
+    """``lm``'s weights after reading ``prompt_ids`` adapting to them (dynamic evaluation): what ``generate(...,
+    adapt=...)`` and the server's adapted requests generate from."""
+    return adaptive_pass(lm.params, lm.model, prompt_ids, options, lm.adapt_scale(options))[1]
 
 
 def stream(

@@ -38,12 +38,7 @@ def page_data(inspection: Inspection, rankings: Sequence[CellRanking], title: st
     surprisal = inspection.surprisal()[:n]
     return {
         "title": title,
-        "labels": inspection.labels()[:n],
-        "surprisal": [None if not np.isfinite(s) else round(float(s), 3) for s in surprisal],
-        "top": [
-            [[inspection.vocab_label(int(i)), round(float(p), 4)] for i, p in zip(ids, probs)]
-            for ids, probs in zip(inspection.top_ids[:n], inspection.top_probs[:n])
-        ],
+        **predictions(inspection, n),
         "units": names,
         "values": base64.b64encode(quantised.tobytes()).decode("ascii"),
         "rankings": [
@@ -58,6 +53,20 @@ def page_data(inspection: Inspection, rankings: Sequence[CellRanking], title: st
             for r in rankings
         ],
         "bits_per_char": round(float(np.nanmean(surprisal)), 4),
+    }
+
+
+def predictions(inspection: Inspection, n: int) -> dict:
+    """The first ``n`` rows' labels, surprisal (bits, None where nothing predicts) and likeliest next characters,
+    as JSON values: what the page and the server's ``/inspect`` show."""
+    surprisal = inspection.surprisal()[:n]
+    return {
+        "labels": inspection.labels()[:n],
+        "surprisal": [None if not np.isfinite(s) else round(float(s), 3) + 0.0 for s in surprisal],  # no -0.0
+        "top": [
+            [[inspection.vocab_label(int(i)), round(float(p), 4)] for i, p in zip(ids, probs)]
+            for ids, probs in zip(inspection.top_ids[:n], inspection.top_probs[:n])
+        ],
     }
 
 
