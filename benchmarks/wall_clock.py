@@ -42,10 +42,20 @@ def text_of(name: str, chars: int) -> str:
     return race.race_text(name, chars)
 
 
+def variant_flags(variant: str) -> list[str]:
+    """``RECIPE`` or ``RECIPE:flag=value,...`` (e.g. ``auto:past-best=stop``): the train flags of a variant."""
+    recipe, _, extra = variant.partition(":")
+    flags = ["--recipe", recipe]
+    for pair in filter(None, extra.split(",")):
+        name, _, value = pair.partition("=")
+        flags += [f"--{name}", value]
+    return flags
+
+
 def run_one(variant: str, text_path: Path, budget: float, seed: int, out: Path) -> dict:
     command = [
         sys.executable, "-m", "charlm_jax.cli", "train", "--text", str(text_path), "--out", str(out),
-        "--recipe", variant, "--time-limit", f"{budget:g}", "--seed", str(seed), "--no-progress",
+        *variant_flags(variant), "--time-limit", f"{budget:g}", "--seed", str(seed), "--no-progress",
     ]  # fmt: skip
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
@@ -64,6 +74,7 @@ def run_one(variant: str, text_path: Path, budget: float, seed: int, out: Path) 
         "best_val": min(r["val_bits_per_char"] for r in scored),
         "last_val": scored[-1]["val_bits_per_char"],
         "early_stop": "early stopping" in finished.stdout,
+        "rewound": "rewound to it" in finished.stdout,
         "last_line": finished.stdout.strip().splitlines()[-1][:200],
     }
 
@@ -98,6 +109,7 @@ def summarise(runs: list[dict]) -> dict:
                     "record_share_max": max(r["record_seconds"] / r["wall_seconds"] for r in group),
                     "eval_share_max": max(r["eval_seconds"] / r["wall_seconds"] for r in group),
                     "early_stops": sum(r["early_stop"] for r in group),
+                    "rewinds": sum(r.get("rewound", False) for r in group),
                     "seeds": len(group),
                 }
             if "auto" in row and "book" in row:
@@ -116,7 +128,7 @@ def markdown(data: dict) -> str:
         "largest seed's; outside training: the share of wall time outside the training blocks (start-up, compiling, "
         "validation, samples, checkpoints), and validation: the validations' share, the largest seed's.",
         "",
-        "| budget s | text | variant | bits/char | wall s (x budget) | gap | outside training | validation | early stops |",
+        "| budget s | text | variant | bits/char | wall s (x budget) | gap | outside training | validation | early stops (rewound) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for budget, texts in data["summary"].items():
@@ -127,7 +139,8 @@ def markdown(data: dict) -> str:
                 lines.append(
                     f"| {budget} | {text} | {variant} | {cell['tail_mean']:.3f} ({cell['tail_spread']:.3f}) | "
                     f"{cell['wall_max']:.1f} ({cell['wall_over_budget_max']:.3f}) | {cell['gap_max']:+.3f} | "
-                    f"{cell['record_share_max']:.0%} | {cell['eval_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} |"
+                    f"{cell['record_share_max']:.0%} | {cell['eval_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} "
+                    f"({cell['rewinds']}) |"
                 )
             if "auto_below_book" in row:
                 lines.append(f"| {budget} | {text} | auto below book | {row['auto_below_book']:+.3f} | | | | | |")

@@ -222,7 +222,8 @@ def test_a_wall_clock_budget_ends_the_run_within_it_final_record_included(tmp_pa
 def test_records_space_out_to_a_share_of_a_wall_clock_budget_and_a_run_past_its_best_stops():
     from types import SimpleNamespace
 
-    from charlm_jax.train.loop import PAST_BEST_SHARE, RECORD_SHARE, account_record, past_best
+    from charlm_jax.train.loop import RECORD_SHARE, account_record, past_best
+    from charlm_jax.train.past_best import PAST_BEST_SHARE
     from charlm_jax.train.run import RunState, val_windows
 
     now = [0.0]

@@ -77,6 +77,9 @@ class CheckpointMeta:
     skipped_steps_total: int = 0
     # The learning-rate schedule's length when it was fitted to a time budget (None: the epochs').
     schedule_steps: int | None = None
+    # A run rewound to its best weights under a time budget: (at step, to step, steps the rate falls over), the
+    # fields of train.steps.Anneal (None: never rewound).
+    anneal: tuple[int, int, int] | None = None
     # Where the run's text came from, its length and sha256 (None: an imported model given no text).
     text: TextRecord | None = None
 
@@ -93,6 +96,7 @@ class CheckpointMeta:
             "wall_seconds": self.wall_seconds,
             "skipped_steps_total": self.skipped_steps_total,
             "schedule_steps": self.schedule_steps,
+            "anneal": list(self.anneal) if self.anneal is not None else None,
             "text": self.text.to_json() if self.text is not None else None,
         }
 
@@ -117,6 +121,7 @@ class CheckpointMeta:
                 wall_seconds=float(data.get("wall_seconds", 0.0)),
                 skipped_steps_total=int(data.get("skipped_steps_total", 0)),
                 schedule_steps=_optional_int(data.get("schedule_steps")),
+                anneal=tuple(int(v) for v in data["anneal"]) if data.get("anneal") is not None else None,  # type: ignore[arg-type]
                 text=TextRecord.from_json(data.get("text")),
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -20,6 +20,7 @@ BOOK_TEMPERATURES: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
 OBJECTIVES = ("next_char", "dense")
 BATCHINGS = ("windows", "streams")
 LR_SCHEDULES = ("constant", "cosine")
+PAST_BEST_POLICIES = ("anneal", "stop", "continue")
 GENERATION_MODES = ("stateful", "window")
 # Generation's choices, here so the CLI can offer them without importing JAX (sampling.py and
 # decode.py explain them).
@@ -138,6 +139,15 @@ class TrainConfig:
         0,
         "stop after this many epochs without a better validation (0: never, the book); the best "
         "epoch is always kept in <out>/best",
+    )
+    # Under a wall-clock budget (--time-limit), once the validation has not improved for a fifth of the budget
+    # (train.past_best): rewind to the best weights and lower the rate from there to its final value (cosine
+    # schedules; a constant rate, the book's, stops instead), stop, or train on.
+    past_best: str = _field(
+        "anneal",
+        "under --time-limit, when validation has not improved for a fifth of it: rewind to the best weights and "
+        "anneal the learning rate from there (cosine schedules; others stop), stop, or continue",
+        PAST_BEST_POLICIES,
     )
     eval_every_steps: int = _field(
         0,

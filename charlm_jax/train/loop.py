@@ -41,6 +41,7 @@ from charlm_jax.runtime.distributed import (
 )
 from charlm_jax.settings.config import TrainConfig
 from charlm_jax.train.init_from import DEFAULT_NEW_ROWS, fine_tune_config, read_source
+from charlm_jax.train.past_best import act_on_past_best, annealed
 from charlm_jax.train.records import (
     save_stopped,
     say_best,
@@ -197,7 +198,7 @@ def train_one_block(run: Run, state: RunState, block: np.ndarray) -> float:
     if not state.last_block_compiled or not state.step_seconds:  # a block that compiled says little of the next
         state.step_seconds = seconds / len(block)
     if run.events.enabled:
-        rate = float(learning_rate_schedule(run.config, state.schedule_steps)(state.step))
+        rate = float(learning_rate_schedule(run.config, state.schedule_steps, state.anneal)(state.step))
         run.events.block(
             state.step, metrics, seconds, block.size, block.size * run.config.maxlen, rate, state.skipped_total
         )
@@ -256,18 +257,26 @@ def fit_schedule(run: Run, state: RunState, step_seconds: float) -> None:
     changes no rate already used. The plan is saved with the checkpoints: a resumed run keeps it.
     """
     budget = run.limits.budget or 0.0
-    if run.limits.max_seconds is not None:
-        left = budget - wall_clock(run, state) - final_record_seconds(run, state)
-        remaining = max(left, 0.0) * (1 - RECORD_SHARE)
-    else:
-        remaining = max(budget - state.train_seconds, 0.0)
-    fitted = min(run.total_steps, state.step + max(int(0.98 * remaining / step_seconds), 1))
+    fitted = min(run.total_steps, state.step + max(budget_steps_left(run, state, step_seconds), 1))
     state.schedule_steps, state.schedule_fitted = fitted, True
     state.train = state.train.replace(tx=make_optimizer(run.config, fitted))
     run.console.print(
         f"learning-rate schedule fitted to the {budget:g} s budget: {fitted:,} steps "
         f"({step_seconds * 1e3:.1f} ms per step measured)"
     )
+
+
+def budget_steps_left(run: Run, state: RunState, step_seconds: float) -> int:
+    """The optimizer steps the rest of the time budget holds (2 % spare): under a wall-clock budget, what is
+    left after the final record (``final_record_seconds``) and the share the records take on the way
+    (``RECORD_SHARE``); under a training-time budget, the training time left."""
+    budget = run.limits.budget or 0.0
+    if run.limits.max_seconds is not None:
+        left = budget - wall_clock(run, state) - final_record_seconds(run, state)
+        remaining = max(left, 0.0) * (1 - RECORD_SHARE)
+    else:
+        remaining = max(budget - state.train_seconds, 0.0)
+    return int(0.98 * remaining / step_seconds)
 
 
 def stop_reason(run: Run, state: RunState, block_steps: int) -> StopReason | None:
@@ -281,6 +290,8 @@ def stop_reason(run: Run, state: RunState, block_steps: int) -> StopReason | Non
     limits = run.limits
     if agreed_stop(run.signals):
         return signal_reason(run.signals)
+    if annealed(state):
+        return StopReason.EARLY_STOPPING
     if limits.max_steps is not None and state.step >= limits.max_steps:
         return StopReason.STEP_LIMIT
     if limits.max_train_seconds is not None and state.train_seconds >= limits.max_train_seconds:
@@ -297,10 +308,6 @@ def stop_reason(run: Run, state: RunState, block_steps: int) -> StopReason | Non
 RECORD_SHARE = 0.08
 # Before the first record is timed, the final record is expected to take this share of the budget.
 FIRST_RECORD_SHARE = 0.05
-# A run under a wall-clock budget whose validation has not improved for this share of the budget (and at least
-# PAST_BEST_RECORDS records) stops: the rest of the budget would train a model only overfitting further.
-PAST_BEST_SHARE = 0.2
-PAST_BEST_RECORDS = 3
 
 
 def final_record_seconds(run: Run, state: RunState) -> float:
@@ -324,28 +331,6 @@ def account_record(run: Run, state: RunState, seconds: float) -> None:
     state.record_every = max(run.config.eval_every_steps, steps)
 
 
-def past_best(run: Run, state: RunState) -> bool:
-    """Under a wall-clock budget: the validation has not improved for ``PAST_BEST_SHARE`` of the budget and
-    ``PAST_BEST_RECORDS`` records (said when the run ends)."""
-    if run.limits.max_seconds is None or state.best_wall_seconds is None or state.last_record_step != state.step:
-        return False
-    best = best_step(state) or 0
-    since = [record for record in state.history if record["step"] > best]
-    stale = wall_clock(run, state) - state.best_wall_seconds
-    if len(since) < PAST_BEST_RECORDS or stale < PAST_BEST_SHARE * run.limits.max_seconds:
-        return False
-    state.stop_note = (
-        f"validation has not improved since step {best:,} ({stale:.0f} s and {len(since)} records ago, "
-        f"{PAST_BEST_SHARE:.0%} of the time limit): the rest of the budget would only overfit"
-    )
-    return True
-
-
-def best_step(state: RunState) -> int | None:
-    steps = [record["step"] for record in state.history if record.get("best")]
-    return steps[-1] if steps else None
-
-
 def signal_reason(signals: StopSignals) -> StopReason:
     return StopReason.TERMINATED if signals.name == "SIGTERM" else StopReason.INTERRUPTED
 
@@ -362,6 +347,14 @@ def record_due(run: Run, state: RunState, block_steps: int, reason: StopReason |
         crossed = bool(every) and state.step // every > (state.step - block_steps) // every
     epoch_end = state.step % run.steps_per_epoch == 0
     return state.step >= run.total_steps or crossed or (epoch_end and run.batching.records_each_epoch(every))
+
+
+def past_best(run: Run, state: RunState) -> bool:
+    """Under a wall-clock budget, at a record: whether the run ends because its validation is past its best
+    (``train.past_best``; a run that anneals is rewound instead and goes on)."""
+    if run.limits.max_seconds is None or state.last_record_step != state.step or not state.step_seconds:
+        return False
+    return act_on_past_best(run, state, lambda: budget_steps_left(run, state, state.step_seconds))
 
 
 def stalled(run: Run, state: RunState) -> bool:

@@ -8,6 +8,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import Any
 
 import jax
@@ -58,7 +59,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         "windows_per_second": round(len(state.losses) * config.batch_size / max(seconds, 1e-9), 1),
         "train_seconds": round(state.train_seconds, 3),
         "wall_seconds": round(wall_clock(run, state), 3),
-        "learning_rate": float(learning_rate_schedule(config, state.schedule_steps)(state.step)),
+        "learning_rate": float(learning_rate_schedule(config, state.schedule_steps, state.anneal)(state.step)),
         "schedule_steps": state.schedule_steps,
         "skipped_steps_total": state.skipped_total,
     }
@@ -132,6 +133,7 @@ def checkpoint_meta(run: Run, state: RunState, val_bits: float | None = None) ->
         wall_seconds=wall_clock(run, state),
         skipped_steps_total=state.skipped_total,
         schedule_steps=state.schedule_steps if state.schedule_fitted else None,
+        anneal=astuple(state.anneal) if state.anneal is not None else None,
         text=run.text,
     )
 

@@ -28,7 +28,7 @@ from charlm_jax.train.init_from import InitFrom, fine_tune_config, transplant, u
 from charlm_jax.train.report import opening_line
 from charlm_jax.train.run_dir import RunDirectory, new_run_prompt, read_checkpoint, write_new_run
 from charlm_jax.train.signals import StopSignals
-from charlm_jax.train.steps import RunKeys, TrainState, create_train_state, make_optimizer
+from charlm_jax.train.steps import Anneal, RunKeys, TrainState, create_train_state, make_optimizer
 
 
 class StopReason(enum.StrEnum):
@@ -147,7 +147,7 @@ class Run:
 
 @dataclass
 class RunState:
-    """What the loop carries from block to block. A checkpoint saves the fields up to ``schedule_fitted``
+    """What the loop carries from block to block. A checkpoint saves the fields up to ``anneal``
     (the best ones in ``<out>/best``); the rest belong to this call of ``fit``."""
 
     train: TrainState
@@ -162,6 +162,7 @@ class RunState:
     # has been measured against the step time (``fit_schedule``), what fits the budget.
     schedule_steps: int = 0
     schedule_fitted: bool = False
+    anneal: Anneal | None = None  # once rewound to the best weights: the rate's fall from there (train.past_best)
     skipped_in_row: int = 0
     blocks_run: int = 0  # blocks this process ran (the first one includes compiling)
     # Block lengths (steps) this process has compiled; whether the last block was the first of its length
@@ -417,13 +418,14 @@ def widened(vocab: Vocab, corpus: np.ndarray, source: Vocab) -> tuple[Vocab, np.
 def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, Any]]) -> RunState:
     params, items = saved
     schedule_steps = meta.schedule_steps or run.total_steps
+    anneal = Anneal(*meta.anneal) if meta.anneal is not None else None
     # The optimizer is rebuilt for the schedule's length; its state comes from the checkpoint.
     # apply_fn=None: the model is a static argument of the compiled block (see train.create_train_state).
     train = TrainState(
         step=items["step"],
         apply_fn=None,  # type: ignore[arg-type]
         params=params,
-        tx=make_optimizer(run.config, schedule_steps),
+        tx=make_optimizer(run.config, schedule_steps, anneal),
         opt_state=items["opt_state"],
     )
     state = RunState(
@@ -435,6 +437,7 @@ def restored_state(run: Run, meta: CheckpointMeta, saved: tuple[Any, dict[str, A
         skipped_total=meta.skipped_steps_total,
         schedule_steps=schedule_steps,
         schedule_fitted=meta.schedule_steps is not None,
+        anneal=anneal,
         last_record_step=meta.step,
     )
     if run.directory.best_store.latest_step() is not None:

@@ -52,7 +52,24 @@ class RunKeys:
         return prompt_key, generation_key
 
 
-def learning_rate_schedule(config: TrainConfig | OptimizerSettings, total_steps: int | None = None) -> optax.Schedule:
+@dataclass(frozen=True)
+class Anneal:
+    """A run rewound at step ``at_step`` to its best weights, those of ``from_step``: from then on the rate falls
+    from the schedule's rate at ``from_step`` to its final rate over ``steps`` steps (a cosine), so the rest of
+    a time budget lowers the rate from the best point instead of training on past it (``train.past_best``)."""
+
+    at_step: int
+    from_step: int
+    steps: int
+
+    @property
+    def end_step(self) -> int:
+        return self.at_step + self.steps
+
+
+def learning_rate_schedule(
+    config: TrainConfig | OptimizerSettings, total_steps: int | None = None, anneal: Anneal | None = None
+) -> optax.Schedule:
     """The learning rate at each optimizer step (optax schedules, so it is traced into the step).
 
     ``total_steps`` is the run's planned length (epochs x steps per epoch); cosine decay ends
@@ -67,13 +84,19 @@ def learning_rate_schedule(config: TrainConfig | OptimizerSettings, total_steps:
         )
     warmup = config.warmup_steps if total_steps is None else min(config.warmup_steps, max(total_steps - 1, 0))
     if config.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
+        planned = optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=peak,
             warmup_steps=warmup,
             decay_steps=max(int(total_steps or 0), warmup + 1),
             end_value=peak * config.lr_final_fraction,
         )
+        if anneal is None:
+            return planned
+        start = float(planned(anneal.from_step))
+        final = peak * config.lr_final_fraction
+        falling = optax.cosine_decay_schedule(start, max(anneal.steps, 1), alpha=min(final / max(start, 1e-30), 1.0))
+        return optax.join_schedules([planned, falling], [anneal.at_step])
     if warmup == 0:
         return optax.constant_schedule(peak)
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
@@ -102,7 +125,9 @@ class OptimizerSettings:
         return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
-def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, total_steps: int | None = None, anneal: Anneal | None = None
+) -> optax.GradientTransformation:
     """The run's optimizer; one object per setting and length (see ``build_optimizer``).
 
     The train state holds its optimizer as static data, part of what the compiled block is keyed on:
@@ -110,24 +135,27 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
     """
     if config.lr_schedule == "constant" and config.warmup_steps == 0:
         total_steps = None  # the book's fixed rate does not depend on the run's length
-    return build_optimizer(OptimizerSettings.of(config), total_steps)
+    return build_optimizer(OptimizerSettings.of(config), total_steps, anneal)
 
 
 @functools.cache
-def build_optimizer(config: OptimizerSettings, total_steps: int | None = None) -> optax.GradientTransformation:
+def build_optimizer(
+    config: OptimizerSettings, total_steps: int | None = None, anneal: Anneal | None = None
+) -> optax.GradientTransformation:
     """RMSprop with Keras 3's constants, optionally behind global-norm clipping, on a schedule.
 
     Keras 3: ``v = rho * v + (1 - rho) * g**2``; ``w -= lr * g / sqrt(v + epsilon)`` with
     rho = 0.9, epsilon = 1e-7 inside the square root. optax.rmsprop's default eps is 1e-8,
     so the Keras value is passed explicitly; ``eps_in_sqrt=True`` matches Keras 3's placement
     (Keras 2: ``w -= lr * g / (sqrt(v) + epsilon)``, ``rmsprop_eps_in_sqrt=False``).
-    ``total_steps`` (the run's planned optimizer steps) is needed by the cosine schedule only.
+    ``total_steps`` (the run's planned optimizer steps) is needed by the cosine schedule only, and so is
+    ``anneal`` (a rewound run's fall to the final rate).
     """
     if config.lr_schedule == "constant" and config.warmup_steps == 0:
         # The book: a plain float, so its optimizer state holds no schedule counter.
         learning_rate = config.learning_rate
     else:
-        learning_rate = learning_rate_schedule(config, total_steps)
+        learning_rate = learning_rate_schedule(config, total_steps, anneal)
     transforms = []
     if config.clip_norm is not None:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
