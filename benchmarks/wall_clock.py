@@ -118,7 +118,28 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def results_table(summary: dict) -> dict:
+    """Every (budget, text, variant) cell, and auto below book where both ran: the table documents show whole."""
+    header = ["budget s", "text", "variant", "bits/char (spread)", "wall s (x budget)", "gap", "outside training",
+              "validation", "early stops (rewound)"]  # fmt: skip
+    rows = []
+    for budget, texts in summary.items():
+        for text, row in texts.items():
+            for variant, cell in row.items():
+                if isinstance(cell, dict):
+                    rows.append(
+                        [budget, text, variant, f"{cell['tail_mean']:.3f} ({cell['tail_spread']:.3f})",
+                         f"{cell['wall_max']:.1f} ({cell['wall_over_budget_max']:.3f})", f"{cell['gap_max']:+.3f}",
+                         f"{cell['record_share_max']:.0%}", f"{cell['eval_share_max']:.0%}",
+                         f"{cell['early_stops']}/{cell['seeds']} ({cell.get('rewinds', 0)})"]
+                    )  # fmt: skip
+            if "auto_below_book" in row:
+                rows.append([budget, text, "auto below book", f"{row['auto_below_book']:+.3f}", "", "", "", "", ""])
+    return {"header": header, "rows": rows}
+
+
 def markdown(data: dict) -> str:
+    table = data["tables"]["results"]
     lines = [
         f"# Wall-clock budgets, {data['date']}: {data['device']}",
         "",
@@ -126,25 +147,14 @@ def markdown(data: dict) -> str:
         "to its exit; its best checkpoint scored on the whole held-out tail (bits/char, window mode). Mean of "
         "the seeds (spread in brackets); wall: the longest seed's; gap: the last validation minus the best, the "
         "largest seed's; outside training: the share of wall time outside the training blocks (start-up, compiling, "
-        "validation, samples, checkpoints), and validation: the validations' share, the largest seed's.",
+        "validation, samples, checkpoints), and validation: the validations' share, the largest seed's; early "
+        "stops: runs that ended before the budget past their best, in brackets those rewound to it and annealed.",
         "",
-        "| budget s | text | variant | bits/char | wall s (x budget) | gap | outside training | validation | early stops (rewound) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(table["header"]) + " |",
+        "|" + "---|" * len(table["header"]),
+        *("| " + " | ".join(row) + " |" for row in table["rows"]),
+        "",
     ]
-    for budget, texts in data["summary"].items():
-        for text, row in texts.items():
-            for variant, cell in row.items():
-                if not isinstance(cell, dict):
-                    continue
-                lines.append(
-                    f"| {budget} | {text} | {variant} | {cell['tail_mean']:.3f} ({cell['tail_spread']:.3f}) | "
-                    f"{cell['wall_max']:.1f} ({cell['wall_over_budget_max']:.3f}) | {cell['gap_max']:+.3f} | "
-                    f"{cell['record_share_max']:.0%} | {cell['eval_share_max']:.0%} | {cell['early_stops']}/{cell['seeds']} "
-                    f"({cell['rewinds']}) |"
-                )
-            if "auto_below_book" in row:
-                lines.append(f"| {budget} | {text} | auto below book | {row['auto_below_book']:+.3f} | | | | | |")
-    lines.append("")
     return "\n".join(lines)
 
 
@@ -163,6 +173,7 @@ def main(argv=None) -> int:
         path = RESULTS / f"{args.tag}.json"
         data = json.loads(path.read_text())
         data["summary"] = summarise(data["runs"])
+        data["tables"] = {"results": results_table(data["summary"])}
         write_results(args.tag, data, markdown(data))
         return 0
     runs = []
@@ -184,6 +195,7 @@ def main(argv=None) -> int:
                         runs.append(run)
                         print(json.dumps(run), flush=True)
     data = {**record("wall_clock.py", argv), "runs": runs, "summary": summarise(runs)}
+    data["tables"] = {"results": results_table(data["summary"])}
     text = markdown(data)
     print(text)
     write_results(args.tag or f"{data['date']}-cpu-wall-clock", data, text)

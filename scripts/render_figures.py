@@ -8,10 +8,13 @@ A figure in a document is written inside a marker that names where it comes from
     <!--f 2026-11-30-cpu-generation single.api_1.us_per_char .1f-->15.4<!--/f--> us per character
 
 ``STEM`` is a file ``benchmarks/results/STEM.json``; ``PATH`` walks its keys (``.``-separated; list
-indexes are numbers), and may be ``A/B`` for the ratio of two values or ``A~B`` for their difference,
-each optionally scaled (``PATH*1e3``); ``FMT`` is a Python format spec (``.1f``, ``,.0f``, ``.3f``; none
+indexes are numbers), optionally scaled to another unit (``PATH*1e3``): a look-up, never arithmetic between
+figures (a ratio or a difference a document quotes is written into a result file, by its benchmark or by
+``benchmarks/doc_tables.py`` into ``derived-doc-figures``); ``FMT`` is a Python format spec (``.1f``, ``,.0f``, ``.3f``; none
 for a string such as a date or a machine's name). A text a result file keeps (a transcript) is shown
-as a code block between ``<!--block STEM PATH-->`` and ``<!--/block-->``.
+as a code block between ``<!--block STEM PATH-->`` and ``<!--/block-->``, and a whole table a result file
+keeps (``{"header": [...], "rows": [[...], ...]}``, its cells already formatted by the script that measured
+or derived them) between ``<!--table STEM PATH-->`` and ``<!--/table-->``.
 The text between the markers is what this script writes there, so a document can drift from its file
 only until the next ``--check``, which the tests run (tests/integration/test_docs.py). Numbers that are not
 measurements (defaults, flags, sizes of a configuration) are written plainly, or, where they look like
@@ -35,6 +38,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FIGURE = re.compile(r"<!--f (?P<stem>\S+) (?P<path>[^\s>]+) ?(?P<spec>[^\s>-]*)-->(?P<value>.*?)<!--/f-->")
 # A text kept in a result file (a transcript), shown as a code block: <!--block STEM PATH--> ... <!--/block-->.
 BLOCK = re.compile(r"<!--block (?P<stem>\S+) (?P<path>\S+)-->\n(?P<value>.*?)<!--/block-->", re.DOTALL)
+# A whole table kept in a result file: <!--table STEM PATH--> ... <!--/table-->.
+TABLE = re.compile(r"<!--table (?P<stem>\S+) (?P<path>\S+)-->\n(?P<value>.*?)<!--/table-->", re.DOTALL)
 # What a measured figure looks like when it is written plainly, outside a marker and outside code: a time
 # per step or character, a memory size, a rate, a ratio ("85x"), decimal seconds, or bits per character.
 MEASURED = re.compile(
@@ -57,7 +62,7 @@ def result_file(stem: str) -> Any:
     return json.loads(path.read_text())
 
 
-def leaf(data: Any, path: str) -> Any:
+def leaf(data: Any, path: str, raw: bool = False) -> Any:
     scale = 1.0
     if "*" in path:
         path, factor = path.split("*")
@@ -65,17 +70,13 @@ def leaf(data: Any, path: str) -> Any:
     value = data
     for key in path.split("."):
         value = value[int(key)] if isinstance(value, list) else value[key]
-    return value if isinstance(value, str) else float(value) * scale  # a date or a machine's name: as written
+    if raw or isinstance(value, str):  # a table, a date or a machine's name: as written
+        return value
+    return float(value) * scale
 
 
 def figure_value(stem: str, path: str) -> Any:
-    data = result_file(stem)
-    for operator in ("/", "~"):
-        if operator in path:
-            first, second = path.split(operator)
-            a, b = leaf(data, first), leaf(data, second)
-            return a / b if operator == "/" else a - b
-    return leaf(data, path)
+    return leaf(result_file(stem), path)
 
 
 def render(text: str, where: str = "") -> tuple[str, list[str]]:
@@ -103,12 +104,31 @@ def render(text: str, where: str = "") -> tuple[str, list[str]]:
             changes.append(f"{where}:{line}: {match['stem']} {match['path']}: the block differs")
         return f"<!--block {match['stem']} {match['path']}-->\n{value}<!--/block-->"
 
-    return BLOCK.sub(replace_block, FIGURE.sub(replace, text)), changes
+    def replace_table(match: re.Match) -> str:
+        try:
+            value = markdown_table(leaf(result_file(match["stem"]), match["path"], raw=True))
+        except (KeyError, IndexError, TypeError) as error:
+            raise SystemExit(f"{where}: {match[0][:120]}: {error}") from None
+        if value != match["value"]:
+            line = text.count("\n", 0, match.start()) + 1
+            changes.append(f"{where}:{line}: {match['stem']} {match['path']}: the table differs")
+        return f"<!--table {match['stem']} {match['path']}-->\n{value}<!--/table-->"
+
+    rendered = TABLE.sub(replace_table, BLOCK.sub(replace_block, FIGURE.sub(replace, text)))
+    return rendered, changes
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """A result file's table (header and rows of formatted cells) as a Markdown table."""
+    lines = ["| " + " | ".join(table["header"]) + " |", "|" + "---|" * len(table["header"])]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 def unbound_figures(text: str, where: str = "") -> list[str]:
     """Measured-looking figures written plainly (outside markers and code): each is a figure that can drift."""
-    kept = CODE.sub(lambda m: "\n" * m[0].count("\n"), BLOCK.sub("", FIGURE.sub("", SETTING.sub("", text))))
+    bound = TABLE.sub("", BLOCK.sub("", FIGURE.sub("", SETTING.sub("", text))))
+    kept = CODE.sub(lambda m: "\n" * m[0].count("\n"), bound)
     found = []
     for number, line in enumerate(kept.splitlines(), 1):
         found += [f"{where}:{number}: {m[0]!r} in: {line.strip()[:100]}" for m in MEASURED.finditer(line)]

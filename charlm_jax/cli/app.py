@@ -46,20 +46,16 @@ def config_overrides(args: argparse.Namespace, corpus_chars: int | None = None) 
     return values
 
 
-def start_jax(args: argparse.Namespace, rows: int, min_rows: int) -> None:
-    """Split the CPU into devices (before JAX starts: ``rows`` of a batch, at least ``min_rows``
-    per device) and join a multi-host run if asked."""
-    from charlm_jax.runtime.distributed import (
-        auto_cpu_devices,
-        configure_cpu_devices,
-        forced_cpu_device_count,
-        maybe_initialize_distributed,
-    )
+def start_jax(args: argparse.Namespace) -> None:
+    """Split the CPU as any charlm_jax call does (one device per core, ``use_every_core``; each call's mesh then
+    takes the devices that share its rows, ``default_mesh``), or into ``--cpu-devices``, before JAX starts; and
+    join a multi-host run if asked."""
+    from charlm_jax.runtime.distributed import configure_cpu_devices, maybe_initialize_distributed, use_every_core
 
     if args.cpu_devices is not None:
         configure_cpu_devices(args.cpu_devices)
-    elif not forced_cpu_device_count() and getattr(args, "coordinator", None) is None:
-        configure_cpu_devices(auto_cpu_devices(rows, min_rows=min_rows), strict=False)
+    elif getattr(args, "coordinator", None) is None:  # a multi-process run: one device per process unless asked
+        use_every_core()
     if args.command == "train":
         maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
@@ -145,15 +141,12 @@ def run_train(args: argparse.Namespace, stop: StopSignals) -> int:
         ]
     )
     from charlm_jax.io.checkpoint import peek_saved_config
-    from charlm_jax.runtime.distributed import MIN_ROWS_PER_CPU_DEVICE
 
-    # A resumed run keeps its saved batch, so the CPU is split for that batch, not for the flags' default
-    # (a batch-20 run resumed on an 8-core machine must not be told to change --batch-size).
     saved = peek_saved_config(args.out) if args.resume else None
     if given(args, "init_from"):  # a fine-tuned run takes the source's settings, the flags on top
         source = peek_saved_config(args.init_from)
         saved = TrainConfig(**{**source.to_dict(), **overrides}) if source is not None else None
-    start_jax(args, (saved or fresh).batch_size, MIN_ROWS_PER_CPU_DEVICE)
+    start_jax(args)
     text = training_text(args, (saved or fresh).lowercase, (saved or fresh).units)
     if args.recipe == AUTO_RECIPE:  # auto regularises a text its budget reads many times
         overrides = config_overrides(args, corpus_chars=text_length(text))
@@ -199,7 +192,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
     adapt = adapt_options(args)
     if adapt is not None and args.stream:
         raise CharLMError("--adapt with --stream is not supported: drop --stream to generate from the adapted weights")
-    start_jax(args, 1 if args.stream else len(args.temperatures), min_rows=1)  # rows are independent
+    start_jax(args)
     from charlm_jax.settings.generation import GenerationOptions
     from charlm_jax.use.lm import generate, load, stream
 
@@ -239,7 +232,7 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
             for index, temperature in enumerate(args.temperatures)
         ]
     else:
-        texts = generate(lm, prompt, options, seed=args.seed, adapt=adapt)  # rows split over start_jax's devices
+        texts = generate(lm, prompt, options, seed=args.seed, adapt=adapt)  # rows split over the CPU's devices (default_mesh)
     shown = prompt if len(prompt) <= 200 else f"...{prompt[-200:]}"  # a prompt file's last characters
     print(f'--- Generating with seed: "{shown}"' + (" (read adapting)" if adapt is not None else ""))
     for index, temperature in enumerate(args.temperatures):

@@ -63,6 +63,24 @@ def test_every_figure_in_the_docs_is_rendered_from_its_result_file():
     assert not unbound, "figures with no result file:\n" + "\n".join(unbound)
 
 
+def test_the_derived_figures_are_what_their_result_files_give():
+    """benchmarks/doc_tables.py's file (the tables and differences the documents quote) is up to date."""
+    import subprocess
+
+    checked = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "doc_tables.py"), "--check"], capture_output=True)
+    assert checked.returncode == 0, checked.stdout.decode()
+
+
+def test_render_figures_renders_a_table_and_refuses_arithmetic():
+    figures = render_figures_module()
+    marker = "<!--table derived-doc-figures tables.race-600-pydoc-->"
+    rendered, changes = figures.render(f"{marker}\n| stale |\n<!--/table-->", "doc.md")
+    assert rendered.startswith(f"{marker}\n| `book` | `auto` |") and "updates |" in rendered and len(changes) == 1
+    assert figures.render(rendered)[1] == []
+    with pytest.raises(SystemExit):  # a ratio between two figures is a value a result file holds, not a marker's
+        figures.render("<!--f 2026-12-02-cpu training.charlm_jax.median_s/training.torch.median_s .2f-->0.65<!--/f-->")
+
+
 def test_render_figures_finds_a_drifted_figure_and_a_figure_without_a_file():
     figures = render_figures_module()
     marker = "<!--f 2026-11-30-cpu-recipes texts.pydoc.streams.best_val_bits_per_char .3f-->"
