@@ -22,7 +22,10 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "derived-doc-figures"
 RACE_60 = "2026-12-02-cpu-budget-race"
-RACE_60_NOTES, RACE_60_NOTES_FITTED = "2026-12-03-cpu-budget-race-60-idle-notes", "2026-12-03-cpu-budget-race-60-idle-notes-fitted"
+RACE_60_NOTES, RACE_60_NOTES_FITTED = (
+    "2026-12-03-cpu-budget-race-60-idle-notes",
+    "2026-12-03-cpu-budget-race-60-idle-notes-fitted",
+)
 RACE_120, RACE_120_NOTES_FITTED = "2026-12-03-cpu-budget-race-120", "2026-12-03-cpu-budget-race-120-idle-notes-fitted"
 RECIPES_600 = "2026-11-30-cpu-recipes"
 RACES_600 = {
@@ -33,7 +36,12 @@ RACES_600 = {
 }
 BENCH, GENERATION = "2026-12-02-cpu", "2026-11-30-cpu-generation"
 DYNAMIC_EVAL, DYNAMIC_EVAL_RACE = "2026-12-02-cpu-dynamic-eval", "2026-12-02-cpu-dynamic-eval-race"
-TEXT_LABELS = {"pydoc": "pydoc", "shakespeare": "Shakespeare", "python-source": "Python sources", "idle-notes": "IDLE's notes"}
+TEXT_LABELS = {
+    "pydoc": "pydoc",
+    "shakespeare": "Shakespeare",
+    "python-source": "Python sources",
+    "idle-notes": "IDLE's notes",
+}
 
 
 def load(stem: str) -> dict[str, Any]:
@@ -140,7 +148,10 @@ def races_600() -> tuple[dict[str, Any], dict[str, Any]]:
         per_text[text] = {
             "header": ["`book`", "`auto`", "`gpt`", "`gpt-dropout`"],
             "rows": [
-                [f"{ranged(summary[v])}, {summary[v]['steps_mean']:,.0f} updates" for v in ("book", "auto", "gpt", "gpt-dropout")]
+                [
+                    f"{ranged(summary[v])}, {summary[v]['steps_mean']:,.0f} updates"
+                    for v in ("book", "auto", "gpt", "gpt-dropout")
+                ]
             ],
         }
     header = ["text (characters)", "`--recipe book`", "`--recipe auto --time-limit 600`",

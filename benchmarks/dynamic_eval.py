@@ -32,7 +32,7 @@ from common import platform_tag, record, write_results
 
 
 def race_text(name: str) -> str:
-    from recipes import race_text as recipes_text
+    from race_texts import race_text as recipes_text
 
     return recipes_text(name, 600_000)
 

@@ -39,7 +39,7 @@ from charlm_jax.data.windows import Vocab, prepare_text, split_windows
 from charlm_jax.settings.adapt import AdaptOptions
 
 from common import RESULTS, platform_tag, record, write_results
-from recipes import RACE_VAL_CHARS, race_text
+from race_texts import RACE_VAL_CHARS, race_text
 
 TEXTS = ("pydoc", "shakespeare", "python-source", "idle-notes")
 LSTM_GRID = {

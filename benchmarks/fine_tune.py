@@ -38,7 +38,7 @@ from charlm_jax.train.loop import fine_tune  # noqa: E402
 from charlm_jax.use.lm import held_out_ids  # noqa: E402
 
 from common import RESULTS, record  # noqa: E402
-from recipes import RACE_VAL_CHARS, race_text, validation_tail  # noqa: E402
+from race_texts import RACE_VAL_CHARS, race_text, validation_tail  # noqa: E402
 
 
 def run_one(variant: dict, text_name: str, text: str, budget: float, seed: int, args) -> dict:

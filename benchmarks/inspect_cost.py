@@ -26,7 +26,7 @@ from charlm_jax.use.cells import rank_cells  # noqa: E402
 from charlm_jax.use.lm import held_out_ids  # noqa: E402
 
 from common import record, write_results  # noqa: E402
-from recipes import race_text  # noqa: E402
+from race_texts import race_text  # noqa: E402
 
 
 def held_out(lm, name: str) -> str:

@@ -31,10 +31,11 @@ configure_cpu_devices(auto_cpu_devices(128))  # as `charlm-jax train` does
 from rich.console import Console  # noqa: E402
 
 import charlm_jax  # noqa: E402
-from charlm_jax import Limits, fit, load_text, recipe_config  # noqa: E402
+from charlm_jax import Limits, fit, recipe_config  # noqa: E402
 from charlm_jax.data.windows import Vocab, prepare_text, split_windows  # noqa: E402
 
 from common import RESULTS, device_name, platform_tag, record  # noqa: E402
+from race_texts import RACE_VAL_CHARS, race_text, validation_tail  # noqa: E402,F401  (budget_race, fine_tune read them here)
 
 TARGET_BITS = 0.3
 PEER_TARGET_BITS = 0.1  # below the best small GPT raced
@@ -80,20 +81,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gpt-dropout": ("gpt", {"dropout": 0.2, "batch_size": 64}),
 }
 TEXTS = ("pydoc", "shakespeare", "python-source")
-# Texts beyond the built-in corpora, read from what Python itself ships. "idle-notes" is the text of a
-# different register raced untuned: IDLE's change logs, history and notes (the seven idlelib/*.txt files).
-EXTRA_TEXTS = ("idle-notes",)
+EXTRA_TEXTS = ("idle-notes",)  # raced at 600 s beside TEXTS (race_texts.EXTRA_TEXTS)
 PEER_EVAL_EVERY_SECONDS = 50.0
-RACE_VAL_CHARS = 8192  # tail windows per validation during a run, as the GPT peer's (gpt_peer.TRAINING_VAL_WINDOWS)
-
-
-def race_text(name: str, chars: int) -> str:
-    if name == "idle-notes":
-        import idlelib
-
-        folder = Path(idlelib.__file__).parent
-        return "\n".join(path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.txt")))[:chars]
-    return load_text(name)[:chars]
 
 
 def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, dict] | None = None) -> dict:
@@ -179,12 +168,6 @@ def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> 
         flush=True,
     )
     return result
-
-
-def validation_tail(text: str, config) -> str:
-    """The held-out tail the run validated on: the loop's own split (``split_windows``) of the prepared text."""
-    prepared = prepare_text(text, config.lowercase)
-    return prepared[split_windows(len(prepared), config.maxlen, config.step, config.val_fraction).val_start :]
 
 
 def held_best(points: list[dict], seconds: float) -> float | None:

@@ -8,7 +8,7 @@ exits, this process scores the run's best checkpoint on the whole held-out tail 
 before it: the book's figure) and reads its ``metrics.jsonl``: the best and the last validation (the
 overfitting gap is last minus best), the seconds the records took (validation, samples, checkpoints), the
 steps, and whether it stopped early. The report gives every seed, the mean, the wall time over the budget, and
-``auto`` against ``book`` at the same wall time. Texts: the races' (``recipes.race_text``: pydoc, shakespeare,
+``auto`` against ``book`` at the same wall time. Texts: the races' (``race_texts.race_text``: pydoc, shakespeare,
 python-source, idle-notes) and ``numpy-license`` (numpy's LICENSE.txt, a legal text shipped with the numpy
 wheel: a register none of the recipes was tuned on, named before these runs). Runs one at a time, the variants
 interleaved within each (budget, text, seed); nothing else should run beside it.
@@ -26,20 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import recipes as race  # noqa: E402  (sets the CPU devices before JAX starts, as `charlm-jax train` does)
-from common import RESULTS, record, write_results  # noqa: E402
+from common import RESULTS, record, write_results
+from race_texts import race_text
 
 TEXTS = ("pydoc", "shakespeare", "python-source", "idle-notes", "numpy-license")
-
-
-def text_of(name: str, chars: int) -> str:
-    if name == "numpy-license":
-        from importlib.metadata import distribution
-
-        dist = distribution("numpy")
-        path = next(p for p in dist.files or () if p.name == "LICENSE.txt" and "dist-info" in str(p))
-        return Path(dist.locate_file(path)).read_text(encoding="utf-8")[:chars]
-    return race.race_text(name, chars)
 
 
 def variant_flags(variant: str) -> list[str]:
@@ -182,7 +172,7 @@ def main(argv=None) -> int:
         Path(work).mkdir(parents=True, exist_ok=True)
         for budget in args.budgets:
             for name in args.texts:
-                text = text_of(name, args.chars)
+                text = race_text(name, args.chars)
                 path = Path(work) / f"{name}.txt"
                 path.write_text(text, encoding="utf-8")
                 for seed in args.seeds:
