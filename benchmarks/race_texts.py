@@ -10,20 +10,15 @@ from pathlib import Path
 from charlm_jax import load_text
 from charlm_jax.data.windows import prepare_text, split_windows
 
-# Texts beyond the built-in corpora, read from what Python and numpy ship. "idle-notes": IDLE's change logs,
-# history and notes (the seven idlelib/*.txt files), a register the recipes were not tuned on; "numpy-license":
-# numpy's LICENSE.txt (a legal text from the numpy wheel), named before the wall-clock races and not tuned on.
+# Beyond the corpora the recipes were tuned on (pydoc, python-source): "idle-notes", a built-in corpus of another
+# register raced untuned, and "numpy-license", numpy's LICENSE.txt (a legal text from the numpy wheel), named
+# before the wall-clock races and not tuned on.
 EXTRA_TEXTS = ("idle-notes", "numpy-license")
 RACE_VAL_CHARS = 8192  # tail windows per validation during a run, as the GPT peer's (gpt_peer.TRAINING_VAL_WINDOWS)
 
 
 def race_text(name: str, chars: int) -> str:
-    """The first ``chars`` characters of a built-in corpus or of one of ``EXTRA_TEXTS``."""
-    if name == "idle-notes":
-        import idlelib
-
-        folder = Path(idlelib.__file__).parent
-        return "\n".join(path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.txt")))[:chars]
+    """The first ``chars`` characters of a built-in corpus or of numpy's licence."""
     if name == "numpy-license":
         from importlib.metadata import distribution
 

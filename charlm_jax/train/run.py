@@ -299,8 +299,8 @@ def start_run(
 
 
 # Under a wall-clock budget a validation scores at most this many windows of the tail per second of the budget
-# (60 s: 6,000; 600 s: 60,000, or the config's --val-chars if smaller): on 2 CPU cores the book's model scores
-# about 10,000 windows a second, so one validation costs about 1 % of the budget there, and less on an accelerator.
+# (or the config's --val-chars if fewer), so that its cost stays a small share of any budget on 2 CPU cores
+# (the records' eval_seconds in benchmarks/results/2026-12-05-cpu-wall-clock), and less on an accelerator.
 VAL_WINDOWS_PER_BUDGET_SECOND = 100
 
 

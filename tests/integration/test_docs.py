@@ -67,7 +67,9 @@ def test_the_derived_figures_are_what_their_result_files_give():
     """benchmarks/doc_tables.py's file (the tables and differences the documents quote) is up to date."""
     import subprocess
 
-    checked = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "doc_tables.py"), "--check"], capture_output=True)
+    checked = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "doc_tables.py"), "--check"], capture_output=True
+    )
     assert checked.returncode == 0, checked.stdout.decode()
 
 
