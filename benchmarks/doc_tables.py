@@ -36,6 +36,11 @@ RACES_600 = {
 }
 BENCH, GENERATION = "2026-12-02-cpu", "2026-11-30-cpu-generation"
 DYNAMIC_EVAL, DYNAMIC_EVAL_RACE = "2026-12-02-cpu-dynamic-eval", "2026-12-02-cpu-dynamic-eval-race"
+WALL_60 = "2026-12-05-cpu-wall-clock-anneal"
+WALL_LABELS = {
+    "pydoc": "pydoc", "shakespeare": "Shakespeare", "python-source": "Python sources", "idle-notes": "IDLE's notes",
+    "numpy-license": "numpy's licence, named before the runs, not tuned on",
+}  # fmt: skip
 TEXT_LABELS = {
     "pydoc": "pydoc",
     "shakespeare": "Shakespeare",
@@ -212,9 +217,48 @@ def race_margins() -> dict[str, Any]:
             "below_book": cells["book"]["mean"] - cells["auto"]["mean"],
             "below_gpt": cells["gpt"]["mean"] - cells["auto"]["mean"],
             "below_gpt_dropout": cells["gpt-dropout"]["mean"] - cells["auto"]["mean"],
+            "below_better_gpt": min(cells["gpt"]["mean"], cells["gpt-dropout"]["mean"]) - cells["auto"]["mean"],
             "gpt_updates_over_dropout": cells["gpt"]["steps_mean"] / cells["gpt-dropout"]["steps_mean"],
         }
     return margins
+
+
+def spread(cell: dict[str, Any]) -> str:
+    return f"{cell['tail_mean']:.3f} ({cell['tail_spread']:.3f})"
+
+
+def wall_clock_tables(stem: str, budget: str) -> dict[str, Any]:
+    """The wall-clock race (benchmarks/wall_clock.py): the whole of it for docs/recipes.md, auto against the book
+    for README.md."""
+    summary = load(stem)["summary"][budget]
+    stop = "auto:past-best=stop"
+    full, short = [], []
+    for text, label in WALL_LABELS.items():
+        row = summary[text]
+        auto, book = row["auto"], row["book"]
+        below = book["tail_mean"] - auto["tail_mean"]
+        full.append(
+            [label, spread(auto), spread(row[stop]) if stop in row else "", spread(book), f"{below:+.3f}",
+             f"{auto['wall_max']:.1f} / {book['wall_max']:.1f}", f"{auto['eval_share_max']:.0%}",
+             f"{auto['gap_max']:+.3f}" + (f" / {row[stop]['gap_max']:+.3f}" if stop in row else ""),
+             f"{auto['rewinds']}, {auto['early_stops']}"]
+        )  # fmt: skip
+        short.append(
+            [label, spread(auto), spread(book), f"{below:+.3f}", f"{max(auto['wall_max'], book['wall_max']):.1f}"]
+        )
+    return {
+        "full": {
+            "header": ["text", "`auto`", "`auto --past-best stop`", "`book`", "`auto` below `book`",
+                       "longest run s, auto / book", "validation share, auto", "gap, auto / stop",
+                       "auto runs rewound, ended early (of 2)"],
+            "rows": full,
+        },
+        "short": {
+            "header": ["text", f"`--recipe auto --time-limit {budget}`", f"`--recipe book --time-limit {budget}`",
+                       "`auto` below the book", "longest run, s"],
+            "rows": short,
+        },
+    }  # fmt: skip
 
 
 def derive() -> dict[str, Any]:
@@ -223,8 +267,10 @@ def derive() -> dict[str, Any]:
     return {
         "what": "derived from the stems in 'sources' by benchmarks/doc_tables.py; nothing measured here",
         "sources": sorted({RACE_60, RACE_60_NOTES, RACE_60_NOTES_FITTED, RACE_120, RACE_120_NOTES_FITTED, RECIPES_600,
-                           BENCH, GENERATION, DYNAMIC_EVAL, DYNAMIC_EVAL_RACE, *(s for _, s in RACES_600.values())}),
+                           BENCH, GENERATION, DYNAMIC_EVAL, DYNAMIC_EVAL_RACE, WALL_60,
+                           *(s for _, s in RACES_600.values())}),
         "tables": {"race-60": race_60(), "race-120": race_120(), "recipes-600": recipes_table,
+                   **{f"wall-60-{name}": table for name, table in wall_clock_tables(WALL_60, "60").items()},
                    "races-600": seeds_table, **{f"race-600-{text}": table for text, table in per_text.items()}},
         "derived": {"recipes-600": recipes_derived, "races-600": race_margins(), "speed": speed_ratios(),
                     "dynamic-eval": dynamic_eval_gains()},
