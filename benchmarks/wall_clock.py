@@ -158,10 +158,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default=None, help="result file stem (default: <date>-cpu-wall-clock)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="keep the runs in DIR (default: a temporary one)")
     parser.add_argument("--report-only", action="store_true", help="rewrite results/<tag> from its runs")
+    parser.add_argument("--merge", nargs="+", metavar="STEM", help="with --report-only: <tag> holds these files' runs")
     args = parser.parse_args(argv)
     if args.report_only:
-        path = RESULTS / f"{args.tag}.json"
-        data = json.loads(path.read_text())
+        parts = [json.loads((RESULTS / f"{stem}.json").read_text()) for stem in args.merge or [args.tag]]
+        data = {**parts[0], "runs": [run for part in parts for run in part["runs"]]}
+        if args.merge:
+            data["command"] = " ; ".join(part["command"] for part in parts)
+            data["merged_from"] = list(args.merge)
         data["summary"] = summarise(data["runs"])
         data["tables"] = {"results": results_table(data["summary"])}
         write_results(args.tag, data, markdown(data))

@@ -6,7 +6,8 @@ After each block the periodic work runs, each piece when its own rule says it is
 learning-rate schedule fitted to a time budget (once, after the second block), a record
 (validation bits per character on the held-out tail, of the averaged weights too when the run keeps
 them, the book's four-temperature sample, an orbax
-checkpoint, the best so far kept in ``<out>/best``, a line in ``metrics.jsonl``), and early stopping.
+checkpoint, the best so far kept in ``<out>/best``, a line in ``metrics.jsonl``), early stopping, and
+under a wall-clock budget what a run past its best validation does (``train.past_best``).
 
 Batches are the book's shuffled windows or consecutive streams (``data.make_batching``); the loop
 does not tell them apart. Ctrl-C or SIGTERM saves a checkpoint at the current step before exiting;
