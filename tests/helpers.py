@@ -66,3 +66,15 @@ def train_windows(state, block_windows, key, config, model):
         carry_over=False,
     )
     return state, metrics
+
+
+class TickingClock:
+    """A clock that advances ``tick`` seconds each time it is read: a block of steps 'takes' one tick, and a run's
+    timing is the same on any machine."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now

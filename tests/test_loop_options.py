@@ -11,7 +11,7 @@ from charlm_jax.errors import CharLMError
 from charlm_jax.io.checkpoint import CheckpointStore
 from charlm_jax.train.loop import Limits, fit
 
-from helpers import QUIET, assert_trees_equal, tiny_config
+from helpers import QUIET, TickingClock, assert_trees_equal, tiny_config
 
 
 def records_of(out):
@@ -160,17 +160,6 @@ def test_cli_time_limit_must_be_positive(capsys, tmp_path):
         and err.startswith("charlm-jax: error: --time-limit (Limits.max_seconds) must be > 0")
         and err.count("\n") == 1
     )
-
-
-class TickingClock:
-    """A clock that advances ``tick`` seconds each time it is read: a block of steps 'takes' one tick."""
-
-    def __init__(self, tick: float) -> None:
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
 
 
 def test_a_time_budget_fits_the_cosine_schedule_and_resume_keeps_the_plan(tmp_path, tiny_text):

@@ -14,18 +14,7 @@ from charlm_jax.train.loop import Limits, fit
 from charlm_jax.train.past_best import ANNEAL_SHARE
 from charlm_jax.train.steps import Anneal, learning_rate_schedule
 
-from helpers import QUIET, assert_trees_equal, tiny_config
-
-
-class TickingClock:
-    """Every read advances the clock by ``tick`` seconds: the run's timing is the same on any machine."""
-
-    def __init__(self, tick: float) -> None:
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
+from helpers import QUIET, TickingClock, assert_trees_equal, tiny_config
 
 
 def records_of(out):
