@@ -143,6 +143,14 @@ def window_bits(model, ids: np.ndarray, starts: np.ndarray, context: int, autoca
     return total / len(starts) / math.log(2.0)
 
 
+def timed_validation_cost(model, ids: np.ndarray, starts: np.ndarray, context: int, autocast: bool) -> float:
+    """Seconds a validation over ``starts`` takes, timed on one batch of them."""
+    some = starts[:EVAL_BATCH]
+    began = time.perf_counter()
+    window_bits(model, ids, some, context, autocast)
+    return (time.perf_counter() - began) * len(starts) / len(some)
+
+
 def train_gpt(
     recipe: GPTRecipe,
     ids: np.ndarray,
@@ -155,8 +163,14 @@ def train_gpt(
     seed: int = 0,
     threads: int | None = None,
     keep_model: bool = False,
+    deadline: float | None = None,
 ) -> dict:
     """Train for ``seconds`` of training time (validation excluded); returns the run's curve and best.
+
+    ``deadline``: a ``time.perf_counter()`` reading by which training and its validations are over (a
+    wall-clock budget, as ``--time-limit`` is for the LSTM). The cosine is then fitted to what is left after
+    the validations the run will make (their cost timed on a slice of them), and the last step leaves room for
+    the last validation.
 
     ``keep_model``: the held-best model itself is returned too, under ``"model"`` (not JSON).
 
@@ -185,8 +199,12 @@ def train_gpt(
     total_steps = 10**9  # until the step time is measured
     points, best_state, best_bits = [], None, math.inf
     train_seconds, step, losses, next_eval = 0.0, 0, [], eval_every_seconds
-    fit_clock = None
-    while train_seconds < seconds:
+    fit_clock, eval_cost, step_cost = None, 0.0, 0.0
+
+    def at_deadline() -> bool:
+        return deadline is not None and time.perf_counter() + step_cost + eval_cost >= deadline
+
+    while train_seconds < seconds and not (deadline is not None and points and at_deadline()):
         started = time.perf_counter()
         rate = cosine_rate(recipe, step, total_steps)
         for group in optimizer.param_groups:
@@ -203,14 +221,23 @@ def train_gpt(
         optimizer.step()
         losses.append(loss.item())
         step += 1
-        train_seconds += time.perf_counter() - started
+        step_cost = time.perf_counter() - started
+        train_seconds += step_cost
         if step == 10:
             fit_clock = train_seconds
         if step == 10 + FIT_AFTER_STEPS:
             step_seconds = (train_seconds - fit_clock) / FIT_AFTER_STEPS
-            total_steps = step + int(0.98 * (seconds - train_seconds) / step_seconds)
-        if train_seconds >= next_eval or train_seconds >= seconds:
+            if deadline is None:
+                total_steps = step + int(0.98 * (seconds - train_seconds) / step_seconds)
+            else:
+                eval_cost = timed_validation_cost(model, ids, val_some, context, recipe.autocast)
+                left = deadline - time.perf_counter()
+                evaluations = 1 + int(left / (eval_every_seconds + eval_cost))
+                total_steps = step + int(0.98 * max(left - evaluations * eval_cost, 0.0) / step_seconds)
+        if train_seconds >= next_eval or train_seconds >= seconds or at_deadline():
+            evaluated = time.perf_counter()
             bits = window_bits(model, ids, val_some, context, recipe.autocast)
+            eval_cost = time.perf_counter() - evaluated
             if bits < best_bits:
                 best_bits, best_state = bits, {k: v.detach().clone() for k, v in model.state_dict().items()}
             points.append(
@@ -227,6 +254,7 @@ def train_gpt(
             )
             losses = []
             next_eval = train_seconds + eval_every_seconds
+    training_ended = time.perf_counter()  # what follows is scoring, which a wall-clock budget does not count
     model.load_state_dict(best_state)
     final = window_bits(model, ids, val_all, context, recipe.autocast)
     parameters = sum(p.numel() for p in model.parameters())
@@ -240,6 +268,7 @@ def train_gpt(
             "threads": torch.get_num_threads(),
         },
         "stop_reason": "time_limit",
+        "training_ended": training_ended,
         "points": points,
         "best_epoch": None,
         "best_val_bits_per_char": final,
