@@ -294,3 +294,22 @@ def test_the_schedule_is_fitted_on_a_block_that_compiled_nothing():
     assert [ran(n) for n in range(1, SCHEDULE_FIT_LATEST_BLOCK + 1)][-2:] == [False, True]  # never repeated
     untimed = SimpleNamespace(limits=Limits(), config=run.config)
     assert not schedule_fit_due(untimed, state)
+
+
+def test_a_stateful_validation_is_one_pass_over_the_tail_with_the_state_carried(tmp_path, tiny_text):
+    """val_mode="stateful": each record's figure is what `bits_per_char(..., mode="stateful")` gives the weights
+    on the tail's first val_chars characters, and the record says which figure it holds."""
+    from charlm_jax.data.windows import prepare_text, split_windows
+
+    config = tiny_config(epochs=2, sample_length=0, val_mode="stateful", val_chars=100)
+    result = fit(config, tiny_text, tmp_path, console=QUIET)
+    last = records_of(tmp_path)[-1]
+    assert last["val_mode"] == "stateful" and last["val_chars_scored"] == 100 and "val_windows" not in last
+    prepared = prepare_text(tiny_text, config.lowercase)
+    tail = prepared[split_windows(len(prepared), config.maxlen, config.step, config.val_fraction).val_start :][:101]
+    lm = charlm_jax.load(tmp_path, step=int(result.state.step))
+    expected = charlm_jax.bits_per_char(lm, tail, mode="stateful")
+    np.testing.assert_allclose(last["val_bits_per_char"], expected, rtol=1e-5)
+    fit(tiny_config(epochs=1, sample_length=0), tiny_text, tmp_path / "window", console=QUIET)
+    window = records_of(tmp_path / "window")[-1]
+    assert window["val_mode"] == "window" and window["val_windows"] > 0

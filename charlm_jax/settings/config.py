@@ -21,6 +21,7 @@ OBJECTIVES = ("next_char", "dense")
 BATCHINGS = ("windows", "streams")
 LR_SCHEDULES = ("constant", "cosine")
 PAST_BEST_POLICIES = ("anneal", "stop", "continue")
+VAL_MODES = ("window", "stateful")
 GENERATION_MODES = ("stateful", "window")
 # Generation's choices, here so the CLI can offer them without importing JAX (sampling.py and
 # decode.py explain them).
@@ -86,6 +87,16 @@ class TrainConfig:
         DEFAULT_VAL_CHARS,
         "characters of the held-out tail scored per validation, evenly "
         "spaced, the same ones every time (0: all of them)",
+    )
+    # How a validation scores the tail. "window": the book's figure, each character from the maxlen before it (a
+    # window per character, recomputed from a zero state). "stateful": one pass over the first val_chars
+    # characters of the tail with the LSTM state carried, as the model generates: every character computed
+    # once, so a record costs a small fraction of a window validation and can come often. `eval` gives either.
+    val_mode: str = _field(
+        "window",
+        "how validation scores the tail: window (the book's: each character from the maxlen before it) or "
+        "stateful (one pass over the first --val-chars characters with the state carried; much cheaper)",
+        VAL_MODES,
     )
     # --- model (book: LSTM(128) + Dense(len(chars)) ) ---
     hidden_size: int = _field(128, "LSTM units per layer (book: 128)")
@@ -232,6 +243,7 @@ RESUMABLE_FIELDS = (
     "temperatures",
     "sample_mode",
     "val_chars",
+    "val_mode",
 )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from charlm_jax.data.windows import padded_eval_batches, sample_prompt
 from charlm_jax.io.checkpoint import CheckpointMeta
-from charlm_jax.model.scoring import nats_to_bits
+from charlm_jax.model.scoring import nats_to_bits, score_ids
 from charlm_jax.runtime.distributed import (
     agreed_stop,
     batch_sharding,
@@ -41,6 +41,7 @@ from charlm_jax.use.decode import SAMPLE_CHUNK, sample_in_chunks
 EVAL_BATCH = 256
 # A validation this large takes long enough to say so when it starts.
 ANNOUNCED_VALIDATION = 100_000
+LN2 = math.log(2.0)  # bits to nats: score_ids gives log2-probabilities, a record's val_loss is in nats
 # With several processes a validation asks whether any of them was told to stop every this many batches
 # (a collective of a few bytes; a batch of the book's model is tens of milliseconds on a CPU).
 POLL_EVERY_BATCHES = 8
@@ -75,7 +76,11 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         if averaged is not None:
             record["averaged_val_bits_per_char"] = nats_to_bits(validate(run, averaged))
         record["eval_seconds"] = round(run.limits.clock() - started, 3)
-        record["val_windows"] = len(run.split.val_starts)  # the tail's windows this figure averages
+        record["val_mode"] = config.val_mode  # which figure: the book's windows, or one pass with the state carried
+        if config.val_mode == "window":
+            record["val_windows"] = len(run.split.val_starts)  # the tail's windows this figure averages
+        else:
+            record["val_chars_scored"] = len(stateful_tail(run)) - 1
     print_record(run.console, record, config.epochs, run.vocab.unit)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
@@ -192,12 +197,23 @@ def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
         run.console.print(f"best validation {kept}")
 
 
+def stateful_tail(run: Run) -> np.ndarray:
+    """The ids a stateful validation reads: the tail's first ``val_chars`` characters (0: all), plus the first
+    one, which is read and not scored."""
+    chars = run.config.val_chars or len(run.corpus)
+    return np.asarray(run.corpus[run.split.val_start : run.split.val_start + chars + 1], np.int32)
+
+
 def validate(run: Run, params) -> float:
-    """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``).
+    """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``), or with
+    ``val_mode="stateful"`` over one pass of the tail's first ``val_chars`` characters, the state carried.
 
     A stop request abandons it between batches (``Stopped``); with several processes, once every
-    process has agreed on it (``stop_poll``), so they all abandon the same batch.
+    process has agreed on it (``stop_poll``), so they all abandon the same batch. A stateful pass is a few
+    compiled chunks and is not abandoned.
     """
+    if run.config.val_mode == "stateful":
+        return float(-np.mean(score_ids(params, run.model, stateful_tail(run), "stateful", run.config.maxlen))) * LN2
     starts = run.split.val_starts
     if len(starts) >= ANNOUNCED_VALIDATION:
         run.console.print(
