@@ -22,9 +22,9 @@ if _cache:
 if os.environ.get("CHARLM_JAX_TEST_OPTIMIZE") != "1":
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-# One CPU device per test process (two workers share the cores): the API would otherwise split each into one
-# device per core, as scripts get it (tests/integration/test_every_core.py checks that in fresh processes). The CLI's own
-# split (--cpu-devices, or its automatic one) overrides this in the processes the tests start.
+# One CPU device per test process (two workers share the cores): the API and the CLI would otherwise split each
+# into one device per core, as scripts get it (tests/integration/test_every_core.py checks that in fresh processes,
+# without this variable). The processes the tests start inherit it; --cpu-devices still overrides it there.
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
 
 import pytest  # noqa: E402
