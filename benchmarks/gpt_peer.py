@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 FIT_AFTER_STEPS = 60
+# The races validate the GPT after every this many seconds of its training (training clock or wall clock).
+EVAL_EVERY_SECONDS = 50.0
 # Held-out windows scored per validation during training (evenly spaced, the same every time; a
 # window costs the GPT ~2 ms of CPU, so 4,096 keep a validation near 8 s):
 # the held-best checkpoint is chosen on them, then scored on the whole tail at the end.

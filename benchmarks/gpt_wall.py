@@ -24,8 +24,6 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PEER_EVAL_EVERY_SECONDS = 50.0  # as the training-clock races validate the GPT (recipes.PEER_EVAL_EVERY_SECONDS)
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,7 +40,7 @@ def main(argv=None) -> int:
     from charlm_jax import recipe_config
     from charlm_jax.data.windows import Vocab, prepare_text, split_windows
 
-    from gpt_peer import GPTRecipe, train_gpt
+    from gpt_peer import EVAL_EVERY_SECONDS, GPTRecipe, train_gpt
 
     config = recipe_config("book")  # the split and the metric's context: the book's
     prepared = prepare_text(Path(args.text).read_text(encoding="utf-8"), config.lowercase)
@@ -56,7 +54,7 @@ def main(argv=None) -> int:
         split.val_start,
         vocab.size,
         seconds=float("inf"),
-        eval_every_seconds=PEER_EVAL_EVERY_SECONDS,
+        eval_every_seconds=EVAL_EVERY_SECONDS,
         context=config.maxlen,
         seed=args.seed,
         keep_model=True,

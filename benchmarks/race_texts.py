@@ -10,10 +10,8 @@ from pathlib import Path
 from charlm_jax import load_text
 from charlm_jax.data.windows import prepare_text, split_windows
 
-# Beyond the corpora the recipes were tuned on (pydoc, python-source): "idle-notes", a built-in corpus of another
-# register raced untuned, and "numpy-license", numpy's LICENSE.txt (a legal text from the numpy wheel), named
+# Beyond the built-in corpora: "numpy-license", numpy's LICENSE.txt (a legal text from the numpy wheel), named
 # before the wall-clock races and not tuned on.
-EXTRA_TEXTS = ("idle-notes", "numpy-license")
 RACE_VAL_CHARS = 8192  # tail windows per validation during a run, as the GPT peer's (gpt_peer.TRAINING_VAL_WINDOWS)
 
 

@@ -81,8 +81,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gpt-dropout": ("gpt", {"dropout": 0.2, "batch_size": 64}),
 }
 TEXTS = ("pydoc", "shakespeare", "python-source")
-EXTRA_TEXTS = ("idle-notes",)  # raced at 600 s beside TEXTS (race_texts.EXTRA_TEXTS)
-PEER_EVAL_EVERY_SECONDS = 50.0
+EXTRA_TEXTS = ("idle-notes",)  # raced at 600 s beside TEXTS
 
 
 def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, dict] | None = None) -> dict:
@@ -142,7 +141,7 @@ def run_variant(variant: str, text_name: str, text: str, args, spec: tuple[str, 
 
 def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> dict:
     """The small GPT on the same lower-cased text, split and metric as the LSTM variants."""
-    from gpt_peer import GPTRecipe, train_gpt
+    from gpt_peer import EVAL_EVERY_SECONDS, GPTRecipe, train_gpt
 
     config = recipe_config("book")  # the split and the metric's context: the book's
     prepared = prepare_text(text, config.lowercase)
@@ -156,7 +155,7 @@ def run_peer(variant: str, text_name: str, text: str, overrides: dict, args) -> 
         split.val_start,
         vocab.size,
         seconds=args.seconds,
-        eval_every_seconds=PEER_EVAL_EVERY_SECONDS,
+        eval_every_seconds=EVAL_EVERY_SECONDS,
         context=config.maxlen,
         seed=getattr(args, "seed", 0),
     )

@@ -232,9 +232,8 @@ def run_generate(args: argparse.Namespace, stop: StopSignals) -> int:
             for index, temperature in enumerate(args.temperatures)
         ]
     else:
-        texts = generate(
-            lm, prompt, options, seed=args.seed, adapt=adapt
-        )  # rows split over the CPU's devices (default_mesh)
+        # The rows are split over the CPU's devices (default_mesh).
+        texts = generate(lm, prompt, options, seed=args.seed, adapt=adapt)
     shown = prompt if len(prompt) <= 200 else f"...{prompt[-200:]}"  # a prompt file's last characters
     print(f'--- Generating with seed: "{shown}"' + (" (read adapting)" if adapt is not None else ""))
     for index, temperature in enumerate(args.temperatures):

@@ -80,7 +80,7 @@ def write_record(run: Run, state: RunState) -> dict[str, Any]:
         if config.val_mode == "window":
             record["val_windows"] = len(run.split.val_starts)  # the tail's windows this figure averages
         else:
-            record["val_chars_scored"] = len(stateful_tail(run)) - 1
+            record["val_chars_scored"] = stateful_chars(run)
     print_record(run.console, record, config.epochs, run.vocab.unit)
     prompt_key, generation_key = run.keys.sample_keys(epoch)
     prompt = sample_prompt(prompt_key, run.vocab, run.corpus, run.split.val_start, config.maxlen)
@@ -197,11 +197,16 @@ def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
         run.console.print(f"best validation {kept}")
 
 
+def stateful_chars(run: Run) -> int:
+    """How many characters a stateful validation scores: the tail's first ``val_chars`` (0: all of it)."""
+    tail = len(run.corpus) - run.split.val_start - 1  # the tail's first character is read, not scored
+    return min(run.config.val_chars, tail) if run.config.val_chars else tail
+
+
 def stateful_tail(run: Run) -> np.ndarray:
-    """The ids a stateful validation reads: the tail's first ``val_chars`` characters (0: all), plus the first
-    one, which is read and not scored."""
-    chars = run.config.val_chars or len(run.corpus)
-    return np.asarray(run.corpus[run.split.val_start : run.split.val_start + chars + 1], np.int32)
+    """The ids a stateful validation reads: ``stateful_chars`` scored ones and the one read before them."""
+    start = run.split.val_start
+    return np.asarray(run.corpus[start : start + stateful_chars(run) + 1], np.int32)
 
 
 def validate(run: Run, params) -> float:
