@@ -1,6 +1,7 @@
 """The loop's options: best checkpoint, early stopping, time limit, recipes from the CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -313,3 +314,15 @@ def test_a_stateful_validation_is_one_pass_over_the_tail_with_the_state_carried(
     fit(tiny_config(epochs=1, sample_length=0), tiny_text, tmp_path / "window", console=QUIET)
     window = records_of(tmp_path / "window")[-1]
     assert window["val_mode"] == "window" and window["val_windows"] > 0
+
+
+def test_a_run_validated_statefully_ends_with_the_books_figure_of_its_best(tmp_path, tiny_text):
+    """The end of a run validated statefully scores ``<out>/best`` on the tail's windows, each character from
+    the maxlen before it: the figure the same run validated on windows records (val_mode does not change
+    training: one epoch, one record, the same weights)."""
+    config = tiny_config(epochs=1, sample_length=0, val_chars=0)
+    stateful = fit(replace(config, val_mode="stateful"), tiny_text, tmp_path / "stateful", console=QUIET)
+    windowed = fit(config, tiny_text, tmp_path / "window", console=QUIET)
+    assert stateful.best_val_bits_per_char != windowed.best_val_bits_per_char  # two figures
+    assert stateful.best_val_bits_per_char_windows == pytest.approx(windowed.best_val_bits_per_char, rel=1e-6)
+    assert windowed.best_val_bits_per_char_windows is None  # its records hold that figure already

@@ -79,10 +79,16 @@ def test_auto_regularises_a_text_its_budget_reads_many_times():
     assert small.dropout == recipes.SMALL_TEXT_DROPOUT > 0
     assert large.dropout == unknown.dropout == 0.0
     assert small == TrainConfig(**{**large.to_dict(), "temperatures": large.temperatures, "dropout": small.dropout})
-    # a tier with its own dropout keeps it; a dropout given wins over the rule
-    long_tier = recipe_config("auto", time_limit=1e6, corpus_chars=1_000)
-    assert long_tier.dropout == recipes.AUTO_TIERS[-1][1]["dropout"]
+    # the ten-minute tier's own dropout, raised for a text it reads more than MANY_PASSES times; the two-minute
+    # tier keeps its own; a dropout given wins over the rule
+    long_limit = 600.0
+    many_chars = int(long_limit * recipes.LONG_CHARS_PER_SECOND / recipes.MANY_PASSES)
+    assert recipe_config("auto", time_limit=long_limit, corpus_chars=many_chars * 2).dropout == 0.4
+    assert recipe_config("auto", time_limit=long_limit).dropout == recipes.AUTO_TIERS[-1][1]["dropout"] == 0.4
+    assert recipe_config("auto", time_limit=long_limit, corpus_chars=many_chars // 2).dropout == 0.55
+    assert recipe_config("auto", time_limit=120, corpus_chars=1_000).dropout == recipes.AUTO_TIERS[1][1]["dropout"]
     assert recipe_config("auto", time_limit=60, corpus_chars=1_000, dropout=0.0).dropout == 0.0
+    assert recipe_config("auto", time_limit=long_limit, corpus_chars=1_000, dropout=0.2).dropout == 0.2
 
 
 def test_cli_recipe_auto_trains_what_the_library_picks_for_that_text(tmp_path, tiny_text):

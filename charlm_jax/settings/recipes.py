@@ -83,14 +83,19 @@ _SHORT = {
 # stalls by then, and of streams' 2 x 192, which has made few updates (results/2026-12-02-cpu-budget-exploration).
 # Its upper limit lies between the 120 s and the 600 s evidence: not raced there.
 _MEDIUM = {**_SHORT, "hidden_size": 192, "dropout": 0.1}
-# A budgeted run validates on this many windows of the tail (the same ones each time, so records compare
-# paired): a tenth of the default, so that records every few hundred steps stay within the wall-clock share
-# train.loop.RECORD_SHARE gives them. `charlm-jax eval` scores the whole tail.
+# A budgeted run validates on the tail's first AUTO_VAL_CHARS characters (the same ones each time, so records
+# compare paired) in one pass with the state carried, as a streams model reads and generates: each character
+# is computed once instead of once per window that holds it, so records can come often enough to see the
+# best point within the wall-clock share train.loop.RECORD_SHARE gives them (at 60 s on Python sources it
+# validated lower than the windows and level elsewhere: results/2026-12-05-cpu-wall-clock-60-stateful-val).
+# The run's end scores its best checkpoint on the windows too (the book's figure; `charlm-jax eval` the whole
+# tail).
 AUTO_VAL_CHARS = 20_000
+AUTO_VALIDATION = {"val_chars": AUTO_VAL_CHARS, "val_mode": "stateful"}
 AUTO_TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
-    (90.0, {**_SHORT, "val_chars": AUTO_VAL_CHARS}),
-    (300.0, {**_MEDIUM, "val_chars": AUTO_VAL_CHARS}),
-    (math.inf, {**RECIPES["streams"], "epochs": 1000, "val_chars": AUTO_VAL_CHARS}),
+    (90.0, {**_SHORT, **AUTO_VALIDATION}),
+    (300.0, {**_MEDIUM, **AUTO_VALIDATION}),
+    (math.inf, {**RECIPES["streams"], "epochs": 1000, **AUTO_VALIDATION}),
 )
 # A small text is read many times within the budget, and the short tier's unregularised model overfits it.
 # The passes a budget makes over a text are estimated from the short tier's measured throughput (characters
@@ -101,6 +106,15 @@ SMALL_TEXT_PASSES = 30.0
 # Small slices of pydoc and python-source at 60 s: the most dropout tried scored best on both
 # (results/2026-12-02-cpu-budget-small-texts).
 SMALL_TEXT_DROPOUT = 0.4
+# The same rule for the ten-minute tier's 2 x 192 model, which trains about LONG_CHARS_PER_SECOND characters per
+# second of budget on 2 CPU cores (pydoc's ten minutes: 3,281 steps of 128 x 60 characters in 599.5 s,
+# results/2026-12-05-cpu-wall-clock-600-runs). Its dropout of 0.4 held pydoc's ~55 passes (validation still
+# falling at the end there) and not a text read hundreds of times: on the first half of IDLE's notes at 300 s
+# (~210 passes) 0.55 validated 0.04 lower than 0.4 and 0.06 lower than 0.7, its gap (last - best) half of
+# 0.4's (results/2026-12-05-cpu-wall-clock-passes-dropout-300). MANY_PASSES lies between the two.
+LONG_CHARS_PER_SECOND = 42_000
+MANY_PASSES = 100.0
+MANY_PASSES_DROPOUT = 0.55
 
 
 def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> dict[str, Any]:
@@ -118,14 +132,20 @@ def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> di
     if not time_limit > 0:
         raise CharLMError(f"--time-limit must be > 0 seconds, got {time_limit:g}")
     values = dict(next(values for limit, values in AUTO_TIERS if time_limit <= limit))
-    if values.get("dropout") == 0.0 and corpus_chars and budget_passes(time_limit, corpus_chars) > SMALL_TEXT_PASSES:
+    if not corpus_chars:
+        return values
+    if values.get("dropout") == 0.0 and budget_passes(time_limit, corpus_chars) > SMALL_TEXT_PASSES:
         values["dropout"] = SMALL_TEXT_DROPOUT
+    long_tier = time_limit > AUTO_TIERS[-2][0]
+    if long_tier and budget_passes(time_limit, corpus_chars, LONG_CHARS_PER_SECOND) > MANY_PASSES:
+        values["dropout"] = MANY_PASSES_DROPOUT
     return values
 
 
-def budget_passes(time_limit: float, corpus_chars: int) -> float:
-    """About how many times a run of the short tier reads a text of ``corpus_chars`` in ``time_limit`` s."""
-    return time_limit * SHORT_CHARS_PER_SECOND / max(corpus_chars, 1)
+def budget_passes(time_limit: float, corpus_chars: int, chars_per_second: float = SHORT_CHARS_PER_SECOND) -> float:
+    """About how many times a tier whose model trains ``chars_per_second`` (default: the short tier's) reads
+    a text of ``corpus_chars`` in ``time_limit`` s."""
+    return time_limit * chars_per_second / max(corpus_chars, 1)
 
 
 def recipe_values(name: str, time_limit: float | None = None, corpus_chars: int | None = None) -> dict[str, Any]:

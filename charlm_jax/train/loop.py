@@ -44,6 +44,7 @@ from charlm_jax.settings.config import TrainConfig
 from charlm_jax.train.init_from import DEFAULT_NEW_ROWS, fine_tune_config, read_source
 from charlm_jax.train.past_best import act_on_past_best, annealed
 from charlm_jax.train.records import (
+    best_window_bits,
     save_stopped,
     say_best,
     write_record,
@@ -157,8 +158,9 @@ def train_run(
                 reason = signal_reason(signals)
         if reason is not None and reason.by_signal:
             save_stopped(run, state)
-    say_best(run, state, reason)
-    return FitResult.of(run, state, reason or StopReason.COMPLETED)
+    window_bits = best_window_bits(run, state, reason)
+    say_best(run, state, reason, window_bits)
+    return replace(FitResult.of(run, state, reason or StopReason.COMPLETED), best_val_bits_per_char_windows=window_bits)
 
 
 def training_mesh(config: TrainConfig | None, overrides: Mapping[str, Any] | None, out_dir, resume: bool):

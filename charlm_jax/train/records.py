@@ -30,7 +30,7 @@ from charlm_jax.settings.generation import GenerationOptions
 from charlm_jax.train.averaging import averaged_params
 from charlm_jax.train.report import print_record, print_samples
 from charlm_jax.train.run import Run, RunState, StopReason, wall_clock
-from charlm_jax.train.run_dir import BEST_SUBDIR, checkpoint_items
+from charlm_jax.train.run_dir import BEST_SUBDIR, checkpoint_items, read_checkpoint
 from charlm_jax.train.signals import StopSignals
 from charlm_jax.train.steps import eval_step, learning_rate_schedule
 from charlm_jax.use.decode import SAMPLE_CHUNK, sample_in_chunks
@@ -182,13 +182,29 @@ def resume_command(run: Run) -> str:
     return f"charlm-jax train --out {run.directory.path} --resume{flags}"
 
 
-def say_best(run: Run, state: RunState, reason: StopReason | None) -> None:
+def best_window_bits(run: Run, state: RunState, reason: StopReason | None) -> float | None:
+    """A run validated statefully ends by scoring ``<out>/best`` the book's way too (each tail character from
+    the ``maxlen`` before it, over the run's validation windows): the figure ``eval`` prints and the book's
+    runs report, said beside the cheap one. None for a run validated on windows, stopped by a signal, or
+    without a best."""
+    if run.config.val_mode != "stateful" or state.best_epoch is None or (reason is not None and reason.by_signal):
+        return None
+    if state.history and state.history[-1].get("best"):
+        params = state.train.params
+    else:
+        params = read_checkpoint(run.directory.best_store, run.mesh, run.directory.best_store.latest_step() or 0)[1][0]
+    return nats_to_bits(validate(run, params, "window"))
+
+
+def say_best(run: Run, state: RunState, reason: StopReason | None, window_bits: float | None = None) -> None:
     """The run's last line: where its best validation is kept (and why it stopped early, if it did)."""
     if state.best_epoch is None:
         return
+    mode = f" ({run.config.val_mode})" if window_bits is not None else ""
+    windows = f", {window_bits:.3f} on the tail's windows (the book's figure)" if window_bits is not None else ""
     kept = (
-        f"{state.best_val_bits_per_char:.3f} bits/{run.vocab.unit} at epoch {state.best_epoch}, kept in "
-        f"{run.directory.path / BEST_SUBDIR}"
+        f"{state.best_val_bits_per_char:.3f} bits/{run.vocab.unit}{mode} at epoch {state.best_epoch}{windows}, "
+        f"kept in {run.directory.path / BEST_SUBDIR}"
     )
     if reason is StopReason.EARLY_STOPPING:
         why = state.stop_note or (f"validation has not improved for {run.config.early_stopping_patience} epoch(s)")
@@ -209,15 +225,16 @@ def stateful_tail(run: Run) -> np.ndarray:
     return np.asarray(run.corpus[start : start + stateful_chars(run) + 1], np.int32)
 
 
-def validate(run: Run, params) -> float:
-    """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``), or with
-    ``val_mode="stateful"`` over one pass of the tail's first ``val_chars`` characters, the state carried.
+def validate(run: Run, params, mode: str | None = None) -> float:
+    """Mean next-character NLL (nats) over the validation windows (already capped by ``val_chars``), or in
+    ``mode`` (default: the run's ``val_mode``) ``"stateful"`` over one pass of the tail's first ``val_chars``
+    characters, the state carried.
 
     A stop request abandons it between batches (``Stopped``); with several processes, once every
     process has agreed on it (``stop_poll``), so they all abandon the same batch. A stateful pass is a few
     compiled chunks and is not abandoned.
     """
-    if run.config.val_mode == "stateful":
+    if (mode or run.config.val_mode) == "stateful":
         return float(-np.mean(score_ids(params, run.model, stateful_tail(run), "stateful", run.config.maxlen))) * LN2
     starts = run.split.val_starts
     if len(starts) >= ANNOUNCED_VALIDATION:

@@ -195,7 +195,7 @@ class FitResult:
     """What a run produced: the final state, its vocabulary and one record per validation.
 
     ``best_epoch`` / ``best_val_bits_per_char`` describe the checkpoint kept in ``<out>/best``
-    (None without a validation split).
+    (None without a validation split); a run validated statefully scores it on the tail's windows too.
     """
 
     state: TrainState
@@ -205,6 +205,7 @@ class FitResult:
     stop_reason: StopReason = StopReason.COMPLETED
     best_epoch: int | None = None
     best_val_bits_per_char: float | None = None
+    best_val_bits_per_char_windows: float | None = None
 
     @classmethod
     def of(cls, run: Run, state: RunState, reason: StopReason) -> FitResult:
