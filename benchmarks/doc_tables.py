@@ -36,7 +36,9 @@ RACES_600 = {
 }
 BENCH, GENERATION = "2026-12-02-cpu", "2026-11-30-cpu-generation"
 DYNAMIC_EVAL, DYNAMIC_EVAL_RACE = "2026-12-02-cpu-dynamic-eval", "2026-12-02-cpu-dynamic-eval-race"
-WALL_60 = "2026-12-05-cpu-wall-clock-anneal"
+WALL_60 = "2026-12-05-cpu-wall-clock-anneal"  # windows validation; auto, auto --past-best stop, book
+WALL_60_RACE = "2026-12-05-cpu-wall-clock-60-stateful-race"
+PASSES_DROPOUT = "2026-12-05-cpu-wall-clock-passes-dropout-300"  # the ten-minute tier's dropout for many passes  # auto as it is (stateful validation), book, the GPT
 WALL_LABELS = {
     "pydoc": "pydoc", "shakespeare": "Shakespeare", "python-source": "Python sources", "idle-notes": "IDLE's notes",
     "numpy-license": "numpy's licence, named before the runs, not tuned on",
@@ -243,9 +245,13 @@ def wall_clock_tables(stem: str, budget: str) -> dict[str, Any]:
              f"{auto['gap_max']:+.3f}" + (f" / {row[stop]['gap_max']:+.3f}" if stop in row else ""),
              f"{auto['rewinds']}, {auto['early_stops']}"]
         )  # fmt: skip
+        gpt = row.get("gpt")
         short.append(
-            [label, spread(auto), spread(book), f"{below:+.3f}", f"{max(auto['wall_max'], book['wall_max']):.1f}"]
-        )
+            [label, spread(auto), spread(book), *([spread(gpt)] if gpt else []), f"{below:+.3f}",
+             *([f"{gpt['tail_mean'] - auto['tail_mean']:+.3f}"] if gpt else []),
+             f"{max(cell['wall_max'] for cell in (auto, book, *([gpt] if gpt else []))):.1f}"]
+        )  # fmt: skip
+    with_gpt = "gpt" in summary[next(iter(WALL_LABELS))]
     return {
         "full": {
             "header": ["text", "`auto`", "`auto --past-best stop`", "`book`", "`auto` below `book`",
@@ -255,10 +261,25 @@ def wall_clock_tables(stem: str, budget: str) -> dict[str, Any]:
         },
         "short": {
             "header": ["text", f"`--recipe auto --time-limit {budget}`", f"`--recipe book --time-limit {budget}`",
-                       "`auto` below the book", "longest run, s"],
+                       *(["the small GPT, same wall clock"] if with_gpt else []), "`auto` below the book",
+                       *(["`auto` below the GPT"] if with_gpt else []), "longest run, s"],
             "rows": short,
         },
     }  # fmt: skip
+
+
+def passes_dropout() -> dict[str, Any]:
+    """The dropout probe of the ten-minute tier's model on a text read ~210 times (its variants' names hold dots,
+    which a figure marker's path cannot): one row per dropout."""
+    cells = load(PASSES_DROPOUT)["summary"]["300"]["idle-notes"]
+    rows = []
+    for variant, cell in cells.items():
+        dropout = variant.split("dropout=")[1].split(",")[0]
+        rows.append([dropout, f"{cell['tail_mean']:.3f}", f"{cell['gap_max']:+.3f}", f"{cell['wall_max']:.0f}"])
+    return {
+        "header": ["dropout", "bits/char on the tail", "gap (last - best)", "ended at, s (rewound, annealed)"],
+        "rows": rows,
+    }
 
 
 def derive() -> dict[str, Any]:
@@ -267,10 +288,11 @@ def derive() -> dict[str, Any]:
     return {
         "what": "derived from the stems in 'sources' by benchmarks/doc_tables.py; nothing measured here",
         "sources": sorted({RACE_60, RACE_60_NOTES, RACE_60_NOTES_FITTED, RACE_120, RACE_120_NOTES_FITTED, RECIPES_600,
-                           BENCH, GENERATION, DYNAMIC_EVAL, DYNAMIC_EVAL_RACE, WALL_60,
+                           BENCH, GENERATION, DYNAMIC_EVAL, DYNAMIC_EVAL_RACE, WALL_60, WALL_60_RACE, PASSES_DROPOUT,
                            *(s for _, s in RACES_600.values())}),
         "tables": {"race-60": race_60(), "race-120": race_120(), "recipes-600": recipes_table,
-                   **{f"wall-60-{name}": table for name, table in wall_clock_tables(WALL_60, "60").items()},
+                   "wall-60-full": wall_clock_tables(WALL_60, "60")["full"],
+                   "wall-60-race": wall_clock_tables(WALL_60_RACE, "60")["short"], "passes-dropout": passes_dropout(),
                    "races-600": seeds_table, **{f"race-600-{text}": table for text, table in per_text.items()}},
         "derived": {"recipes-600": recipes_derived, "races-600": race_margins(), "speed": speed_ratios(),
                     "dynamic-eval": dynamic_eval_gains()},
