@@ -184,12 +184,12 @@ def resume_command(run: Run) -> str:
 
 def best_window_bits(run: Run, state: RunState, reason: StopReason | None) -> float | None:
     """A run validated statefully ends by scoring ``<out>/best`` the book's way too (each tail character from
-    the ``maxlen`` before it, over the run's validation windows): the figure ``eval`` prints and the book's
-    runs report, said beside the cheap one. None for a run validated on windows, stopped by a signal, or
-    without a best."""
+    the ``maxlen`` before it, over the run's validation windows; ``eval`` scores every window of the tail),
+    said beside the cheap figure. None for a run validated on windows, stopped by a signal, or without a best."""
     if run.config.val_mode != "stateful" or state.best_epoch is None or (reason is not None and reason.by_signal):
         return None
-    if state.history and state.history[-1].get("best"):
+    last = state.history[-1] if state.history else {}
+    if last.get("best") and "best_weights" not in last:  # the weights in memory are the best ones
         params = state.train.params
     else:
         params = read_checkpoint(run.directory.best_store, run.mesh, run.directory.best_store.latest_step() or 0)[1][0]
