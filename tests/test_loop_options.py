@@ -320,9 +320,18 @@ def test_a_run_validated_statefully_ends_with_the_books_figure_of_its_best(tmp_p
     """The end of a run validated statefully scores ``<out>/best`` on the tail's windows, each character from
     the maxlen before it: the figure the same run validated on windows records (val_mode does not change
     training: one epoch, one record, the same weights)."""
+    import io
+
+    from rich.console import Console
+
     config = tiny_config(epochs=1, sample_length=0, val_chars=0)
-    stateful = fit(replace(config, val_mode="stateful"), tiny_text, tmp_path / "stateful", console=QUIET)
+    printed = io.StringIO()
+    console = Console(file=printed, width=400)
+    stateful = fit(replace(config, val_mode="stateful"), tiny_text, tmp_path / "stateful", console=console)
     windowed = fit(config, tiny_text, tmp_path / "window", console=QUIET)
     assert stateful.best_val_bits_per_char != windowed.best_val_bits_per_char  # two figures
     assert stateful.best_val_bits_per_char_windows == pytest.approx(windowed.best_val_bits_per_char, rel=1e-6)
     assert windowed.best_val_bits_per_char_windows is None  # its records hold that figure already
+    last_line = printed.getvalue().strip().splitlines()[-1]  # the run's last line says both
+    assert f"{stateful.best_val_bits_per_char:.3f} bits/char (stateful)" in last_line
+    assert f"{stateful.best_val_bits_per_char_windows:.3f} on the tail's windows" in last_line

@@ -89,6 +89,10 @@ def test_auto_regularises_a_text_its_budget_reads_many_times():
     assert recipe_config("auto", time_limit=120, corpus_chars=1_000).dropout == recipes.AUTO_TIERS[1][1]["dropout"]
     assert recipe_config("auto", time_limit=60, corpus_chars=1_000, dropout=0.0).dropout == 0.0
     assert recipe_config("auto", time_limit=long_limit, corpus_chars=1_000, dropout=0.2).dropout == 0.2
+    # every tier validates with one stateful pass over the tail's first AUTO_VAL_CHARS characters
+    for limit, _ in recipes.AUTO_TIERS:
+        tier = recipe_config("auto", time_limit=min(limit, 1e4))
+        assert (tier.val_mode, tier.val_chars) == ("stateful", recipes.AUTO_VAL_CHARS)
 
 
 def test_cli_recipe_auto_trains_what_the_library_picks_for_that_text(tmp_path, tiny_text):
