@@ -37,8 +37,8 @@ RACES_600 = {
 BENCH, GENERATION = "2026-12-02-cpu", "2026-11-30-cpu-generation"
 DYNAMIC_EVAL, DYNAMIC_EVAL_RACE = "2026-12-02-cpu-dynamic-eval", "2026-12-02-cpu-dynamic-eval-race"
 WALL_60 = "2026-12-05-cpu-wall-clock-anneal"  # windows validation; auto, auto --past-best stop, book
-WALL_60_RACE = "2026-12-05-cpu-wall-clock-60-stateful-race"
-PASSES_DROPOUT = "2026-12-05-cpu-wall-clock-passes-dropout-300"  # the ten-minute tier's dropout for many passes  # auto as it is (stateful validation), book, the GPT
+WALL_60_RACE = "2026-12-05-cpu-wall-clock-60-stateful-race"  # auto as it is (stateful validation), book, the GPT
+PASSES_DROPOUT = "2026-12-05-cpu-wall-clock-passes-dropout-300"  # the ten-minute tier's dropout for many passes
 WALL_LABELS = {
     "pydoc": "pydoc", "shakespeare": "Shakespeare", "python-source": "Python sources", "idle-notes": "IDLE's notes",
     "numpy-license": "numpy's licence, named before the runs, not tuned on",
@@ -245,11 +245,11 @@ def wall_clock_tables(stem: str, budget: str) -> dict[str, Any]:
              f"{auto['gap_max']:+.3f}" + (f" / {row[stop]['gap_max']:+.3f}" if stop in row else ""),
              f"{auto['rewinds']}, {auto['early_stops']}"]
         )  # fmt: skip
-        gpt = row.get("gpt")
+        gpts = [row["gpt"]] if "gpt" in row else []
         short.append(
-            [label, spread(auto), spread(book), *([spread(gpt)] if gpt else []), f"{below:+.3f}",
-             *([f"{gpt['tail_mean'] - auto['tail_mean']:+.3f}"] if gpt else []),
-             f"{max(cell['wall_max'] for cell in (auto, book, *([gpt] if gpt else []))):.1f}"]
+            [label, spread(auto), spread(book), *map(spread, gpts), f"{below:+.3f}",
+             *(f"{gpt['tail_mean'] - auto['tail_mean']:+.3f}" for gpt in gpts),
+             f"{max(cell['wall_max'] for cell in (auto, book, *gpts)):.1f}"]
         )  # fmt: skip
     with_gpt = "gpt" in summary[next(iter(WALL_LABELS))]
     return {
