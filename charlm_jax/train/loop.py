@@ -160,7 +160,7 @@ def train_run(
             save_stopped(run, state)
     window_bits = best_window_bits(run, state, reason)
     say_best(run, state, reason, window_bits)
-    return replace(FitResult.of(run, state, reason or StopReason.COMPLETED), best_val_bits_per_char_windows=window_bits)
+    return FitResult.of(run, state, reason or StopReason.COMPLETED, window_bits)
 
 
 def training_mesh(config: TrainConfig | None, overrides: Mapping[str, Any] | None, out_dir, resume: bool):

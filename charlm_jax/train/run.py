@@ -208,7 +208,7 @@ class FitResult:
     best_val_bits_per_char_windows: float | None = None
 
     @classmethod
-    def of(cls, run: Run, state: RunState, reason: StopReason) -> FitResult:
+    def of(cls, run: Run, state: RunState, reason: StopReason, window_bits: float | None = None) -> FitResult:
         return cls(
             state=state.train,
             vocab=run.vocab,
@@ -217,6 +217,7 @@ class FitResult:
             stop_reason=reason,
             best_epoch=state.best_epoch,
             best_val_bits_per_char=state.best_val_bits_per_char,
+            best_val_bits_per_char_windows=window_bits,
         )
 
     @property
