@@ -9,9 +9,8 @@ import pytest
 import charlm_jax
 import charlm_jax.train.past_best as past_best_module
 from charlm_jax.io.checkpoint import CheckpointStore
-from charlm_jax.settings.config import TrainConfig
+from charlm_jax.settings.config import TrainConfig, validate_config
 from charlm_jax.train.loop import Limits, fit
-from charlm_jax.train.past_best import ANNEAL_SHARE
 from charlm_jax.train.steps import Anneal, learning_rate_schedule
 
 from helpers import QUIET, TickingClock, assert_trees_equal, tiny_config
@@ -32,6 +31,16 @@ def test_the_anneal_falls_from_the_best_steps_rate_to_the_final_rate():
     falling = np.array([rewound(s) for s in range(600, 701)])
     assert np.all(np.diff(falling) < 0)
     np.testing.assert_allclose([rewound(700), rewound(900)], [0.001, 0.001], rtol=1e-5)  # then the final rate
+
+
+def test_the_anneal_can_start_below_the_best_steps_rate():
+    config = TrainConfig(lr_schedule="cosine", learning_rate=0.02, lr_final_fraction=0.05, anneal_start=0.25)
+    planned = learning_rate_schedule(config, 1000)
+    rewound = learning_rate_schedule(config, 1000, Anneal(at_step=600, from_step=300, steps=100))
+    np.testing.assert_allclose(rewound(600), 0.25 * planned(300), rtol=1e-6)
+    np.testing.assert_allclose(rewound(700), 0.001, rtol=1e-5)  # the same final rate
+    with pytest.raises(charlm_jax.CharLMError, match="anneal_start must be in"):
+        validate_config(TrainConfig(anneal_start=0.0))
 
 
 def stale_after_two_records(run, state):
@@ -57,12 +66,13 @@ def test_a_run_past_its_best_is_rewound_to_the_best_weights_annealed_and_ended(t
 
     monkeypatch.setattr(past_best_module, "rewind", watched_rewind)
     limits = Limits(max_seconds=60.0, clock=TickingClock(0.05))
-    result = fit(budgeted(eval_every_steps=8), tiny_text, tmp_path, console=QUIET, limits=limits)
+    config = budgeted(eval_every_steps=8, anneal_share=0.3)
+    result = fit(config, tiny_text, tmp_path, console=QUIET, limits=limits)
     [(anneal, best, params, step)] = rewinds
     records = records_of(tmp_path)
     best_step = max(r["step"] for r in records if r.get("best") and r["step"] <= anneal.at_step)
     assert anneal.from_step == best_step and step == anneal.at_step  # the step counter runs on
-    assert anneal.steps == int(ANNEAL_SHARE * (anneal.at_step - best_step))  # the budget holds more
+    assert anneal.steps == int(0.3 * (anneal.at_step - best_step))  # the budget holds more
     assert_trees_equal(params, best)
     # The rate falls from the best step's to the final one, and the run ends when it has.
     assert result.stop_reason == "early_stopping" and int(result.state.step) == anneal.end_step

@@ -160,6 +160,16 @@ class TrainConfig:
         "anneal the learning rate from there (cosine schedules; others stop), stop, or continue",
         PAST_BEST_POLICIES,
     )
+    # The fall's shape (train.past_best, train.steps.Anneal): its length as a share of the steps the run took to
+    # go stale, and the rate it starts at as a share of the schedule's rate at the best point. On a small text that
+    # overfits early, the shorter the fall the lower its validation (numpy's licence at 40 s:
+    # results/2026-12-05-cpu-wall-clock-anneal); a quarter is what the 60 s race ran with.
+    anneal_share: float = _field(
+        0.25, "--past-best anneal: the fall lasts this share of the steps the validation took to go stale"
+    )
+    anneal_start: float = _field(
+        1.0, "--past-best anneal: the fall starts at this share of the learning rate the best point had"
+    )
     eval_every_steps: int = _field(
         0,
         "also validate, sample, log and checkpoint every this many steps (with "
@@ -299,6 +309,12 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
     _require(
         0.0 <= config.lr_final_fraction <= 1.0, f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}"
+    )
+    _require(
+        0.0 < config.anneal_share <= 1.0, f"anneal_share must be in (0, 1], got {config.anneal_share}: pass e.g. 0.25"
+    )
+    _require(
+        0.0 < config.anneal_start <= 1.0, f"anneal_start must be in (0, 1], got {config.anneal_start}: pass e.g. 0.5"
     )
     _require(
         config.early_stopping_patience >= 0,

@@ -3,9 +3,9 @@
 A run whose validation has not improved for ``PAST_BEST_SHARE`` of its budget (and ``PAST_BEST_RECORDS``
 records) would spend the rest of it training a model that only overfits further. ``TrainConfig.past_best``
 says what it does instead: ``anneal`` (on a cosine schedule) reads the best checkpoint back and lowers the
-learning rate from the rate it had there to the final one, over a quarter of the steps it took to go stale (or
-what is left of the budget, if less), then ends; ``stop`` ends the run at once; ``continue`` trains on. A constant rate (the
-book's) has no final rate to fall to: it stops.
+learning rate from the rate it had there (times ``anneal_start``) to the final one, over ``anneal_share`` of the
+steps it took to go stale (or what is left of the budget, if less), then ends; ``stop`` ends the run at once;
+``continue`` trains on. A constant rate (the book's) has no final rate to fall to: it stops.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from charlm_jax.train.steps import Anneal, make_optimizer
 
 PAST_BEST_SHARE = 0.2
 PAST_BEST_RECORDS = 3
-# The rate falls over this share of the steps the run took to go stale, or what is left of the budget if less: on
-# a small text that overfits early, the shorter the fall the lower its validation (probed on numpy's licence at
-# 40 s; raced in results/2026-12-05-cpu-wall-clock-anneal).
-ANNEAL_SHARE = 0.25
 
 
 def stale_since(run: Run, state: RunState) -> int | None:
@@ -56,7 +52,7 @@ def act_on_past_best(run: Run, state: RunState, steps_left: Callable[[], int]) -
     if best is None:
         return False
     cosine = policy == "anneal" and run.config.lr_schedule == "cosine"
-    steps = min(steps_left(), int(ANNEAL_SHARE * (state.step - best))) if cosine else 0
+    steps = min(steps_left(), int(run.config.anneal_share * (state.step - best))) if cosine else 0
     if steps > 0:
         rewind(run, state, Anneal(at_step=state.step, from_step=best, steps=steps))
         return False

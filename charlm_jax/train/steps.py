@@ -55,7 +55,7 @@ class RunKeys:
 @dataclass(frozen=True)
 class Anneal:
     """A run rewound at step ``at_step`` to its best weights, those of ``from_step``: from then on the rate falls
-    from the schedule's rate at ``from_step`` to its final rate over ``steps`` steps (a cosine), so the rest of
+    from the schedule's rate at ``from_step`` (times ``anneal_start``) to its final rate over ``steps`` steps (a cosine), so the rest of
     a time budget lowers the rate from the best point instead of training on past it (``train.past_best``)."""
 
     at_step: int
@@ -93,7 +93,7 @@ def learning_rate_schedule(
         )
         if anneal is None:
             return planned
-        start = float(planned(anneal.from_step))
+        start = float(planned(anneal.from_step)) * config.anneal_start
         final = peak * config.lr_final_fraction
         falling = optax.cosine_decay_schedule(start, max(anneal.steps, 1), alpha=min(final / max(start, 1e-30), 1.0))
         return optax.join_schedules([planned, falling], [anneal.at_step])
@@ -119,6 +119,7 @@ class OptimizerSettings:
     rmsprop_eps_in_sqrt: bool
     max_nonfinite_in_row: int
     average_decay: float
+    anneal_start: float
 
     @classmethod
     def of(cls, config: TrainConfig) -> OptimizerSettings:
