@@ -115,6 +115,11 @@ SMALL_TEXT_DROPOUT = 0.4
 LONG_CHARS_PER_SECOND = 42_000
 MANY_PASSES = 100.0
 MANY_PASSES_DROPOUT = 0.55
+# Such a text is past its best early, and a fall from the best point's rate overfits it again: on IDLE's notes at
+# 600 s the fall from a quarter of that rate ended 0.024 above the best (the whole rate: 0.057; the whole rate
+# over a tenth of the stale steps instead of a quarter: 0.035); applied untouched to numpy's licence, 0.026 against
+# the whole rate's 0.090 in the same run (results/2026-12-05-cpu-wall-clock-600-fall-notes, -fall-licence).
+MANY_PASSES_ANNEAL_START = 0.25
 
 
 def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> di
         values["dropout"] = SMALL_TEXT_DROPOUT
     long_tier = time_limit > AUTO_TIERS[-2][0]
     if long_tier and budget_passes(time_limit, corpus_chars, LONG_CHARS_PER_SECOND) > MANY_PASSES:
-        values["dropout"] = MANY_PASSES_DROPOUT
+        values.update(dropout=MANY_PASSES_DROPOUT, anneal_start=MANY_PASSES_ANNEAL_START)
     return values
 
 
