@@ -74,9 +74,9 @@ def test_a_run_past_its_best_is_rewound_to_the_best_weights_annealed_and_ended(t
     assert anneal.from_step == best_step and step == anneal.at_step  # the step counter runs on
     assert anneal.steps == int(0.3 * (anneal.at_step - best_step))  # the budget holds more
     assert_trees_equal(params, best)
-    # The rate falls from the best step's to the final one, and the run ends when it has.
-    assert result.stop_reason == "early_stopping" and int(result.state.step) == anneal.end_step
-    assert records[-1]["step"] == anneal.end_step
+    # The rate falls from the best step's to the final one, and the run ends at the block boundary where it has.
+    assert result.stop_reason == "early_stopping" and anneal.end_step <= int(result.state.step) < anneal.end_step + 4
+    assert records[-1]["step"] == int(result.state.step)
     np.testing.assert_allclose(records[-1]["learning_rate"], 0.01 * 0.1, rtol=1e-5)
     with CheckpointStore(tmp_path, create=False) as store:
         assert Anneal(*store.restore_meta().anneal) == anneal  # saved: a resumed run keeps falling
