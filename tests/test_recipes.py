@@ -87,7 +87,9 @@ def test_auto_regularises_a_text_its_budget_reads_many_times():
     assert recipe_config("auto", time_limit=long_limit).dropout == recipes.AUTO_TIERS[-1][1]["dropout"] == 0.4
     many_passes = recipe_config("auto", time_limit=long_limit, corpus_chars=many_chars // 2)
     assert many_passes.dropout == 0.55 and many_passes.anneal_start == recipes.MANY_PASSES_ANNEAL_START < 1.0
-    assert recipe_config("auto", time_limit=long_limit, corpus_chars=many_chars * 2).anneal_start == 1.0
+    assert many_passes.anneal_share == recipes.MANY_PASSES_ANNEAL_SHARE < TrainConfig().anneal_share
+    few_passes = recipe_config("auto", time_limit=long_limit, corpus_chars=many_chars * 2)
+    assert (few_passes.anneal_start, few_passes.anneal_share) == (1.0, TrainConfig().anneal_share)
     assert recipe_config("auto", time_limit=120, corpus_chars=1_000).dropout == recipes.AUTO_TIERS[1][1]["dropout"]
     assert recipe_config("auto", time_limit=60, corpus_chars=1_000, dropout=0.0).dropout == 0.0
     assert recipe_config("auto", time_limit=long_limit, corpus_chars=1_000, dropout=0.2).dropout == 0.2

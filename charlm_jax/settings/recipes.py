@@ -115,11 +115,14 @@ SMALL_TEXT_DROPOUT = 0.4
 LONG_CHARS_PER_SECOND = 42_000
 MANY_PASSES = 100.0
 MANY_PASSES_DROPOUT = 0.55
-# Such a text is past its best early, and a fall from the best point's rate overfits it again: on IDLE's notes at
-# 600 s the fall from a quarter of that rate ended 0.024 above the best (the whole rate: 0.057; the whole rate
-# over a tenth of the stale steps instead of a quarter: 0.035); applied untouched to numpy's licence, 0.026 against
-# the whole rate's 0.090 in the same run (results/2026-12-05-cpu-wall-clock-600-fall-notes, -fall-licence).
-MANY_PASSES_ANNEAL_START = 0.25
+# Such a text is past its best early, and a fall from the best point's rate over a quarter of the stale steps
+# overfits it again (gap last - best at 600 s: IDLE's notes +0.057, numpy's licence +0.090). Lower and shorter
+# falls, one seed each (results/2026-12-05-cpu-wall-clock-600-fall): from a quarter of the rate, +0.024 on the
+# notes and +0.026 on the licence (not tuned on); the whole rate over a tenth of the steps, +0.035 on the notes;
+# from a tenth of the rate over a tenth of the steps, +0.000 on both (the licence's fall gave its best record, 0.03
+# below the one it was rewound to; the notes' tied its best). The last was run on both texts at once.
+MANY_PASSES_ANNEAL_START = 0.1
+MANY_PASSES_ANNEAL_SHARE = 0.1
 
 
 def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> dict[str, Any]:
@@ -143,7 +146,9 @@ def auto_values(time_limit: float | None, corpus_chars: int | None = None) -> di
         values["dropout"] = SMALL_TEXT_DROPOUT
     long_tier = time_limit > AUTO_TIERS[-2][0]
     if long_tier and budget_passes(time_limit, corpus_chars, LONG_CHARS_PER_SECOND) > MANY_PASSES:
-        values.update(dropout=MANY_PASSES_DROPOUT, anneal_start=MANY_PASSES_ANNEAL_START)
+        values.update(
+            dropout=MANY_PASSES_DROPOUT, anneal_start=MANY_PASSES_ANNEAL_START, anneal_share=MANY_PASSES_ANNEAL_SHARE
+        )
     return values
 
 
