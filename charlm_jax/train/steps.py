@@ -55,8 +55,9 @@ class RunKeys:
 @dataclass(frozen=True)
 class Anneal:
     """A run rewound at step ``at_step`` to its best weights, those of ``from_step``: from then on the rate falls
-    from the schedule's rate at ``from_step`` (times ``anneal_start``) to its final rate over ``steps`` steps (a cosine), so the rest of
-    a time budget lowers the rate from the best point instead of training on past it (``train.past_best``)."""
+    from the schedule's rate at ``from_step`` (times the config's ``anneal_start``) to its final rate over ``steps``
+    steps (a cosine), so the rest of a time budget lowers the rate from the best point instead of training on past
+    it (``train.past_best``)."""
 
     at_step: int
     from_step: int
