@@ -311,10 +311,12 @@ def validate_config(config: TrainConfig) -> None:
         0.0 <= config.lr_final_fraction <= 1.0, f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}"
     )
     _require(
-        0.0 < config.anneal_share <= 1.0, f"anneal_share must be in (0, 1], got {config.anneal_share}: pass e.g. 0.25"
+        0.0 < config.anneal_share <= 1.0,
+        f"anneal_share must be in (0, 1], got {config.anneal_share}: pass e.g. --anneal-share 0.25",
     )
     _require(
-        0.0 < config.anneal_start <= 1.0, f"anneal_start must be in (0, 1], got {config.anneal_start}: pass e.g. 0.5"
+        0.0 < config.anneal_start <= 1.0,
+        f"anneal_start must be in (0, 1], got {config.anneal_start}: pass e.g. --anneal-start 0.5",
     )
     _require(
         config.early_stopping_patience >= 0,
