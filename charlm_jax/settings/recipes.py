@@ -119,9 +119,8 @@ MANY_PASSES_DROPOUT = 0.55
 # overfits it again (gap last - best at 600 s: IDLE's notes +0.057, numpy's licence +0.090). Lower and shorter
 # falls, one seed each (results/2026-12-05-cpu-wall-clock-600-fall): from a quarter of the rate, +0.024 on the
 # notes and +0.026 on the licence (not tuned on); the whole rate over a tenth of the steps, +0.035 on the notes;
-# from a tenth of the rate over a tenth of the steps, +0.000 on both (the licence's fall gave its best record, 0.03
-# below the one it was rewound to; the notes' tied its best). The last was run on both texts at once; a second seed
-# of it, run after the choice, gave +0.000 on both too.
+# from a tenth of the rate over a tenth of the steps, +0.000 on both. The last was run on both texts at once; a
+# second seed of it, run after the choice, gave +0.000 on both too.
 MANY_PASSES_ANNEAL_START = 0.1
 MANY_PASSES_ANNEAL_SHARE = 0.1
 
